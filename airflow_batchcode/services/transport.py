@@ -1,0 +1,556 @@
+"""HTTP plumbing shared by every service client: retries, rate limit, size caps, typed errors.
+
+Sync calls go through ``requests``; async calls (the trigger's) through ``httpx``. Service
+modules supply the URLs, headers and how to read their error bodies; this module owns the
+loop that retries 429/5xx/connection errors with backoff and turns the rest into the
+typed errors of :mod:`airflow_batchcode.exceptions`. No message here ever carries a query
+string, a token or a request body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from ipaddress import ip_address
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import urlsplit
+
+import httpx
+import requests
+from requests.adapters import HTTPAdapter
+
+from airflow_batchcode.exceptions import (
+    AuthenticationError,
+    ConfigurationError,
+    ConflictError,
+    IncompleteDownloadError,
+    InvalidRequestError,
+    NotFoundError,
+    QuotaExceededError,
+    RateLimitedError,
+    ServerError,
+    ServiceError,
+    TransportError,
+    UnexpectedResponseError,
+)
+from airflow_batchcode.services.ratelimit import RateLimiter
+from airflow_batchcode.services.redact import redact_url
+from airflow_batchcode.services.retry import RETRYABLE_STATUS, RetryPolicy, parse_retry_after
+
+log = logging.getLogger("airflow_batchcode.services")
+
+CHUNK_BYTES = 1 << 20
+"""Read and write size for streamed uploads and downloads."""
+
+ErrorReader = Callable[[int, bytes, str], str | None]
+"""Extracts the service's own message from an error body: ``(status, body, content_type) -> message``."""
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    """Network behaviour of one client.
+
+    :param connect_timeout: seconds to open a connection.
+    :param read_timeout: seconds to wait for each read of a response.
+    :param retry: the retry policy for 429, 5xx and connection errors.
+    :param max_response_bytes: largest JSON body accepted from an API call.
+    :param allow_insecure_http: allow plain ``http`` URLs to hosts other than loopback.
+    """
+
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    max_response_bytes: int = 4 << 20
+    allow_insecure_http: bool = False
+
+    @property
+    def timeout(self) -> tuple[float, float]:
+        return (self.connect_timeout, self.read_timeout)
+
+
+def check_url(url: str, *, allow_insecure_http: bool, what: str) -> None:
+    """Refuse URLs that would leak data: only ``https``, or ``http`` to loopback (or when allowed)."""
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return
+    if parts.scheme == "http" and parts.hostname and (allow_insecure_http or is_loopback(parts.hostname)):
+        return
+    raise UnexpectedResponseError(
+        f"Refusing {what} {redact_url(url)}: only https URLs are accepted "
+        "(plain http only to loopback, or with allow_insecure_http in the connection extra)"
+    )
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses."""
+    if host == "localhost":
+        return True
+    try:
+        return ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def error_for_status(
+    status: int,
+    service_message: str | None,
+    *,
+    what: str,
+    operation_id: str | None = None,
+    retry_after: float | None = None,
+) -> ServiceError:
+    """The typed error for an HTTP error status."""
+    kwargs: dict[str, Any] = {
+        "status_code": status,
+        "service_message": service_message,
+        "operation_id": operation_id,
+        "retry_after": retry_after,
+    }
+    if status == 429:
+        if service_message and "limit exceeded" in service_message.lower():
+            return QuotaExceededError(f"{what}: daily request quota exhausted", **kwargs)
+        return RateLimitedError(f"{what}: throttled by the service", **kwargs)
+    if status in (401, 403):
+        return AuthenticationError(f"{what}: not authorised", **kwargs)
+    if status == 404:
+        return NotFoundError(f"{what}: not found", **kwargs)
+    if status == 409:
+        return ConflictError(f"{what}: conflict", **kwargs)
+    if status >= 500:
+        return ServerError(f"{what}: service error", **kwargs)
+    return InvalidRequestError(f"{what}: request rejected", **kwargs)
+
+
+def json_message_reader(*keys: str) -> ErrorReader:
+    """An :data:`ErrorReader` for JSON bodies carrying the message under one of ``keys``."""
+
+    def read(status: int, body: bytes, content_type: str) -> str | None:
+        try:
+            data = json.loads(body)
+        except ValueError:
+            text = body[:200].decode("utf-8", "replace").strip()
+            return text or None
+        if isinstance(data, dict):
+            for key in keys:
+                value = data.get(key)
+                if isinstance(value, str) and value:
+                    return value
+        return None
+
+    return read
+
+
+def s3_message_reader(status: int, body: bytes, content_type: str) -> str | None:
+    """Read ``<Code>`` and ``<Message>`` from an S3 XML error body."""
+    text = body[:4096].decode("utf-8", "replace")
+
+    def tag(name: str) -> str:
+        start, end = text.find(f"<{name}>"), text.find(f"</{name}>")
+        return text[start + len(name) + 2 : end].strip() if 0 <= start < end else ""
+
+    code, message = tag("Code"), tag("Message")
+    if code or message:
+        return f"{code}: {message}" if code and message else code or message
+    return None
+
+
+class FileBody:
+    """A re-readable upload body with a known length, streamed in large chunks.
+
+    ``requests`` sends it with ``Content-Length`` (presigned S3 PUTs refuse chunked
+    encoding) and reads it chunk by chunk, so memory stays flat for any file size.
+    """
+
+    def __init__(self, source: Path | IO[bytes], *, chunk_bytes: int = CHUNK_BYTES) -> None:
+        self._source = source
+        self._chunk = chunk_bytes
+        if isinstance(source, Path):
+            self._start = 0
+            self._length = source.stat().st_size
+        else:
+            if not source.seekable():
+                raise ConfigurationError("An upload body must be a path or a seekable binary file")
+            self._start = source.tell()
+            self._length = source.seek(0, os.SEEK_END) - self._start
+            source.seek(self._start)
+        self.sent = 0
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __iter__(self) -> Iterator[bytes]:
+        self.sent = 0
+        if isinstance(self._source, Path):
+            with self._source.open("rb") as handle:
+                yield from self._read(handle)
+        else:
+            self._source.seek(self._start)
+            yield from self._read(self._source)
+
+    def _read(self, handle: IO[bytes]) -> Iterator[bytes]:
+        while chunk := handle.read(self._chunk):
+            self.sent += len(chunk)
+            yield chunk
+
+
+class SyncTransport:
+    """A ``requests`` session with the retry loop, rate limit and error mapping.
+
+    :param settings: timeouts, retry policy and URL rules.
+    :param read_error: extracts the service's message from API error bodies.
+    :param limiter: the connection's shared rate limiter (API calls only).
+    :param service: the service's name, for messages.
+    """
+
+    def __init__(
+        self,
+        settings: HttpSettings,
+        read_error: ErrorReader,
+        limiter: RateLimiter,
+        *,
+        service: str,
+    ) -> None:
+        self.settings = settings
+        self.read_error = read_error
+        self.limiter = limiter
+        self.service = service
+        self.session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=8)
+        self.session.mount("https://", adapter)
+        self.session.mount("http://", adapter)
+
+    def close(self) -> None:
+        self.session.close()
+
+    def api_json(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Callable[[], Mapping[str, str]],
+        what: str,
+        operation_id: str | None = None,
+        on_auth_failure: Callable[[], None] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Call an API endpoint and return its parsed JSON body (``None`` when empty).
+
+        ``headers`` is called before each try so a refreshed token is used; a 401/403 calls
+        ``on_auth_failure`` (to drop a cached token) and is retried once.
+        """
+        response = self.request(
+            method,
+            url,
+            headers=headers,
+            what=what,
+            operation_id=operation_id,
+            on_auth_failure=on_auth_failure,
+            rate_limited=True,
+            stream=True,
+            **kwargs,
+        )
+        with response:
+            body = read_capped(response.iter_content(65536), self.settings.max_response_bytes, what)
+        return parse_json(body, what)
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Callable[[], Mapping[str, str]] | None = None,
+        what: str,
+        operation_id: str | None = None,
+        on_auth_failure: Callable[[], None] | None = None,
+        rate_limited: bool = False,
+        read_error: ErrorReader | None = None,
+        body_factory: Callable[[], Any] | None = None,
+        **kwargs: Any,
+    ) -> requests.Response:
+        """Send one request with retries; return the successful (2xx/3xx) response.
+
+        :param body_factory: builds the request body afresh for each try (streamed uploads).
+        """
+        policy = self.settings.retry
+        reader = read_error or self.read_error
+        auth_retried = False
+        attempt = 0
+        while True:
+            attempt += 1
+            if rate_limited:
+                self.limiter.acquire()
+            if body_factory is not None:
+                kwargs["data"] = body_factory()
+            try:
+                response = self.session.request(
+                    method,
+                    url,
+                    headers=dict(headers()) if headers else None,
+                    timeout=self.settings.timeout,
+                    **kwargs,
+                )
+            except requests.RequestException as exc:
+                failure = TransportError(f"{what}: {method} {redact_url(url)} failed ({describe_exception(exc)})")
+                if not policy.can_retry(attempt):
+                    raise failure from None
+                self._wait(what, attempt, str(failure), policy.delay(attempt))
+                continue
+            if response.status_code < 400:
+                return response
+            with response:
+                body = read_capped(response.iter_content(65536), 65536, what, truncate=True)
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            error = error_for_status(
+                response.status_code,
+                reader(response.status_code, body, response.headers.get("Content-Type", "")),
+                what=what,
+                operation_id=operation_id,
+                retry_after=retry_after,
+            )
+            if isinstance(error, AuthenticationError) and on_auth_failure and not auth_retried:
+                auth_retried = True
+                on_auth_failure()
+                continue
+            if not is_retryable(error) or not policy.can_retry(attempt, retry_after):
+                raise error
+            if retry_after is not None and rate_limited:
+                self.limiter.hold_off(retry_after)
+            self._wait(what, attempt, str(error), policy.delay(attempt, retry_after))
+
+    def _wait(self, what: str, attempt: int, reason: str, delay: float) -> None:
+        log.warning(
+            "%s %s: try %d of %d failed (%s); retrying in %.1f s",
+            self.service,
+            what,
+            attempt,
+            self.settings.retry.max_attempts,
+            reason,
+            delay,
+        )
+        time.sleep(delay)
+
+    def download(self, url: str, sink: IO[bytes], *, what: str, read_error: ErrorReader) -> int:
+        """Stream ``url`` into ``sink`` and return the bytes written.
+
+        The body must match its ``Content-Length``; a broken transfer is resumed with a
+        ``Range`` request (or restarted when the server ignores it). Half a file is never
+        reported as a success.
+        """
+        check_url(url, allow_insecure_http=self.settings.allow_insecure_http, what="download URL")
+        policy = self.settings.retry
+        start = sink.tell()
+        written = 0
+        attempt = 0
+        while True:
+            attempt += 1
+            range_header = {"Range": f"bytes={written}-"} if written else {}
+            try:
+                response = self.request(
+                    "GET", url, headers=partial(dict, range_header), what=what, read_error=read_error, stream=True
+                )
+                with response:
+                    if written and response.status_code != 206:
+                        sink.seek(start)
+                        sink.truncate()
+                        written = 0
+                    expected = expected_length(response.headers, written)
+                    for chunk in response.iter_content(CHUNK_BYTES):
+                        sink.write(chunk)
+                        written += len(chunk)
+                if expected is not None and written != expected:
+                    raise IncompleteDownloadError(f"{what}: got {written} bytes of {expected} from {redact_url(url)}")
+                sink.flush()
+                return written
+            except (requests.RequestException, IncompleteDownloadError) as exc:
+                reason = describe_exception(exc)
+                if not policy.can_retry(attempt):
+                    raise IncompleteDownloadError(
+                        f"{what}: download of {redact_url(url)} broke off after {written} bytes ({reason})"
+                    ) from None
+                self._wait(what, attempt, reason, policy.delay(attempt))
+
+    def upload(
+        self,
+        url: str,
+        body: FileBody,
+        *,
+        headers: Mapping[str, str],
+        what: str,
+        read_error: ErrorReader,
+        operation_id: str | None = None,
+    ) -> requests.Response:
+        """PUT ``body`` to a presigned URL, streamed, with ``Content-Length``."""
+        check_url(url, allow_insecure_http=self.settings.allow_insecure_http, what="upload URL")
+        response = self.request(
+            "PUT",
+            url,
+            headers=lambda: {**headers, "Content-Length": str(len(body))},
+            what=what,
+            operation_id=operation_id,
+            read_error=read_error,
+            body_factory=lambda: body,
+        )
+        response.close()
+        return response
+
+
+class AsyncTransport:
+    """The async twin of :class:`SyncTransport` for status polling; never blocks the loop."""
+
+    def __init__(
+        self,
+        settings: HttpSettings,
+        read_error: ErrorReader,
+        limiter: RateLimiter,
+        *,
+        service: str,
+    ) -> None:
+        self.settings = settings
+        self.read_error = read_error
+        self.limiter = limiter
+        self.service = service
+        self.client = httpx.AsyncClient(
+            timeout=httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout),
+            limits=httpx.Limits(max_connections=10, max_keepalive_connections=5),
+        )
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def api_json(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Callable[[], Any],
+        what: str,
+        operation_id: str | None = None,
+        on_auth_failure: Callable[[], None] | None = None,
+        rate_limited: bool = True,
+        read_error: ErrorReader | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Call an API endpoint with retries and return its parsed JSON body.
+
+        ``headers`` may be a coroutine function (to fetch a token asynchronously).
+        """
+        policy = self.settings.retry
+        reader = read_error or self.read_error
+        auth_retried = False
+        attempt = 0
+        while True:
+            attempt += 1
+            if rate_limited:
+                await self.limiter.acquire_async()
+            request_headers = headers()
+            if asyncio.iscoroutine(request_headers):
+                request_headers = await request_headers
+            try:
+                async with self.client.stream(method, url, headers=request_headers, **kwargs) as response:
+                    cap = self.settings.max_response_bytes if response.status_code < 400 else 65536
+                    body = await read_capped_async(
+                        response.aiter_bytes(), cap, what, truncate=response.status_code >= 400
+                    )
+            except httpx.HTTPError as exc:
+                failure = TransportError(f"{what}: {method} {redact_url(url)} failed ({describe_exception(exc)})")
+                if not policy.can_retry(attempt):
+                    raise failure from None
+                await self._wait(what, attempt, str(failure), policy.delay(attempt))
+                continue
+            if response.status_code < 400:
+                return parse_json(body, what)
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            error = error_for_status(
+                response.status_code,
+                reader(response.status_code, body, response.headers.get("Content-Type", "")),
+                what=what,
+                operation_id=operation_id,
+                retry_after=retry_after,
+            )
+            if isinstance(error, AuthenticationError) and on_auth_failure and not auth_retried:
+                auth_retried = True
+                on_auth_failure()
+                continue
+            if not is_retryable(error) or not policy.can_retry(attempt, retry_after):
+                raise error
+            if retry_after is not None and rate_limited:
+                self.limiter.hold_off(retry_after)
+            await self._wait(what, attempt, str(error), policy.delay(attempt, retry_after))
+
+    async def _wait(self, what: str, attempt: int, reason: str, delay: float) -> None:
+        log.warning(
+            "%s %s: try %d of %d failed (%s); retrying in %.1f s",
+            self.service,
+            what,
+            attempt,
+            self.settings.retry.max_attempts,
+            reason,
+            delay,
+        )
+        await asyncio.sleep(delay)
+
+
+def is_retryable(error: ServiceError) -> bool:
+    """429 (but not an exhausted daily quota) and 5xx are worth another try."""
+    if isinstance(error, QuotaExceededError):
+        return False
+    return error.status_code in RETRYABLE_STATUS
+
+
+def expected_length(headers: Mapping[str, str], already: int) -> int | None:
+    """The total length a (possibly ranged) response promises, or ``None`` if it does not say."""
+    value = headers.get("Content-Length")
+    if value is None or not value.isdigit():
+        return None
+    return already + int(value)
+
+
+def describe_exception(exc: BaseException) -> str:
+    """A short, secret-free description of a transport exception (no URLs, no query strings)."""
+    name = type(exc).__name__
+    if isinstance(exc, requests.Timeout | httpx.TimeoutException):
+        return f"{name}: timed out"
+    if isinstance(exc, IncompleteDownloadError):
+        return str(exc)
+    return name
+
+
+def read_capped(chunks: Iterator[bytes], cap: int, what: str, *, truncate: bool = False) -> bytes:
+    """Join ``chunks`` up to ``cap`` bytes; beyond it, fail (or cut when ``truncate``)."""
+    buffer = bytearray()
+    for chunk in chunks:
+        buffer += chunk
+        if len(buffer) > cap:
+            if truncate:
+                return bytes(buffer[:cap])
+            raise UnexpectedResponseError(f"{what}: response body larger than {cap} bytes")
+    return bytes(buffer)
+
+
+async def read_capped_async(chunks: Any, cap: int, what: str, *, truncate: bool = False) -> bytes:
+    """Async :func:`read_capped`."""
+    buffer = bytearray()
+    async for chunk in chunks:
+        buffer += chunk
+        if len(buffer) > cap:
+            if truncate:
+                return bytes(buffer[:cap])
+            raise UnexpectedResponseError(f"{what}: response body larger than {cap} bytes")
+    return bytes(buffer)
+
+
+def parse_json(body: bytes, what: str) -> Any:
+    """Parse a JSON response body; an empty body is ``None``."""
+    if not body.strip():
+        return None
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise UnexpectedResponseError(f"{what}: the service answered with a body that is not JSON") from None
