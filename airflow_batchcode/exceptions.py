@@ -18,7 +18,8 @@
     │   └── UploadRejectedError       the presigned upload was refused (expired, wrong key, too late)
     ├── OperationError                a remote operation ended badly
     │   ├── OperationFailedError      state ``failed``
-    │   └── OperationTimedOutError    state ``timed_out`` (or the sensor's deadline passed)
+    │   └── OperationTimedOutError    state ``timed_out``: the operation never got its input
+    │       └── WaitTimedOutError     our own wait deadline passed; the operation may still finish
     └── QualityGateError              the run's success rate is under ``min_success_rate``
 
 Messages never contain tokens, client secrets or presigned URLs: URLs are reported with
@@ -152,6 +153,13 @@ class OperationTimedOutError(OperationError):
 
     summary = "Batch coding operation timed out"
     advice = "A timed-out operation cannot be reused: clear the task group to create a new operation"
+
+
+class WaitTimedOutError(OperationTimedOutError):
+    """The sensor's own timeout passed before the operation finished."""
+
+    summary = "Gave up waiting for the batch coding operation"
+    advice = "The operation may still finish: clear the wait task to wait again, or give the sensor a longer timeout"
 
 
 class QualityGateError(BatchCodeError):

@@ -1,0 +1,32 @@
+# The two commands a newcomer runs: `make demo` and `make test`. Each builds .venv itself.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt 2>/dev/null | cksum | cut -d' ' -f1)
+PIP_FLAGS := --disable-pip-version-check --no-input -q
+CONSTRAINTS := $(if $(wildcard constraints.txt),-c constraints.txt,)
+
+.PHONY: demo test lint typecheck unit venv clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install $(PIP_FLAGS) $(CONSTRAINTS) -e ".[dev]"
+	rm -f $(VENV)/.installed-* && touch $@
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/batchcode demo $(DEMO_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check airflow_batchcode tests dags bench
+	$(BIN)/ruff format --check airflow_batchcode tests dags bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+test: lint typecheck
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,136 @@
+"""BatchCodeHook: an Airflow ``batchcode`` connection turned into a service client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from functools import cached_property
+from typing import Any
+from urllib.parse import urlsplit
+
+from airflow.sdk import BaseHook
+from airflow.sdk.log import amask_secret, mask_secret
+
+from airflow_batchcode.exceptions import BatchCodeError, ConfigurationError
+from airflow_batchcode.services.base import AsyncBatchCodeClient, BatchCodeClient
+from airflow_batchcode.services.registry import ServiceConfig, build_async_client, build_client
+from airflow_batchcode.services.transport import is_loopback
+
+EXTRA_PREFIX = "extra__batchcode__"
+_background: set[asyncio.Task[None]] = set()
+
+
+def service_config_from_connection(conn: Any) -> ServiceConfig:
+    """Read host, login, password and extra of an Airflow connection into a :class:`ServiceConfig`.
+
+    ``host`` may carry its scheme (``https://partner-coder.api.abs.gov.au``); without one,
+    ``https`` is assumed, or ``http`` for loopback hosts. ``extra`` keys may be plain or
+    carry the UI's ``extra__batchcode__`` prefix.
+    """
+    extra = {key.removeprefix(EXTRA_PREFIX): value for key, value in _extra_dict(conn).items()}
+    extra = {key: value for key, value in extra.items() if value not in (None, "")}
+    host = (conn.host or "").strip()
+    if not host:
+        raise ConfigurationError(f"Connection {conn.conn_id!r} has no host (the service's API origin)")
+    if "://" not in host:
+        scheme = extra.get("scheme") or conn.schema or ("http" if is_loopback(host.split(":")[0]) else "https")
+        host = f"{scheme}://{host}"
+    parts = urlsplit(host)
+    if conn.port and not parts.port:
+        host = f"{parts.scheme}://{parts.hostname}:{conn.port}{parts.path}"
+    service = str(extra.get("service", "abs")).lower()
+    return ServiceConfig(
+        service=service,
+        base_url=host.rstrip("/"),
+        login=conn.login or "",
+        password=conn.password or "",
+        extra=extra,
+    )
+
+
+def _extra_dict(conn: Any) -> dict[str, Any]:
+    extra = getattr(conn, "extra_dejson", None)
+    if isinstance(extra, dict):
+        return extra
+    raw = getattr(conn, "extra", None) or "{}"
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise ConfigurationError(f"Connection {conn.conn_id!r} has an extra that is not JSON") from None
+    return value if isinstance(value, dict) else {}
+
+
+def _mask_async(value: str) -> None:
+    """Register a secret with the masker from inside the event loop, without blocking it."""
+    task = asyncio.get_running_loop().create_task(amask_secret(value))
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+class BatchCodeHook(BaseHook):
+    """Talks to a batch coding service through an Airflow connection of type ``batchcode``.
+
+    Connection: ``host`` is the API origin (no ``/v1``), ``login``/``password`` the client id
+    and secret (or API key), ``extra`` holds ``service`` (``abs``), and optionally ``topic``,
+    ``auth_url``, ``rate_limit``, ``connect_timeout``, ``read_timeout``, ``max_attempts`` and
+    ``allow_insecure_http``.
+
+    :param batchcode_conn_id: the connection id.
+    """
+
+    conn_name_attr = "batchcode_conn_id"
+    default_conn_name = "batchcode_default"
+    conn_type = "batchcode"
+    hook_name = "Batch Coding Service"
+
+    def __init__(self, batchcode_conn_id: str = default_conn_name, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.batchcode_conn_id = batchcode_conn_id
+
+    @cached_property
+    def config(self) -> ServiceConfig:
+        """The connection, read once."""
+        return service_config_from_connection(self.get_connection(self.batchcode_conn_id))
+
+    @property
+    def service(self) -> str:
+        return self.config.service
+
+    @property
+    def default_topic(self) -> str | None:
+        """The topic named in the connection's extra, if any."""
+        topic = self.config.extra.get("topic")
+        return str(topic) if topic else None
+
+    @cached_property
+    def client(self) -> BatchCodeClient:
+        """The service's sync client; every secret it learns is masked in logs."""
+        return build_client(self.config, on_secret=mask_secret)
+
+    def get_conn(self) -> BatchCodeClient:
+        return self.client
+
+    async def get_async_client(self) -> AsyncBatchCodeClient:
+        """An async client for the trigger: connection looked up without blocking the loop."""
+        conn = await self.aget_connection(self.batchcode_conn_id)
+        return build_async_client(service_config_from_connection(conn), on_secret=_mask_async)
+
+    def close(self) -> None:
+        """Release the client's connections."""
+        if "client" in self.__dict__:
+            self.client.close()
+            del self.__dict__["client"]
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Authenticate and make one cheap call, for the UI's *Test* button."""
+        try:
+            client = self.client
+            topics = getattr(client, "list_topics", None)
+            if topics is not None:
+                names = ", ".join(t.uri_name for t in topics())
+                return True, f"Connected to {self.service} at {self.config.base_url}; topics: {names}"
+            return True, f"Connected to {self.service} at {self.config.base_url}"
+        except BatchCodeError as exc:
+            return False, str(exc)
+        finally:
+            self.close()
