@@ -1,0 +1,149 @@
+"""OperationStatusTrigger: polls a remote operation from the triggerer until it ends."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from airflow_batchcode.exceptions import (
+    BatchCodeError,
+    QuotaExceededError,
+    RateLimitedError,
+    ServerError,
+    TransportError,
+    UnexpectedResponseError,
+)
+from airflow_batchcode.services.base import AsyncBatchCodeClient, OperationState
+
+MIN_POLL_INTERVAL = 0.5
+PROGRESS_LOG_EVERY = 10
+"""Log an unchanged state only every this many polls (state changes are always logged)."""
+
+
+def _transient(error: BatchCodeError) -> bool:
+    """Errors worth waiting out: the network, the service's 5xx and 429s (not the daily quota)."""
+    if isinstance(error, QuotaExceededError):
+        return False
+    return isinstance(error, TransportError | ServerError | RateLimitedError | UnexpectedResponseError)
+
+
+class OperationStatusTrigger(BaseTrigger):
+    """Polls a batch coding operation's status without holding a worker slot.
+
+    Serialises only plain values, so it survives a triggerer restart; the deadline is wall
+    clock (epoch seconds), so a restart does not reset it. Yields exactly one event:
+    ``{"status": "complete" | "failed" | "timed_out" | "error", "operation_id", "message", ...}``.
+
+    :param batchcode_conn_id: the ``batchcode`` connection.
+    :param operation_id: the remote operation.
+    :param topic: the operation's topic.
+    :param model: the operation's model, if one was named.
+    :param poll_interval: seconds between polls (at least 0.5).
+    :param deadline: epoch seconds after which the wait ends as ``timed_out``; ``None`` waits forever.
+    :param max_consecutive_errors: transient failures in a row tolerated before giving up.
+    """
+
+    def __init__(
+        self,
+        *,
+        batchcode_conn_id: str,
+        operation_id: str,
+        topic: str,
+        model: str | None = None,
+        poll_interval: float = 60.0,
+        deadline: float | None = None,
+        max_consecutive_errors: int = 10,
+    ) -> None:
+        super().__init__()
+        self.batchcode_conn_id = batchcode_conn_id
+        self.operation_id = operation_id
+        self.topic = topic
+        self.model = model
+        self.poll_interval = max(MIN_POLL_INTERVAL, float(poll_interval))
+        self.deadline = deadline
+        self.max_consecutive_errors = max_consecutive_errors
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "batchcode_conn_id": self.batchcode_conn_id,
+                "operation_id": self.operation_id,
+                "topic": self.topic,
+                "model": self.model,
+                "poll_interval": self.poll_interval,
+                "deadline": self.deadline,
+                "max_consecutive_errors": self.max_consecutive_errors,
+            },
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        from airflow_batchcode.hooks.batchcode import BatchCodeHook
+
+        try:
+            client = await BatchCodeHook(self.batchcode_conn_id).get_async_client()
+        except BatchCodeError as exc:
+            yield self._event("error", f"Cannot build a client for connection {self.batchcode_conn_id!r}: {exc}")
+            return
+        try:
+            yield await self._poll_until_done(client)
+        finally:
+            await client.aclose()
+
+    async def _poll_until_done(self, client: AsyncBatchCodeClient) -> TriggerEvent:
+        polls = failures = 0
+        last_state: OperationState | None = None
+        self.log.info(
+            "Waiting on %s operation %s (topic %s): polling every %.1f s%s",
+            client.service,
+            self.operation_id,
+            self.topic,
+            self.poll_interval,
+            f", deadline {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(self.deadline))}" if self.deadline else "",
+        )
+        while True:
+            if self.deadline is not None and time.time() >= self.deadline:
+                state = last_state.value if last_state else "unknown"
+                return self._event(
+                    "timed_out",
+                    f"Gave up waiting: the deadline passed while the operation was {state}",
+                    reason="deadline",
+                    polls=polls,
+                )
+            polls += 1
+            try:
+                operation = await client.get_operation(self.operation_id, self.topic, self.model)
+            except BatchCodeError as exc:
+                failures += 1
+                if not _transient(exc) or failures >= self.max_consecutive_errors:
+                    return self._event("error", f"Status check failed ({failures} in a row): {exc}", polls=polls)
+                delay = min(self.poll_interval * 2 ** (failures - 1), max(self.poll_interval, 300.0))
+                self.log.warning("Status check %d failed (%s); next try in %.1f s", polls, exc, delay)
+                await self._sleep(delay)
+                continue
+            failures = 0
+            if operation.state is not last_state or polls % PROGRESS_LOG_EVERY == 0:
+                self.log.info("Poll %d: %s", polls, operation.describe())
+            last_state = operation.state
+            if operation.state.is_terminal():
+                return self._event(
+                    operation.state.value,
+                    operation.error or operation.describe(),
+                    reason="service",
+                    polls=polls,
+                )
+            await self._sleep(self.poll_interval)
+
+    async def _sleep(self, seconds: float) -> None:
+        if self.deadline is not None:
+            seconds = min(seconds, max(0.0, self.deadline - time.time()))
+        await asyncio.sleep(seconds)
+
+    def _event(self, status: str, message: str, **extra: Any) -> TriggerEvent:
+        return TriggerEvent(
+            {"status": status, "operation_id": self.operation_id, "message": message, "topic": self.topic, **extra}
+        )
