@@ -262,15 +262,15 @@ class AbsClient(_AbsBase):
 
     def _fetch_token(self) -> Token:
         request = self._token_request()
-        response = self._http.request(
+        body = self._http.api_json(
             "POST",
             self.settings.token_url,
             headers=lambda: request["headers"],
-            data=request["data"],
             what="token request",
+            rate_limited=False,
+            data=request["data"],
         )
-        with response:
-            return self._accept_token(response.json() if response.content else None)
+        return self._accept_token(body)
 
     def _headers(self) -> Mapping[str, str]:
         return {"Authorization": self.token(), "Accept": "application/json"}

@@ -238,6 +238,7 @@ class SyncTransport:
         what: str,
         operation_id: str | None = None,
         on_auth_failure: Callable[[], None] | None = None,
+        rate_limited: bool = True,
         **kwargs: Any,
     ) -> Any:
         """Call an API endpoint and return its parsed JSON body (``None`` when empty).
@@ -245,19 +246,19 @@ class SyncTransport:
         ``headers`` is called before each try so a refreshed token is used; a 401/403 calls
         ``on_auth_failure`` (to drop a cached token) and is retried once.
         """
-        response = self.request(
+        cap = self.settings.max_response_bytes
+        body: bytes = self.request(
             method,
             url,
             headers=headers,
             what=what,
             operation_id=operation_id,
             on_auth_failure=on_auth_failure,
-            rate_limited=True,
+            rate_limited=rate_limited,
             stream=True,
+            consume=lambda response: read_capped(response.iter_content(65536), cap, what),
             **kwargs,
         )
-        with response:
-            body = read_capped(response.iter_content(65536), self.settings.max_response_bytes, what)
         return parse_json(body, what)
 
     def request(
@@ -272,11 +273,14 @@ class SyncTransport:
         rate_limited: bool = False,
         read_error: ErrorReader | None = None,
         body_factory: Callable[[], Any] | None = None,
+        consume: Callable[[requests.Response], Any] | None = None,
         **kwargs: Any,
-    ) -> requests.Response:
+    ) -> Any:
         """Send one request with retries; return the successful (2xx/3xx) response.
 
         :param body_factory: builds the request body afresh for each try (streamed uploads).
+        :param consume: reads the successful response inside the retry loop (so a body cut
+            off half way is retried too) and returns what this method then returns.
         """
         policy = self.settings.retry
         reader = read_error or self.read_error
@@ -296,16 +300,19 @@ class SyncTransport:
                     timeout=self.settings.timeout,
                     **kwargs,
                 )
+                if response.status_code < 400:
+                    if consume is None:
+                        return response
+                    with response:
+                        return consume(response)
+                with response:
+                    body = read_capped(response.iter_content(65536), 65536, what, truncate=True)
             except requests.RequestException as exc:
                 failure = TransportError(f"{what}: {method} {redact_url(url)} failed ({describe_exception(exc)})")
                 if not policy.can_retry(attempt):
                     raise failure from None
                 self._wait(what, attempt, str(failure), policy.delay(attempt))
                 continue
-            if response.status_code < 400:
-                return response
-            with response:
-                body = read_capped(response.iter_content(65536), 65536, what, truncate=True)
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
             error = error_for_status(
                 response.status_code,
