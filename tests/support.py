@@ -1,0 +1,94 @@
+"""Helpers shared by the integration suites: an emulator on loopback, its admin API, connections, scans."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from airflow_batchcode.emulator.config import EmulatorConfig
+from airflow_batchcode.emulator.server import EmulatorServer
+
+SIGNATURE_MARKERS = ("X-Amz-Signature", "X-Amz-Credential", "Signature=")
+
+
+@contextmanager
+def emulator(**overrides: Any) -> Iterator[EmulatorServer]:
+    """A started ABS emulator with fast, unthrottled defaults (overridable)."""
+    settings: dict[str, Any] = {"processing_delay": 0.1, "rate_limit": 0, "daily_quota": 0}
+    settings.update(overrides)
+    with EmulatorServer(EmulatorConfig(**settings)) as server:
+        yield server
+
+
+def admin(server: EmulatorServer, path: str, body: dict[str, Any] | None = None) -> Any:
+    """Call the emulator's ``/_emulator`` admin API (GET, or POST with ``body``)."""
+    url = f"{server.base_url}/_emulator/{path}"
+    response = requests.post(url, json=body, timeout=5) if body is not None else requests.get(url, timeout=5)
+    response.raise_for_status()
+    return response.json()
+
+
+@contextmanager
+def batchcode_connection(
+    server: EmulatorServer,
+    conn_id: str = "batchcode_default",
+    *,
+    client_id: str = "demo-client",
+    secret: str = "demo-secret",
+    **extra: Any,
+) -> Iterator[None]:
+    """Point an Airflow ``batchcode`` connection (environment variable) at the emulator."""
+    name = f"AIRFLOW_CONN_{conn_id.upper()}"
+    value = {
+        "conn_type": "batchcode",
+        "host": server.base_url,
+        "login": client_id,
+        "password": secret,
+        "extra": {"service": "abs", "rate_limit": 0, "backoff_base": 0.05, **extra},
+    }
+    previous = os.environ.get(name)
+    os.environ[name] = json.dumps(value)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
+
+
+def issued_tokens(server: EmulatorServer) -> list[str]:
+    """Every access token the emulator has issued (to scan for leaks)."""
+    return list(server.service._tokens)
+
+
+def write_manifest(path: Path, records: Iterable[dict[str, Any]]) -> Path:
+    """Write records as JSONL."""
+    with path.open("w", encoding="utf-8") as sink:
+        for record in records:
+            sink.write(json.dumps(record) + "\n")
+    return path
+
+
+def scan_sqlite(db: Path, needles: Iterable[str]) -> list[str]:
+    """Every ``table.column`` of a SQLite DB whose text holds one of ``needles``."""
+    needles = [n for n in needles if n]
+    found: list[str] = []
+    with sqlite3.connect(db) as conn:
+        tables = [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        for table in tables:
+            columns = [row[1] for row in conn.execute(f'PRAGMA table_info("{table}")')]
+            for row in conn.execute(f'SELECT * FROM "{table}"'):
+                for column, value in zip(columns, row, strict=True):
+                    if isinstance(value, bytes):
+                        value = value.decode("utf-8", "replace")
+                    if isinstance(value, str):
+                        found += [f"{table}.{column}: {n[:12]}..." for n in needles if n in value]
+    return found
