@@ -1,0 +1,179 @@
+"""Operator and sensor decisions with a fake client at the hook boundary (the real path is in integration)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+from unittest import mock
+
+import pytest
+
+from airflow_batchcode.exceptions import (
+    BatchCodeError,
+    ConfigurationError,
+    OperationFailedError,
+    OperationTimedOutError,
+    UnexpectedResponseError,
+    WaitTimedOutError,
+)
+from airflow_batchcode.operation_ref import OperationRef, seal_upload, unseal_upload
+from airflow_batchcode.operators.batchcode import (
+    CREATED_KEY,
+    CreateOperationOperator,
+    UploadManifestOperator,
+    upload_url_expiry,
+)
+from airflow_batchcode.sensors.batchcode import OperationStatusSensor
+from airflow_batchcode.services.base import Operation, OperationState, UploadTarget
+
+
+class Store:
+    """In-memory stand-in for Airflow's task state store."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {}
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.data.get(key, default)
+
+    def set(self, key: str, value: Any, **_: Any) -> None:
+        self.data[key] = value
+
+
+class FakeClient:
+    service = "abs"
+
+    def __init__(self, state: OperationState = OperationState.AWAITING_INPUT) -> None:
+        self.state = state
+        self.created = 0
+        self.uploads = 0
+
+    def create_operation(self, topic: str, model: str | None = None) -> UploadTarget:
+        self.created += 1
+        url = f"https://s3.example/in?X-Amz-Date={time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}&X-Amz-Expires=3600"
+        return UploadTarget(f"op-{self.created}", url, "kms")
+
+    def get_operation(self, operation_id: str, topic: str, model: str | None = None) -> Operation:
+        return Operation(operation_id, self.state, error="bad input" if self.state is OperationState.FAILED else None)
+
+    def upload_manifest(self, target: UploadTarget, manifest: Any) -> int:
+        self.uploads += 1
+        return 10
+
+
+def with_client(operator: Any, client: FakeClient) -> Any:
+    hook = mock.Mock(client=client, service="abs", default_topic="anzsco")
+    operator.__dict__["hook"] = hook
+    return operator
+
+
+@pytest.mark.parametrize(
+    ("state", "expires_in", "reused"),
+    [
+        (OperationState.AWAITING_INPUT, 3000, True),
+        (OperationState.AWAITING_INPUT, 60, False),
+        (OperationState.IN_PROGRESS, 3000, True),
+        (OperationState.COMPLETE, -10, True),
+        (OperationState.FAILED, 3000, False),
+        (OperationState.TIMED_OUT, 3000, False),
+    ],
+)
+def test_create_reattaches_only_to_a_usable_operation(state: OperationState, expires_in: int, reused: bool) -> None:
+    client = FakeClient(state)
+    store = Store()
+    store.set(CREATED_KEY, {"operation_id": "op-0", "topic": "anzsco", "upload_expires": time.time() + expires_in})
+    operator = with_client(CreateOperationOperator(task_id="create", topic="anzsco"), client)
+    result = operator.execute({"task_state_store": store})
+    assert (result["operation_id"] == "op-0") is reused
+    assert client.created == (0 if reused else 1)
+    assert "sealed_upload" in result or reused
+
+
+def test_create_records_the_new_operation_and_seals_the_upload_url() -> None:
+    client, store = FakeClient(), Store()
+    result = with_client(CreateOperationOperator(task_id="c", topic="osca"), client).execute(
+        {"task_state_store": store}
+    )
+    assert store.data[CREATED_KEY]["operation_id"] == result["operation_id"] == "op-1"
+    assert "https://" not in repr(result) and "X-Amz" not in repr(result)
+    target = unseal_upload(OperationRef.parse(result))
+    assert target.upload_url.startswith("https://s3.example/in") and target.kms_key_arn == "kms"
+
+
+def test_create_for_another_topic_does_not_reuse() -> None:
+    client, store = FakeClient(), Store()
+    store.set(CREATED_KEY, {"operation_id": "op-0", "topic": "anzsco"})
+    result = with_client(CreateOperationOperator(task_id="c", topic="osca"), client).execute(
+        {"task_state_store": store}
+    )
+    assert result["operation_id"] == "op-1"
+
+
+@pytest.mark.parametrize("state", [OperationState.IN_PROGRESS, OperationState.COMPLETE])
+def test_upload_never_sends_twice(state: OperationState, tmp_path: Any) -> None:
+    client = FakeClient(state)
+    sealed = seal_upload(UploadTarget("op-1", "https://u", "k"))
+    operation = {"operation_id": "op-1", "topic": "anzsco", "sealed_upload": sealed}
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("{}\n")
+    result = with_client(
+        UploadManifestOperator(task_id="u", operation=operation, manifest=str(manifest)), client
+    ).execute({"task_state_store": Store()})
+    assert client.uploads == 0 and result["skipped"]
+
+
+def test_upload_into_a_failed_operation_raises_the_typed_error(tmp_path: Any) -> None:
+    client = FakeClient(OperationState.FAILED)
+    operator = UploadManifestOperator(task_id="u", operation={"operation_id": "op-9", "topic": "anzsco"}, manifest="x")
+    with pytest.raises(OperationFailedError, match="op-9"):
+        with_client(operator, client).execute({"task_state_store": Store()})
+
+
+@pytest.mark.parametrize(
+    ("event", "error"),
+    [
+        ({"status": "failed", "operation_id": "op-1", "message": "bad lines"}, OperationFailedError),
+        ({"status": "timed_out", "operation_id": "op-1", "message": "x", "reason": "service"}, OperationTimedOutError),
+        ({"status": "timed_out", "operation_id": "op-1", "message": "x", "reason": "deadline"}, WaitTimedOutError),
+        ({"status": "error", "operation_id": "op-1", "message": "boom"}, BatchCodeError),
+        ({"status": "weird", "operation_id": "op-1"}, UnexpectedResponseError),
+        ({"operation_id": "op-1"}, UnexpectedResponseError),
+        (None, UnexpectedResponseError),
+    ],
+)
+def test_execute_complete_validates_and_raises_typed_errors(event: Any, error: type) -> None:
+    sensor = OperationStatusSensor(task_id="w", operation="op-1", topic="anzsco", deferrable=True)
+    with pytest.raises(error) as info:
+        sensor.execute_complete({}, event)
+    if error is OperationFailedError:
+        assert (
+            "op-1" in str(info.value) and "bad lines" in str(info.value) and "clear the task group" in str(info.value)
+        )
+    if error is WaitTimedOutError:
+        assert "may still finish" in str(info.value)
+
+
+def test_execute_complete_returns_the_operation_id() -> None:
+    sensor = OperationStatusSensor(task_id="w", operation="op-1", topic="anzsco")
+    assert sensor.execute_complete({}, {"status": "complete", "operation_id": "op-1", "message": "ok"}) == "op-1"
+    assert sensor.deferrable, "deferrable by default"
+
+
+def test_sensor_refuses_a_poll_interval_below_half_a_second() -> None:
+    with pytest.raises(ValueError, match="at least 0.5"):
+        OperationStatusSensor(task_id="w", operation="op-1", poll_interval=0.1)
+
+
+def test_operation_ref_parsing() -> None:
+    assert OperationRef.parse("op-1", topic="osca") == OperationRef("op-1", "osca")
+    assert OperationRef.parse('{"operation_id": "op-2", "topic": "anzsco"}').topic == "anzsco"
+    with pytest.raises(ConfigurationError):
+        OperationRef.parse({"topic": "x"})
+    with pytest.raises(ConfigurationError):
+        OperationRef("op-3").require_topic()
+
+
+def test_upload_url_expiry_reads_both_presign_styles() -> None:
+    assert upload_url_expiry("https://h/k?X-Amz-Date=20260101T000000Z&X-Amz-Expires=3600") == 1767229200.0
+    assert upload_url_expiry("https://h/k?Expires=1767229200&Signature=x") == 1767229200.0
+    assert upload_url_expiry("https://h/k") is None
