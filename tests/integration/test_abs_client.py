@@ -6,14 +6,10 @@ import asyncio
 import io
 import json
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
-import requests
 
-from airflow_batchcode.emulator.config import EmulatorConfig
 from airflow_batchcode.emulator.server import EmulatorServer
 from airflow_batchcode.exceptions import (
     AuthenticationError,
@@ -29,6 +25,7 @@ from airflow_batchcode.services.abs import AbsClient, AbsSettings, AsyncAbsClien
 from airflow_batchcode.services.base import OperationState, UploadTarget
 from airflow_batchcode.services.retry import RetryPolicy
 from airflow_batchcode.services.transport import HttpSettings
+from tests.support import admin, emulator
 
 FAST = RetryPolicy(max_attempts=6, backoff_base=0.05, backoff_max=0.5)
 RECORDS = [
@@ -40,14 +37,6 @@ RECORDS = [
     {"recordId": "6", "occp_text": "x" * 200, "tasks_text": "y" * 101},
     {"recordId": "1", "occp_text": "nurse", "tasks_text": "caring for patients"},
 ]
-
-
-@contextmanager
-def emulator(**overrides: Any) -> Iterator[EmulatorServer]:
-    settings: dict[str, Any] = {"processing_delay": 0.1, "rate_limit": 0, "daily_quota": 0}
-    settings.update(overrides)
-    with EmulatorServer(EmulatorConfig(**settings)) as server:
-        yield server
 
 
 def client_for(
@@ -62,13 +51,6 @@ def client_for(
 def manifest(records: list[dict[str, Any]], extra_lines: tuple[str, ...] = ()) -> io.BytesIO:
     lines = [json.dumps(r) for r in records] + list(extra_lines)
     return io.BytesIO(("\n".join(lines) + "\n").encode())
-
-
-def admin(server: EmulatorServer, path: str, body: dict[str, Any] | None = None) -> Any:
-    url = f"{server.base_url}/_emulator/{path}"
-    response = requests.post(url, json=body, timeout=5) if body is not None else requests.get(url, timeout=5)
-    response.raise_for_status()
-    return response.json()
 
 
 def wait_terminal(client: AbsClient, operation_id: str, topic: str = "anzsco") -> Any:
