@@ -94,6 +94,7 @@ class SurveyResponse:
 def survey_responses(count: int, *, seed: int = 2026, messy: bool = True) -> Iterator[SurveyResponse]:
     """Yield ``count`` answers; with ``messy`` about 8 % are vague, dirty or invalid."""
     rng = random.Random(seed)
+    tasks: str | None
     for index in range(count):
         rid = f"R{index + 1:07d}"
         roll = rng.random() if messy else 1.0
@@ -128,3 +129,27 @@ def _typo(text: str, rng: random.Random) -> str:
         return text
     i = rng.randrange(1, len(text) - 1)
     return text[:i] + text[i + 1] + text[i] + text[i + 2 :]
+
+
+def seed_sqlite(path: str, count: int, *, days: int = 1, start: str = "2026-01-01", seed: int = 2026) -> int:
+    """Create (or refill) table ``survey_responses`` in the SQLite file ``path`` with ``count`` answers.
+
+    Answers are spread evenly over ``days`` days from ``start`` (column ``answered_on``, ISO date),
+    so a daily schedule or a backfill selects one day's slice.
+    """
+    import sqlite3
+    from datetime import date, timedelta
+
+    first = date.fromisoformat(start)
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP TABLE IF EXISTS survey_responses")
+        conn.execute(
+            "CREATE TABLE survey_responses (respondent_id TEXT, answered_on TEXT, occupation TEXT, duties TEXT)"
+        )
+        rows = (
+            (r.respondent_id, (first + timedelta(days=i % days)).isoformat(), r.occp_text, r.tasks_text)
+            for i, r in enumerate(survey_responses(count, seed=seed))
+        )
+        conn.executemany("INSERT INTO survey_responses VALUES (?, ?, ?, ?)", rows)
+        conn.execute("CREATE INDEX ix_survey_responses_day ON survey_responses (answered_on)")
+    return count

@@ -8,6 +8,7 @@ operation it already has instead of starting another.
 from __future__ import annotations
 
 import calendar
+import json
 import time
 from collections.abc import Sequence
 from functools import cached_property
@@ -25,6 +26,7 @@ from airflow_batchcode.storage import as_storage_path, open_for_reading, write_a
 
 CREATED_KEY = "batchcode_operation"
 UPLOADED_KEY = "batchcode_uploaded"
+OPERATION_FILE = "operation.json"
 UPLOAD_URL_MARGIN = 300.0
 """A stored upload URL is reused only if it stays valid at least this many more seconds."""
 
@@ -201,7 +203,8 @@ class DownloadResultsOperator(_BatchCodeOperator):
     retried download replaces the files, never appends to them.
 
     :param operation: the create task's output, or an operation id (then pass ``topic``).
-    :param destination: a folder (local path or URI); ``output.jsonl`` and ``metadata.json`` are written in it.
+    :param destination: a folder (local path or URI); ``output.jsonl``, ``metadata.json`` and
+        ``operation.json`` (which operation, when) are written in it.
     :param topic: the operation's topic, when ``operation`` does not carry it.
     :param model: the operation's model, if one was named.
     :param batchcode_conn_id: the ``batchcode`` connection.
@@ -239,6 +242,15 @@ class DownloadResultsOperator(_BatchCodeOperator):
 
         write_atomically(output, fetch_output)
         write_atomically(metadata, fetch_metadata)
+        provenance = {
+            "service": self.hook.service,
+            "operation_id": ref.operation_id,
+            "topic": ref.topic,
+            "model": ref.model,
+            "output_bytes": sizes["output"],
+            "downloaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        write_atomically(folder / OPERATION_FILE, lambda sink: sink.write(json.dumps(provenance).encode()))
         self.log.info(
             "Downloaded operation %s: %s (%.1f MB) and %s in %.1f s",
             ref.operation_id,

@@ -1,0 +1,87 @@
+"""The ABS input rules for one record, and the optional sanitising that makes a record pass them.
+
+A record the service would reject is caught here, before upload, with the reason; with
+``sanitize=True`` it is repaired instead (whitespace folded, text transliterated to ASCII,
+truncated) and the repair is reported.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from text_unidecode import unidecode
+
+MAX_CHARS = 300
+"""Characters allowed across ``occp_text`` and ``tasks_text``."""
+
+_WHITESPACE = re.compile(r"\s+")
+_NOT_PRINTABLE = re.compile(r"[^\x20-\x7e]")
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A record's texts after the rules: what to send, or why not; and what sanitising changed."""
+
+    occp_text: str
+    tasks_text: str
+    error: str | None = None
+    note: str | None = None
+
+
+def as_text(value: object) -> str:
+    """A database value as text: ``NULL`` becomes ``""``, bytes are decoded (bad bytes shown as U+FFFD)."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).decode("utf-8", "replace")
+    return str(value)
+
+
+def check(occp_text: str, tasks_text: str) -> Checked:
+    """Apply the service's rules; never changes the texts."""
+    if not occp_text and not tasks_text:
+        return Checked(occp_text, tasks_text, error="both occp_text and tasks_text are empty")
+    for name, text in (("occp_text", occp_text), ("tasks_text", tasks_text)):
+        if not (text.isascii() and text.isprintable()):
+            bad = _NOT_PRINTABLE.search(text)
+            where = f" {bad.group()!r} at character {bad.start() + 1}" if bad else ""
+            return Checked(occp_text, tasks_text, error=f"{name} has a character outside printable ASCII{where}")
+    total = len(occp_text) + len(tasks_text)
+    if total > MAX_CHARS:
+        return Checked(
+            occp_text, tasks_text, error=f"texts are {total} characters; the service takes at most {MAX_CHARS}"
+        )
+    return Checked(occp_text, tasks_text)
+
+
+def sanitize(occp_text: str, tasks_text: str) -> Checked:
+    """Repair what can be repaired, then :func:`check`; ``note`` lists what changed."""
+    first = check(occp_text, tasks_text)
+    if first.error is None:
+        return first
+    changes: list[str] = []
+    occp, tasks = _fold(occp_text), _fold(tasks_text)
+    if (occp, tasks) != (occp_text, tasks_text):
+        changes.append("folded whitespace")
+    if not (occp.isascii() and tasks.isascii()) or _NOT_PRINTABLE.search(occp + tasks):
+        occp, tasks = _ascii(occp), _ascii(tasks)
+        changes.append("transliterated to ASCII")
+    if len(occp) + len(tasks) > MAX_CHARS:
+        before = len(occp) + len(tasks)
+        occp = occp[:MAX_CHARS]
+        tasks = tasks[: MAX_CHARS - len(occp)].rstrip()
+        changes.append(f"truncated from {before} to {len(occp) + len(tasks)} characters")
+    result = check(occp, tasks)
+    note = "sanitized: " + ", ".join(changes) if changes else None
+    return Checked(result.occp_text, result.tasks_text, error=result.error, note=note)
+
+
+def _fold(text: str) -> str:
+    return _WHITESPACE.sub(" ", text).strip()
+
+
+def _ascii(text: str) -> str:
+    return _fold(_NOT_PRINTABLE.sub("", unidecode(text)))

@@ -1,0 +1,234 @@
+"""Service output → normalised rows, the run summary and the quality gate.
+
+Output lines are joined to their chunk's position sidecar line by line (the service keeps
+input order), streaming: neither file is ever read whole.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from airflow_batchcode.exceptions import QualityGateError, UnexpectedResponseError
+from airflow_batchcode.storage import as_storage_path, local_path
+
+COLUMNS = (
+    "record_id",
+    "position",
+    "code_status",
+    "code_category",
+    "code_label",
+    "code_confidence",
+    "suggestions",
+    "error",
+    "occp_text",
+    "tasks_text",
+    "note",
+    "topic",
+    "model_id",
+    "operation_id",
+    "chunk",
+)
+"""Columns of a normalised row, in order (the loader adds ``dag_id``, ``dag_run_id`` and ``loaded_at``)."""
+
+Row = tuple[Any, ...]
+_decode = msgspec.json.decode
+CONFIDENCE_BUCKETS = (0.5, 0.7, 0.9)
+
+
+def _lines(location: str) -> Iterator[bytes]:
+    local = local_path(location)
+    if local is not None:
+        with open(local, "rb", buffering=1 << 20) as handle:
+            yield from handle
+        return
+    with as_storage_path(location).open("rb") as handle:
+        yield from handle
+
+
+def normalise(line: bytes) -> tuple[str | None, str, str | None, str | None, float | None, str | None, str | None, Any]:
+    """One ABS output line → (record_id, status, category, label, confidence, suggestions JSON, error, input)."""
+    try:
+        data = _decode(line)
+    except msgspec.DecodeError:
+        return None, "error", None, None, None, None, "the service returned a line that is not JSON", None
+    if not isinstance(data, dict):
+        return None, "error", None, None, None, None, "the service returned a line that is not an object", None
+    record_id = data.get("recordId")
+    record_id = None if record_id is None else str(record_id)
+    given = data.get("input")
+    if data.get("error"):
+        return record_id, "error", None, None, None, None, str(data["error"]).strip(), given
+    status = data.get("codeStatus")
+    if status == "successful" and isinstance(data.get("result"), dict):
+        result = data["result"]
+        confidence = result.get("codeConfidence")
+        return (
+            record_id,
+            "successful",
+            _str(result.get("codeCategory")),
+            _str(result.get("codeLabel", result.get(" codeLabel"))),
+            float(confidence) if isinstance(confidence, int | float) else None,
+            None,
+            None,
+            given,
+        )
+    if status == "unsuccessful":
+        suggestions = data.get("suggestions") or []
+        return record_id, "unsuccessful", None, None, None, json.dumps(suggestions), None, given
+    return record_id, "error", None, None, None, None, f"unexpected output line with codeStatus {status!r}", given
+
+
+def _str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def chunk_rows(
+    output: str, positions: str, *, chunk: int, operation_id: str, topic: str, model_id: str | None
+) -> Iterator[Row]:
+    """Normalised rows of one chunk: its output file joined line by line to its positions."""
+    out_lines, pos_lines = _lines(output), _lines(positions)
+    count = 0
+    for line, pos in zip(out_lines, pos_lines, strict=False):
+        count += 1
+        position, _, note = pos.decode().rstrip("\n").partition("\t")
+        record_id, status, category, label, confidence, suggestions, error, given = normalise(line)
+        occp = given.get("occp_text") if isinstance(given, dict) else None
+        tasks = given.get("tasks_text") if isinstance(given, dict) else None
+        yield (
+            record_id,
+            int(position),
+            status,
+            category,
+            label,
+            confidence,
+            suggestions,
+            error,
+            occp,
+            tasks,
+            note or None,
+            topic,
+            model_id,
+            operation_id,
+            chunk,
+        )
+    leftover_output = next(out_lines, None)
+    leftover_positions = next(pos_lines, None)
+    if leftover_output is not None or leftover_positions is not None:
+        raise UnexpectedResponseError(
+            f"Output of operation {operation_id} (chunk {chunk}) has "
+            f"{'more' if leftover_output is not None else 'fewer'} lines than its manifest "
+            f"(matched {count}): refusing to load misaligned results"
+        )
+
+
+def rejected_rows(rejects: str, *, topic: str, model_id: str | None) -> Iterator[Row]:
+    """Rows for records caught before upload, with the reason as the error."""
+    for line in _lines(rejects):
+        data = _decode(line)
+        yield (
+            data.get("recordId"),
+            data["position"],
+            "error",
+            None,
+            None,
+            None,
+            None,
+            data["error"],
+            data.get("occp_text"),
+            data.get("tasks_text"),
+            data.get("note"),
+            topic,
+            model_id,
+            None,
+            None,
+        )
+
+
+@dataclass
+class RunSummary:
+    """Counts by status, success rate and confidence distribution of a run's rows."""
+
+    by_status: Counter[str] = field(default_factory=Counter)
+    confidence: Counter[str] = field(default_factory=Counter)
+    code_lengths: Counter[int] = field(default_factory=Counter)
+    sanitized: int = 0
+    operations: int = 0
+
+    def add(self, row: Row) -> None:
+        status = row[2]
+        self.by_status[status] += 1
+        if row[10]:
+            self.sanitized += 1
+        if status == "successful":
+            if row[5] is not None:
+                self.confidence[_bucket(row[5])] += 1
+            if row[3]:
+                self.code_lengths[len(row[3])] += 1
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_status.values())
+
+    @property
+    def success_rate(self) -> float:
+        return self.by_status["successful"] / self.total if self.total else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "records": self.total,
+            "successful": self.by_status["successful"],
+            "unsuccessful": self.by_status["unsuccessful"],
+            "error": self.by_status["error"],
+            "success_rate": round(self.success_rate, 4),
+            "sanitized": self.sanitized,
+            "operations": self.operations,
+            "confidence": {bucket: self.confidence[bucket] for bucket in _bucket_names()},
+            "code_lengths": {str(n): c for n, c in sorted(self.code_lengths.items(), reverse=True)},
+        }
+
+
+def _bucket_names() -> list[str]:
+    edges = (0.0, *CONFIDENCE_BUCKETS, 1.0)
+    return [f"{low:.1f}-{high:.1f}" for low, high in itertools.pairwise(edges)]
+
+
+def _bucket(confidence: float) -> str:
+    names = _bucket_names()
+    for edge, name in zip(CONFIDENCE_BUCKETS, names, strict=False):
+        if confidence < edge:
+            return name
+    return names[-1]
+
+
+def describe(summary: dict[str, Any]) -> str:
+    """A readable multi-line account of a summary dict."""
+    total = summary["records"] or 1
+    lines = [
+        f"{summary['records']} records in {summary['operations']} operation(s): "
+        f"{summary['successful']} coded ({100 * summary['successful'] / total:.1f} %), "
+        f"{summary['unsuccessful']} unsuccessful with suggestions, {summary['error']} errors"
+        + (f", {summary['sanitized']} sanitized" if summary["sanitized"] else ""),
+        "confidence of coded records: " + ", ".join(f"{k}: {v}" for k, v in summary["confidence"].items()),
+        "code lengths: " + ", ".join(f"{k}-digit: {v}" for k, v in summary["code_lengths"].items()),
+    ]
+    return "\n".join(lines)
+
+
+def quality_gate(summary: dict[str, Any], min_success_rate: float | None) -> None:
+    """Raise :class:`QualityGateError` when the success rate is under ``min_success_rate``."""
+    if min_success_rate is None:
+        return
+    rate = summary["success_rate"]
+    if rate < min_success_rate:
+        raise QualityGateError(
+            f"Success rate {rate:.1%} is below the required {min_success_rate:.1%} "
+            f"({summary['successful']} of {summary['records']} records coded). "
+            "The outputs are written; inspect the error and unsuccessful rows before re-running."
+        )

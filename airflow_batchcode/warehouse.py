@@ -1,0 +1,167 @@
+"""The output table: created when missing, one run's rows replaced atomically, bulk-loaded.
+
+Loading a run deletes that run's earlier rows and inserts the new ones in one transaction,
+so re-running or clearing a run never duplicates. PostgreSQL gets ``COPY FROM STDIN``;
+other databases get batched ``executemany``.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from airflow_batchcode.exceptions import ConfigurationError
+from airflow_batchcode.results import COLUMNS, Row
+
+TABLE_COLUMNS = (*COLUMNS, "dag_id", "dag_run_id", "loaded_at")
+_TYPES = {
+    "position": "BIGINT",
+    "code_confidence": "DOUBLE PRECISION",
+    "chunk": "INTEGER",
+    "loaded_at": "TIMESTAMP",
+}
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
+BATCH_ROWS = 10_000
+
+
+def check_table_name(table: str) -> str:
+    """A plain ``table`` or ``schema.table`` name (no quoting games, no injection).
+
+    Every statement below interpolates only names checked here; values are always bound.
+    """
+    if not _IDENTIFIER.match(table):
+        raise ConfigurationError(f"output_table {table!r} must be a plain name or schema.name")
+    return table
+
+
+def create_table_sql(table: str) -> list[str]:
+    """DDL for the output table and its run index (portable across SQLite and PostgreSQL)."""
+    columns = ",\n  ".join(f"{name} {_TYPES.get(name, 'TEXT')}" for name in TABLE_COLUMNS)
+    index = f"ix_{table.replace('.', '_')}_run"
+    return [
+        f"CREATE TABLE IF NOT EXISTS {table} (\n  {columns}\n)",
+        f"CREATE INDEX IF NOT EXISTS {index} ON {table} (dag_id, dag_run_id)",
+    ]
+
+
+def replace_run_rows(conn_id: str, table: str, rows: Iterable[Row], *, dag_id: str, run_id: str) -> int:
+    """Create ``table`` if needed, then replace the run's rows with ``rows`` in one transaction.
+
+    :return: the rows inserted.
+    """
+    from airflow.sdk import BaseHook
+
+    check_table_name(table)
+    hook = BaseHook.get_connection(conn_id).get_hook()
+    conn = hook.get_conn()
+    loaded_at = datetime.now(UTC).replace(tzinfo=None)
+    full = ((*row, dag_id, run_id, loaded_at) for row in rows)
+    try:
+        cursor = conn.cursor()
+        for statement in create_table_sql(table):
+            cursor.execute(statement)
+        conn.commit()
+        placeholder = "?" if _is_sqlite(conn) else "%s"
+        delete = f"DELETE FROM {table} WHERE dag_id = {placeholder} AND dag_run_id = {placeholder}"  # noqa: S608
+        cursor.execute(delete, (dag_id, run_id))
+        insert = _copy_loader(conn, cursor, table) or _executemany_loader(cursor, table, placeholder)
+        count = insert(full)
+        conn.commit()
+        return count
+    except Exception:
+        conn.rollback()
+        raise
+    finally:
+        conn.close()
+
+
+def _is_sqlite(conn: Any) -> bool:
+    return type(conn).__module__.startswith("sqlite3")
+
+
+def _executemany_loader(cursor: Any, table: str, placeholder: str) -> Callable[[Iterable[Row]], int]:
+    values = ", ".join([placeholder] * len(TABLE_COLUMNS))
+    statement = f"INSERT INTO {table} ({', '.join(TABLE_COLUMNS)}) VALUES ({values})"  # noqa: S608
+
+    def load(rows: Iterable[Row]) -> int:
+        count = 0
+        batch: list[Row] = []
+        for row in rows:
+            batch.append(row)
+            if len(batch) >= BATCH_ROWS:
+                cursor.executemany(statement, batch)
+                count += len(batch)
+                batch.clear()
+        if batch:
+            cursor.executemany(statement, batch)
+            count += len(batch)
+        return count
+
+    return load
+
+
+def _copy_loader(conn: Any, cursor: Any, table: str) -> Callable[[Iterable[Row]], int] | None:
+    """``COPY ... FROM STDIN`` for psycopg 3 and psycopg2; ``None`` for other drivers."""
+    module = type(conn).__module__
+    statement = f"COPY {table} ({', '.join(TABLE_COLUMNS)}) FROM STDIN"
+    if module.startswith("psycopg2"):
+
+        def load_psycopg2(rows: Iterable[Row]) -> int:
+            stream = _CopyTextStream(rows)
+            cursor.copy_expert(statement, stream, size=1 << 20)
+            return stream.count
+
+        return load_psycopg2
+    if module.startswith("psycopg"):
+
+        def load_psycopg(rows: Iterable[Row]) -> int:
+            count = 0
+            with cursor.copy(statement) as copy:
+                for row in rows:
+                    copy.write_row(row)
+                    count += 1
+            return count
+
+        return load_psycopg
+    return None
+
+
+class _CopyTextStream(io.RawIOBase):
+    """A readable file over rows in COPY's text format (``\\N`` for NULL), for psycopg2's ``copy_expert``."""
+
+    def __init__(self, rows: Iterable[Row]) -> None:
+        self._rows: Iterator[Row] = iter(rows)
+        self._buffer = bytearray()
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        while size < 0 or len(self._buffer) < size:
+            row = next(self._rows, None)
+            if row is None:
+                break
+            self._buffer += ("\t".join(_copy_text(value) for value in row) + "\n").encode()
+            self.count += 1
+        if size < 0 or size >= len(self._buffer):
+            out = bytes(self._buffer)
+            self._buffer.clear()
+            return out
+        out = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return out
+
+
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy_text(value: Any) -> str:
+    if value is None:
+        return "\\N"
+    if isinstance(value, datetime):
+        return value.isoformat(sep=" ")
+    return str(value).translate(_COPY_ESCAPES)

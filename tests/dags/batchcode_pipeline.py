@@ -1,0 +1,33 @@
+"""Test DAG: the reusable pipeline over a SQLite or PostgreSQL warehouse, configured by environment.
+
+``BATCHCODE_TEST_WAREHOUSE`` names the warehouse connection, ``BATCHCODE_TEST_STAGING`` the
+staging folder, ``BATCHCODE_TEST_CHUNK`` the records per chunk and ``BATCHCODE_TEST_SANITIZE``
+whether to sanitise.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+
+from airflow_batchcode.dags import coding_dag
+
+pipeline = coding_dag(
+    "pipeline_test",
+    source_conn_id=os.environ.get("BATCHCODE_TEST_WAREHOUSE", "test_warehouse"),
+    source_sql=(
+        "SELECT respondent_id, occupation, duties FROM survey_responses "
+        "WHERE answered_on >= '{{ data_interval_start.strftime('%Y-%m-%d') }}' "
+        "AND answered_on < '{{ data_interval_end.strftime('%Y-%m-%d') }}' ORDER BY respondent_id"
+    ),
+    field_map={"record_id": "respondent_id", "occp_text": "occupation", "tasks_text": "duties"},
+    output_conn_id=os.environ.get("BATCHCODE_TEST_WAREHOUSE", "test_warehouse"),
+    output_table="coded_responses",
+    chunk_records=int(os.environ.get("BATCHCODE_TEST_CHUNK", "100")),
+    poll_interval=0.5,
+    staging=os.environ.get("BATCHCODE_TEST_STAGING"),
+    sanitize=os.environ.get("BATCHCODE_TEST_SANITIZE") == "1",
+    schedule="@daily",
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+)
