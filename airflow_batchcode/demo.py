@@ -1,42 +1,47 @@
-"""``batchcode demo``: code a batch of realistic survey answers against the local ABS emulator.
+"""``batchcode demo``: the nightly pipeline, end to end, on a fresh machine with nothing else installed.
 
-Runs on a fresh machine with nothing else installed: starts the emulator on a free
-loopback port, writes a JSONL manifest, and drives one batch operation through the
-provider's client (create → upload → poll → download), then prints a summary.
+Starts the ABS emulator on a free loopback port, makes a temporary ``AIRFLOW_HOME`` with a
+SQLite metadata DB, seeds a SQLite warehouse with realistic (and some messy) survey answers,
+runs the shipped nightly DAG with ``dag.test()`` and prints what came out.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import sqlite3
+import subprocess
+import sys
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
-from airflow_batchcode.emulator.config import EmulatorConfig
-from airflow_batchcode.emulator.server import EmulatorServer
-from airflow_batchcode.sample_data import survey_responses
-from airflow_batchcode.services.abs import AbsClient, AbsSettings
-from airflow_batchcode.services.base import OperationState
+DEMO_DAY = "2026-01-15"
+DAG_FILE = '''"""The nightly pipeline, as `batchcode demo` runs it (fast polling, small chunks)."""
+from airflow_batchcode.nightly import nightly_dag
+
+dag = nightly_dag(chunk_records={chunk_records}, poll_interval=1, staging={staging!r})
+'''
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The demo's command-line options."""
     parser.add_argument("--records", type=int, default=3000, help="survey answers to code (default 3000)")
-    parser.add_argument("--topic", default="anzsco", choices=("anzsco", "osca"))
-    parser.add_argument("--keep", action="store_true", help="keep the manifest and outputs (path is printed)")
-    parser.add_argument("--output-dir", type=Path, help="where to write files (default: a temporary folder)")
+    parser.add_argument("--chunk-records", type=int, default=1000, help="records per remote operation")
+    parser.add_argument("--keep", action="store_true", help="keep the warehouse, outputs and logs")
+    parser.add_argument("--output-dir", type=Path, help="work here instead of a temporary folder (implies --keep)")
 
 
 @contextmanager
 def _workdir(output_dir: Path | None, keep: bool) -> Iterator[Path]:
     if output_dir is not None:
         output_dir.mkdir(parents=True, exist_ok=True)
-        yield output_dir
+        yield output_dir.resolve()
         return
     path = Path(tempfile.mkdtemp(prefix="batchcode-demo-"))
     try:
@@ -48,80 +53,138 @@ def _workdir(output_dir: Path | None, keep: bool) -> Iterator[Path]:
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo; return a process exit code."""
-    timings: dict[str, float] = {}
-    with _workdir(args.output_dir, args.keep) as work, EmulatorServer(EmulatorConfig(processing_delay=1.0)) as emulator:
-        print(f"ABS emulator on {emulator.base_url}; working folder {work}")
-        mark = time.monotonic()
-        manifest = work / "manifest.jsonl"
-        with manifest.open("w", encoding="utf-8") as sink:
-            for response in survey_responses(args.records):
-                record = {
-                    "recordId": response.respondent_id,
-                    "occp_text": response.occp_text or "",
-                    "tasks_text": response.tasks_text or "",
-                }
-                sink.write(json.dumps(record) + "\n")
-        timings["write manifest"] = time.monotonic() - mark
+    from cryptography.fernet import Fernet
 
-        settings = AbsSettings(base_url=emulator.base_url, client_id="demo-client", client_secret="demo-secret")  # noqa: S106 (emulator demo client)
-        with AbsClient(settings) as client:
-            mark = time.monotonic()
-            target = client.create_operation(args.topic)
-            timings["create operation"] = time.monotonic() - mark
-            mark = time.monotonic()
-            sent = client.upload_manifest(target, manifest)
-            timings["upload"] = time.monotonic() - mark
-            mark = time.monotonic()
-            while True:
-                operation = client.get_operation(target.operation_id, args.topic)
-                if operation.state.is_terminal():
-                    break
-                time.sleep(1.0)
-            timings["wait"] = time.monotonic() - mark
-            if operation.state is not OperationState.COMPLETE:
-                print(f"Operation ended badly: {operation.describe()}")
-                return 1
-            mark = time.monotonic()
-            output = work / "output.jsonl"
-            with output.open("wb") as out, (work / "metadata.json").open("wb") as meta:
-                client.download_results(target.operation_id, args.topic, out, meta)
-            timings["download"] = time.monotonic() - mark
+    from airflow_batchcode.emulator.config import EmulatorConfig
+    from airflow_batchcode.emulator.server import EmulatorServer
+    from airflow_batchcode.sample_data import seed_sqlite
 
-        _print_summary(output, args.records, sent, target.operation_id, timings, work if args.keep else None)
+    started = time.monotonic()
+    with _workdir(args.output_dir, args.keep) as work:
+        home, dags, staging = work / "airflow", work / "dags", work / "staging"
+        warehouse = work / "warehouse.db"
+        for folder in (home, dags, staging):
+            folder.mkdir(parents=True, exist_ok=True)
+        (dags / "batchcode_nightly.py").write_text(
+            DAG_FILE.format(chunk_records=args.chunk_records, staging=str(staging))
+        )
+        seed_sqlite(str(warehouse), args.records, days=1, start=DEMO_DAY)
+        print(f"Seeded {args.records} survey answers for {DEMO_DAY} into {warehouse}")
+        with EmulatorServer(EmulatorConfig(processing_delay=2.0)) as emulator:
+            print(f"ABS emulator listening on {emulator.base_url} (1 request/s, as the real service)")
+            env = {
+                **os.environ,
+                "AIRFLOW_HOME": str(home),
+                "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
+                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+                "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
+                "AIRFLOW_CONN_BATCHCODE_WAREHOUSE": json.dumps({"conn_type": "sqlite", "host": str(warehouse)}),
+                "AIRFLOW_CONN_BATCHCODE_DEFAULT": json.dumps(
+                    {
+                        "conn_type": "batchcode",
+                        "host": emulator.base_url,
+                        "login": "demo-client",
+                        "password": "demo-secret",
+                        "extra": {"service": "abs", "topic": "anzsco"},
+                    }
+                ),
+            }
+            print("Preparing a temporary Airflow (SQLite metadata DB) ...")
+            _airflow(["db", "migrate"], env, work / "airflow-db-migrate.log")
+            print("Running the nightly DAG with dag.test() ...")
+            log = work / "dag-test.log"
+            code = _dag_test(dags / "batchcode_nightly.py", env, log)
+        if code != 0:
+            print(f"The DAG run failed; see {log}")
+            print(log.read_text()[-4000:])
+            return 1
+        _print_summary(warehouse, home / "airflow.db", staging, args.records, time.monotonic() - started)
+        if args.keep or args.output_dir:
+            print(f"\nEverything is kept in {work} (dag-test.log has the task logs).")
     return 0
 
 
-def _print_summary(
-    output: Path, records: int, sent: int, operation_id: str, timings: dict[str, float], kept: Path | None
-) -> None:
-    statuses: Counter[str] = Counter()
-    lengths: Counter[int] = Counter()
-    examples: dict[str, str] = {}
-    with output.open(encoding="utf-8") as lines:
-        for line in lines:
-            row = json.loads(line)
-            status = "error" if row.get("error") else row["codeStatus"]
-            statuses[status] += 1
-            text = row.get("input")
-            shown = f"{text.get('occp_text')!r} / {text.get('tasks_text')!r}" if isinstance(text, dict) else repr(text)
-            if status == "successful":
-                lengths[len(row["result"]["codeCategory"])] += 1
-                detail = f"{row['result']['codeCategory']} {row['result']['codeLabel']}"
-            elif status == "unsuccessful":
-                detail = "suggestions: " + ", ".join(s["codeCategory"] for s in row.get("suggestions", []))
-            else:
-                detail = row["error"].strip()
-            examples.setdefault(status, f"{shown} -> {detail}")
-    total = sum(statuses.values())
+def _airflow(arguments: list[str], env: dict[str, str], log: Path) -> None:
+    with log.open("w") as sink:
+        subprocess.run([sys.executable, "-m", "airflow", *arguments], env=env, stdout=sink, stderr=sink, check=True)
+
+
+def _dag_test(dag_file: Path, env: dict[str, str], log: Path) -> int:
+    logical_date = datetime.combine(date.fromisoformat(DEMO_DAY) + timedelta(days=1), datetime.min.time())
+    script = (
+        "import importlib.util, sys\n"
+        "from datetime import datetime, timezone\n"
+        f"spec = importlib.util.spec_from_file_location('batchcode_nightly', {str(dag_file)!r})\n"
+        "module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)\n"
+        f"run = module.dag.test(logical_date=datetime.fromisoformat({logical_date.isoformat()!r})"
+        ".replace(tzinfo=timezone.utc))\n"
+        "sys.exit(0 if run.state == 'success' else 1)\n"
+    )
+    with log.open("w") as sink:
+        return subprocess.run([sys.executable, "-c", script], env=env, stdout=sink, stderr=sink).returncode
+
+
+def _print_summary(warehouse: Path, metadata_db: Path, staging: Path, records: int, seconds: float) -> None:
+    with sqlite3.connect(warehouse) as conn:
+        counts = dict(conn.execute("SELECT code_status, COUNT(*) FROM coded_occupations GROUP BY 1").fetchall())
+        total = sum(counts.values())
+        operations = conn.execute("SELECT COUNT(DISTINCT operation_id) FROM coded_occupations").fetchone()[0]
+        lengths = conn.execute(
+            "SELECT LENGTH(code_category), COUNT(*) FROM coded_occupations "
+            "WHERE code_status = 'successful' GROUP BY 1 ORDER BY 1 DESC"
+        ).fetchall()
+        examples = {
+            status: conn.execute(
+                "SELECT occp_text, tasks_text, code_category, code_label, code_confidence, suggestions, error "
+                "FROM coded_occupations WHERE code_status = ? ORDER BY position LIMIT 2",
+                (status,),
+            ).fetchall()
+            for status in ("successful", "unsuccessful", "error")
+        }
     print()
-    print(f"Operation {operation_id}: {records} records in, {total} results out ({sent / 1e6:.2f} MB uploaded)")
-    for status in ("successful", "unsuccessful", "error"):
-        share = 100 * statuses[status] / max(total, 1)
-        print(f"  {status:<13}{statuses[status]:>7}  ({share:5.1f} %)   e.g. {examples.get(status, '-')}")
-    digits = ", ".join(f"{n}-digit: {count}" for n, count in sorted(lengths.items(), reverse=True))
-    print(f"  code lengths of successful records: {digits}")
-    print("  timings: " + ", ".join(f"{step} {seconds:.2f} s" for step, seconds in timings.items()))
-    if kept is not None:
-        print(f"  files kept in {kept}")
-    if total != records:
-        raise SystemExit(f"Expected {records} result lines, got {total}")
+    print("=" * 78)
+    print(f"Nightly run for {DEMO_DAY}: {records} records in, {total} rows out, {operations} remote operation(s)")
+    print("-" * 78)
+    for status, label in (
+        ("successful", "coded"),
+        ("unsuccessful", "unsuccessful, with suggestions"),
+        ("error", "errors (rejected before upload or by the service)"),
+    ):
+        count = counts.get(status, 0)
+        print(f"  {count:>7}  {100 * count / max(total, 1):5.1f} %  {label}")
+        for occp, tasks, category, label_, confidence, suggestions, error in examples[status]:
+            shown = f"{(occp or '')[:30]!r} / {(tasks or '')[:30]!r}"
+            if status == "successful":
+                detail = f"{category} {label_} ({confidence:.2f})"
+            elif status == "unsuccessful":
+                detail = "suggests " + ", ".join(
+                    f"{s['codeCategory']} {s['codeLabel']}" for s in json.loads(suggestions)[:2]
+                )
+            else:
+                detail = error
+            print(f"             e.g. {shown} -> {detail}")
+    print("  code lengths: " + ", ".join(f"{n}-digit {c}" for n, c in lengths))
+    print("-" * 78)
+    print("Time by step (summed over chunks):")
+    for step, spent in _step_times(metadata_db):
+        print(f"  {step:<28}{spent:6.1f} s")
+    print(f"  {'whole demo':<28}{seconds:6.1f} s")
+    print("-" * 78)
+    print(f"Outputs: table coded_occupations in {warehouse}")
+    print(f"         raw service output and manifests under {staging}")
+    print("=" * 78)
+
+
+def _step_times(metadata_db: Path) -> list[tuple[str, float]]:
+    with sqlite3.connect(metadata_db) as conn:
+        rows = conn.execute(
+            "SELECT task_id, start_date, end_date FROM task_instance "
+            "WHERE start_date IS NOT NULL AND end_date IS NOT NULL"
+        ).fetchall()
+    spent: dict[str, float] = {}
+    for task_id, start, end in rows:
+        seconds = (datetime.fromisoformat(str(end)) - datetime.fromisoformat(str(start))).total_seconds()
+        step = task_id.split(".")[-1]
+        spent[step] = spent.get(step, 0.0) + seconds
+    order = ["extract", "chunks", "create", "upload", "wait", "download", "load", "summary"]
+    return [(step, spent[step]) for step in order if step in spent]

@@ -17,11 +17,18 @@ from urllib.parse import parse_qs, urlsplit
 
 from airflow.sdk import BaseOperator
 
-from airflow_batchcode.exceptions import BatchCodeError, ConfigurationError, UploadRejectedError
+from airflow_batchcode.exceptions import (
+    AuthenticationError,
+    BatchCodeError,
+    ConfigurationError,
+    NotFoundError,
+    UnexpectedResponseError,
+    UploadRejectedError,
+)
 from airflow_batchcode.hooks.batchcode import BatchCodeHook
 from airflow_batchcode.operation_ref import OperationRef, seal_upload, unseal_upload
 from airflow_batchcode.sensors.batchcode import raise_for_outcome
-from airflow_batchcode.services.base import OperationState, UploadTarget
+from airflow_batchcode.services.base import Operation, OperationState, UploadTarget
 from airflow_batchcode.storage import as_storage_path, open_for_reading, write_atomically
 
 CREATED_KEY = "batchcode_operation"
@@ -227,42 +234,68 @@ class DownloadResultsOperator(_BatchCodeOperator):
         folder = as_storage_path(self.destination)
         output, metadata = folder / "output.jsonl", folder / "metadata.json"
         client = self.hook.client
-        download = getattr(client, "download_results", None)
-        if download is None:
-            raise ConfigurationError(f"Service {self.hook.service!r} has no result download")
         started = time.monotonic()
+        operation = self._complete_operation(ref)
         sizes: dict[str, int] = {}
+        for name, location in (("response_url", output), ("metadata_url", metadata)):
+            if getattr(operation, name) is None:
+                continue
 
-        def fetch_output(sink: Any) -> None:
-            sizes["output"], _ = download(ref.operation_id, ref.require_topic(), sink, None, ref.model)
+            def fetch(sink: Any, name: str = name) -> None:
+                nonlocal operation
+                try:
+                    sizes[name] = client.download(str(getattr(operation, name)), sink)
+                except AuthenticationError:
+                    self.log.info("Download URL of operation %s expired; asking for a fresh one", ref.operation_id)
+                    sink.seek(0)
+                    sink.truncate()
+                    operation = self._complete_operation(ref)
+                    sizes[name] = client.download(str(getattr(operation, name)), sink)
 
-        def fetch_metadata(sink: Any) -> None:
-            operation = client.get_operation(ref.operation_id, ref.require_topic(), ref.model)
-            sizes["metadata"] = client.download(str(operation.metadata_url), sink) if operation.metadata_url else 0
-
-        write_atomically(output, fetch_output)
-        write_atomically(metadata, fetch_metadata)
+            try:
+                write_atomically(location, fetch)
+            except NotFoundError as exc:
+                raise NotFoundError(
+                    "The operation's result file is gone: the service deletes outputs within 24 hours of "
+                    "completion. Clear the whole chunk task group to code the chunk again",
+                    status_code=exc.status_code,
+                    service_message=exc.service_message,
+                    operation_id=ref.operation_id,
+                ) from None
+        self.log.info(
+            "Downloaded operation %s: %s (%.1f MB) and %s in %.1f s",
+            ref.operation_id,
+            output,
+            sizes["response_url"] / 1e6,
+            metadata,
+            time.monotonic() - started,
+        )
         provenance = {
             "service": self.hook.service,
             "operation_id": ref.operation_id,
             "topic": ref.topic,
             "model": ref.model,
-            "output_bytes": sizes["output"],
+            "output_bytes": sizes["response_url"],
             "downloaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         write_atomically(folder / OPERATION_FILE, lambda sink: sink.write(json.dumps(provenance).encode()))
-        self.log.info(
-            "Downloaded operation %s: %s (%.1f MB) and %s in %.1f s",
-            ref.operation_id,
-            output,
-            sizes["output"] / 1e6,
-            metadata,
-            time.monotonic() - started,
-        )
         return {
             "operation_id": ref.operation_id,
             "output": str(output),
             "metadata": str(metadata),
-            "output_bytes": sizes["output"],
-            "metadata_bytes": sizes.get("metadata", 0),
+            "output_bytes": sizes["response_url"],
+            "metadata_bytes": sizes.get("metadata_url", 0),
         }
+
+    def _complete_operation(self, ref: OperationRef) -> Operation:
+        """A fresh status of a complete operation (fresh download URLs); typed errors otherwise."""
+        operation = self.hook.client.get_operation(ref.operation_id, ref.require_topic(), ref.model)
+        if operation.state is not OperationState.COMPLETE:
+            raise_for_outcome(operation.state.value, ref.operation_id, operation.error)
+            raise UnexpectedResponseError(
+                f"Operation {ref.operation_id} is {operation.state.value}: nothing to download yet "
+                "(run the wait task first)"
+            )
+        if not operation.response_url:
+            raise UnexpectedResponseError(f"Operation {ref.operation_id} is complete but has no download URL")
+        return operation

@@ -1,0 +1,158 @@
+"""The ``batchcode`` command.
+
+Each subcommand is one ``_add_<name>(subparsers)`` function that registers its parser and sets
+``handler`` (``args -> exit code``); :func:`main` only parses and dispatches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "B": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4}
+
+
+def _size(text: str) -> int:
+    """``5368709120``, ``5GiB``, ``500MB`` or ``100k`` → bytes."""
+    match = _SIZE.match(text)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}")
+    number, unit = int(match.group(1)), (match.group(2) or "").upper()
+    binary = "I" in unit
+    base = _UNITS[unit[:1] if unit else ""]
+    if binary:
+        base = 1024 ** {"K": 1, "M": 2, "G": 3, "T": 4}[unit[0]]
+    return number * base
+
+
+def _client(text: str) -> tuple[str, str]:
+    client, sep, secret = text.partition(":")
+    if not sep or not client or not secret:
+        raise argparse.ArgumentTypeError("expected ID:SECRET")
+    return client, secret
+
+
+# --- batchcode emulator ----------------------------------------------------------------------------
+
+
+def _add_emulator(subparsers: Any) -> None:
+    from airflow_batchcode.emulator.config import EmulatorConfig
+
+    d = EmulatorConfig()
+    p = subparsers.add_parser(
+        "emulator",
+        help="run a local emulator of a batch coding service",
+        description="Serve a faithful emulator of the ABS Occupation Coding Service's batch API.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--service", choices=["abs"], default="abs", help="which service to emulate")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on")
+    p.add_argument("--port", type=int, default=0, help="TCP port (0 = any free port)")
+    p.add_argument(
+        "--client",
+        action="append",
+        type=_client,
+        metavar="ID:SECRET",
+        help="an OAuth2 client (repeatable; default demo-client:demo-secret)",
+    )
+    g = p.add_argument_group("auth and limits")
+    g.add_argument("--token-ttl", type=float, default=d.token_ttl, help="access token lifetime (s)")
+    g.add_argument("--token-limit", type=int, default=d.token_limit, help="tokens per client per hour (0 = no limit)")
+    g.add_argument("--rate-limit", type=float, default=d.rate_limit, help="API requests/s per client (0 = off)")
+    g.add_argument("--daily-quota", type=int, default=d.daily_quota, help="API requests per client per day (0 = off)")
+    g = p.add_argument_group("operations and storage")
+    g.add_argument("--url-ttl", type=int, default=d.url_ttl, help="presigned URL lifetime (s)")
+    g.add_argument("--awaiting-timeout", type=float, default=d.awaiting_timeout, help="wait for input (s)")
+    g.add_argument("--processing-delay", type=float, default=d.processing_delay, help="minimum in_progress (s)")
+    g.add_argument("--processing-workers", type=int, default=d.processing_workers, help="coding threads")
+    g.add_argument("--retention", type=float, default=d.retention, help="output kept after completion (s)")
+    g.add_argument("--max-upload-bytes", type=_size, default=d.max_upload_bytes, help="largest input file")
+    g.add_argument("--data-dir", type=Path, default=None, help="keep files here (default: temporary dir)")
+    g.add_argument("--public-url", default=None, help="origin put into presigned URLs (default: as called)")
+    g = p.add_argument_group("fault injection")
+    g.add_argument("--seed", type=int, default=d.seed, help="random seed of the fault injector")
+    g.add_argument("--fault-5xx-rate", type=float, default=d.fault_5xx_rate, help="share of 500 answers")
+    g.add_argument("--fault-429-rate", type=float, default=d.fault_429_rate, help="share of 429 bursts")
+    g.add_argument("--fault-429-burst", type=int, default=d.fault_429_burst, help="429s in a row per burst")
+    g.add_argument("--fault-retry-after", type=int, default=d.fault_retry_after, help="Retry-After of 429s (s)")
+    g.add_argument(
+        "--fault-lost-response-rate",
+        type=float,
+        default=d.fault_lost_response_rate,
+        help="share of requests carried out whose response is cut off",
+    )
+    g.add_argument(
+        "--fault-truncate-rate", type=float, default=d.fault_truncate_rate, help="share of downloads cut in half"
+    )
+    g.add_argument("--fault-slow-rate", type=float, default=d.fault_slow_rate, help="share of slow answers")
+    g.add_argument("--fault-slow-seconds", type=float, default=d.fault_slow_seconds, help="delay of slow answers")
+    g.add_argument("--fault-only", default=None, metavar="REGEX", help='faults only where "METHOD /path" matches')
+    p.set_defaults(handler=_run_emulator, parser=p)
+
+
+def emulator_config(args: argparse.Namespace) -> Any:
+    """The :class:`EmulatorConfig` an ``emulator`` command line describes."""
+    from airflow_batchcode.emulator.config import EmulatorConfig
+
+    values = {name: getattr(args, name) for name in EmulatorConfig.field_names() if hasattr(args, name)}
+    values["clients"] = dict(args.client) if args.client else EmulatorConfig().clients
+    return EmulatorConfig(**values)
+
+
+def _run_emulator(args: argparse.Namespace) -> int:
+    from airflow_batchcode.emulator.faults import settings_from
+    from airflow_batchcode.emulator.server import serve
+
+    config = emulator_config(args)
+    try:
+        settings_from(config).validated()
+    except ValueError as exc:
+        args.parser.error(str(exc))
+    try:
+        return serve(config, args.host, args.port)
+    except OSError as exc:
+        print(f"batchcode emulator: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+
+
+# --- batchcode demo ------------------------------------------------------------------------------
+
+
+def _add_demo(subparsers: Any) -> None:
+    from airflow_batchcode import demo
+
+    p = subparsers.add_parser(
+        "demo",
+        help="run the nightly pipeline end to end on this machine",
+        description=demo.__doc__,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    demo.add_arguments(p)
+    p.set_defaults(handler=demo.run)
+
+
+# --- entry point ---------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``batchcode`` parser with every subcommand."""
+    parser = argparse.ArgumentParser(prog="batchcode", description="airflow-batchcode tools")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_emulator(subparsers)
+    _add_demo(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``batchcode``; return the exit code."""
+    args = build_parser().parse_args(argv)
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
