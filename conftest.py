@@ -21,7 +21,6 @@ _home = tempfile.mkdtemp(prefix="batchcode-test-airflow-")
 os.environ["AIRFLOW_HOME"] = _home
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(ROOT / "tests" / "dags")
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
-os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
 os.environ.setdefault("AIRFLOW__CORE__FERNET_KEY", Fernet.generate_key().decode())
 
 

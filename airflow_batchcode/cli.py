@@ -30,6 +30,15 @@ def _size(text: str) -> int:
     return number * base
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except the ``None`` ones (their help says what happens)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _client(text: str) -> tuple[str, str]:
     client, sep, secret = text.partition(":")
     if not sep or not client or not secret:
@@ -48,7 +57,7 @@ def _add_emulator(subparsers: Any) -> None:
         "emulator",
         help="run a local emulator of a batch coding service",
         description="Serve a faithful emulator of the ABS Occupation Coding Service's batch API.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Help,
     )
     p.add_argument("--service", choices=["abs"], default="abs", help="which service to emulate")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on")
@@ -72,7 +81,9 @@ def _add_emulator(subparsers: Any) -> None:
     g.add_argument("--processing-workers", type=int, default=d.processing_workers, help="coding threads")
     g.add_argument("--retention", type=float, default=d.retention, help="output kept after completion (s)")
     g.add_argument("--max-upload-bytes", type=_size, default=d.max_upload_bytes, help="largest input file")
-    g.add_argument("--data-dir", type=Path, default=None, help="keep files here (default: temporary dir)")
+    g.add_argument(
+        "--data-dir", type=Path, default=None, help="keep files here (default: a temporary dir, deleted on exit)"
+    )
     g.add_argument("--public-url", default=None, help="origin put into presigned URLs (default: as called)")
     g = p.add_argument_group("fault injection")
     g.add_argument("--seed", type=int, default=d.seed, help="random seed of the fault injector")
@@ -130,7 +141,7 @@ def _add_demo(subparsers: Any) -> None:
         "demo",
         help="run the nightly pipeline end to end on this machine",
         description=demo.__doc__,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Help,
     )
     demo.add_arguments(p)
     p.set_defaults(handler=demo.run)

@@ -122,12 +122,16 @@ def _build(config: PipelineConfig) -> None:
     @task(task_id="chunks")
     def chunk_arguments(summary: dict[str, Any]) -> list[dict[str, str]]:
         """One ``code_chunk`` mapping per chunk (Airflow cannot map over a key of a dict)."""
-        return [{"manifest": c["manifest"], "results": c["results"]} for c in summary["chunks"]]
+        return [{"manifest": c["manifest"], "results": c["results"], "digest": c["digest"]} for c in summary["chunks"]]
 
     @task_group(group_id="code_chunk")
-    def code_chunk(manifest: str, results: str) -> None:
+    def code_chunk(manifest: str, results: str, digest: str) -> None:
         create = CreateOperationOperator(
-            task_id="create", batchcode_conn_id=config.batchcode_conn_id, topic=config.topic, model=config.model
+            task_id="create",
+            batchcode_conn_id=config.batchcode_conn_id,
+            topic=config.topic,
+            model=config.model,
+            input_digest=digest,
         )
         upload = UploadManifestOperator(
             task_id="upload", batchcode_conn_id=config.batchcode_conn_id, operation=create.output, manifest=manifest

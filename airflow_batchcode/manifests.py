@@ -11,6 +11,7 @@ Records the service would reject are not sent: they go to ``rejected.jsonl`` wit
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -81,6 +82,8 @@ class Chunk:
     results: str
     records: int
     bytes: int
+    digest: str = ""
+    """BLAKE2b of the manifest's bytes: a retried create re-attaches only to an operation fed this content."""
 
     def to_xcom(self) -> dict[str, Any]:
         return asdict(self)
@@ -127,12 +130,14 @@ class _ChunkWriter:
         self._positions: IO[bytes] | None = None
         self._count = 0
         self._bytes = 0
+        self._digest = hashlib.blake2b(digest_size=16)
 
     def write(self, line: bytes, position: int, note: str | None) -> None:
         if self._lines is None or self._count >= self.chunk_records or self._bytes + len(line) > self.max_bytes:
             self._roll()
         assert self._lines is not None and self._positions is not None
         self._lines.write(line)
+        self._digest.update(line)
         self._positions.write(f"{position}\t{note or ''}\n".encode())
         self._count += 1
         self._bytes += len(line)
@@ -145,6 +150,7 @@ class _ChunkWriter:
         self._lines = self._stack.enter_context(open_sink(f"{base}.jsonl"))
         self._positions = self._stack.enter_context(open_sink(f"{base}.positions"))
         self._count = self._bytes = 0
+        self._digest = hashlib.blake2b(digest_size=16)
         self.chunks.append(Chunk(index, f"{base}.jsonl", f"{base}.positions", f"{base}/", 0, 0))
 
     def close(self) -> None:
@@ -152,7 +158,9 @@ class _ChunkWriter:
             return
         self._stack.close()
         last = self.chunks[-1]
-        self.chunks[-1] = Chunk(last.index, last.manifest, last.positions, last.results, self._count, self._bytes)
+        self.chunks[-1] = Chunk(
+            last.index, last.manifest, last.positions, last.results, self._count, self._bytes, self._digest.hexdigest()
+        )
         self._stack = self._lines = self._positions = None
 
 

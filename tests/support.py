@@ -92,3 +92,31 @@ def scan_sqlite(db: Path, needles: Iterable[str]) -> list[str]:
                     if isinstance(value, str):
                         found += [f"{table}.{column}: {n[:12]}..." for n in needles if n in value]
     return found
+
+
+@contextmanager
+def postgres_database() -> Iterator[dict[str, Any]]:
+    """A fresh PostgreSQL database on 127.0.0.1:5432 (dropped afterwards), as connection fields.
+
+    Skips the test with a clear message when no server answers, except on CI (``CI`` set),
+    where the server is part of the machine and its absence is a failure.
+    """
+    import uuid
+
+    import psycopg
+    import pytest
+
+    admin_dsn = os.environ.get("BATCHCODE_TEST_PG", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
+    try:
+        server = psycopg.connect(admin_dsn, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"PostgreSQL not reachable at 127.0.0.1:5432 ({exc}); set CI=1 to make this a failure")
+    name = f"batchcode_test_{uuid.uuid4().hex[:12]}"
+    with server:
+        server.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield {"conn_type": "postgres", "host": "127.0.0.1", "port": 5432, "login": "postgres", "schema": name}
+        finally:
+            server.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -78,16 +78,22 @@ class CreateOperationOperator(_BatchCodeOperator):
 
     :param topic: the topic to code against (``anzsco`` or ``osca`` for ABS); defaults to the connection's.
     :param model: a model id; the service's latest model when ``None``.
+    :param input_digest: a fingerprint of the manifest this operation is for; a retry re-attaches
+        only to an operation made for the same fingerprint (so a re-extracted, changed chunk
+        is never matched to stale results).
     :param batchcode_conn_id: the ``batchcode`` connection.
     """
 
-    template_fields: Sequence[str] = ("topic", "model", "batchcode_conn_id")
+    template_fields: Sequence[str] = ("topic", "model", "input_digest", "batchcode_conn_id")
     ui_color = "#fff3d6"
 
-    def __init__(self, *, topic: str | None = None, model: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *, topic: str | None = None, model: str | None = None, input_digest: str | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.topic = topic
         self.model = model
+        self.input_digest = input_digest
 
     def execute(self, context: Any) -> dict[str, Any]:
         topic = self.topic or self.hook.default_topic
@@ -107,7 +113,14 @@ class CreateOperationOperator(_BatchCodeOperator):
             sealed_upload=seal_upload(target),
         )
         if store is not None:
-            store.set(CREATED_KEY, {**ref.to_xcom(), "upload_expires": upload_url_expiry(target.upload_url)})
+            store.set(
+                CREATED_KEY,
+                {
+                    **ref.to_xcom(),
+                    "upload_expires": upload_url_expiry(target.upload_url),
+                    "input_digest": self.input_digest or None,
+                },
+            )
         self.log.info("Created %s operation %s (topic %s)", self.hook.service, target.operation_id, topic)
         return ref.to_xcom()
 
@@ -118,6 +131,9 @@ class CreateOperationOperator(_BatchCodeOperator):
         ref = OperationRef.parse(stored)
         if ref.topic != topic or ref.model != model:
             self.log.info("Earlier operation %s was for another topic/model; creating a new one", ref.operation_id)
+            return None
+        if (stored.get("input_digest") or None) != (self.input_digest or None):
+            self.log.info("Earlier operation %s was for a different manifest; creating a new one", ref.operation_id)
             return None
         try:
             operation = self.hook.client.get_operation(ref.operation_id, topic, model)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from datetime import datetime
 
+from airflow.sdk.definitions.timetables.interval import CronDataIntervalTimetable
+
 from airflow_batchcode.dags import coding_dag
 
 pipeline = coding_dag(
@@ -27,7 +29,7 @@ pipeline = coding_dag(
     poll_interval=0.5,
     staging=os.environ.get("BATCHCODE_TEST_STAGING"),
     sanitize=os.environ.get("BATCHCODE_TEST_SANITIZE") == "1",
-    schedule="@daily",
+    schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
     start_date=datetime(2026, 1, 1),
     catchup=False,
 )

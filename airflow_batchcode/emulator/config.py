@@ -1,0 +1,81 @@
+"""Every setting of the ABS emulator, with the defaults of the real service where it has one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+GIB = 1024**3
+
+FAULT_FIELDS = (
+    "fault_5xx_rate",
+    "fault_429_rate",
+    "fault_429_burst",
+    "fault_retry_after",
+    "fault_lost_response_rate",
+    "fault_truncate_rate",
+    "fault_slow_rate",
+    "fault_slow_seconds",
+    "fault_only",
+)
+"""The config fields that describe fault injection (changeable at run time)."""
+
+
+def _default_clients() -> dict[str, str]:
+    return {"demo-client": "demo-secret"}
+
+
+@dataclass
+class EmulatorConfig:
+    """Settings of one emulator instance; each field has a ``--flag`` of the same name in the CLI.
+
+    Times are in seconds, rates are probabilities per request (0.0 = never).
+
+    :param clients: OAuth2 client id → client secret.
+    :param token_ttl: lifetime of an access token (``expires_in``).
+    :param token_limit: token requests per client per hour before 403; 0 = unlimited.
+    :param rate_limit: API requests per second per client (token bucket, burst 1); 0 = off.
+    :param daily_quota: API requests per client per UTC day; 0 = off.
+    :param url_ttl: lifetime of presigned storage URLs.
+    :param awaiting_timeout: time an operation waits for its upload before ``timed_out``.
+    :param processing_delay: minimum time an operation stays ``in_progress``.
+    :param retention: time after completion before the output files are deleted.
+    :param max_upload_bytes: largest accepted input file.
+    :param data_dir: where files are kept; ``None`` = a fresh temporary directory deleted on close.
+    :param public_url: origin put into presigned URLs; ``None`` = the origin the client called.
+    :param seed: seed of the fault injector's random generator.
+    """
+
+    clients: dict[str, str] = field(default_factory=_default_clients)
+    token_ttl: float = 3600.0
+    token_limit: int = 0
+    rate_limit: float = 1.0
+    daily_quota: int = 10000
+    url_ttl: int = 3600
+    awaiting_timeout: float = 3600.0
+    processing_delay: float = 2.0
+    retention: float = 86400.0
+    max_upload_bytes: int = 5 * GIB
+    data_dir: Path | None = None
+    public_url: str | None = None
+    seed: int = 0
+    fault_5xx_rate: float = 0.0
+    fault_429_rate: float = 0.0
+    fault_429_burst: int = 3
+    fault_retry_after: int = 1
+    fault_lost_response_rate: float = 0.0
+    fault_truncate_rate: float = 0.0
+    fault_slow_rate: float = 0.0
+    fault_slow_seconds: float = 5.0
+    fault_only: str | None = None
+    processing_workers: int = 2
+
+    def fault_settings(self) -> dict[str, Any]:
+        """The fault fields as a plain dict (what ``GET /_emulator/faults`` returns)."""
+        return {name: getattr(self, name) for name in FAULT_FIELDS}
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        """Names of every setting, in declaration order."""
+        return tuple(f.name for f in fields(cls))
