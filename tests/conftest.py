@@ -9,17 +9,7 @@ import pytest
 
 from airflow_batchcode.emulator.config import EmulatorConfig
 from airflow_batchcode.emulator.server import EmulatorServer
-
-FAST_EMULATOR: dict[str, Any] = {
-    "processing_delay": 0.2,
-    "rate_limit": 0,
-    "daily_quota": 0,
-    "url_ttl": 600,
-    "awaiting_timeout": 600,
-    "retention": 3600,
-    "token_ttl": 172800,
-}
-"""Settings for tests: quick processing, no throttling; times small enough to pass with the clock."""
+from tests.support import FAST_EMULATOR
 
 
 @pytest.fixture

@@ -16,14 +16,23 @@ from airflow_batchcode.emulator.config import EmulatorConfig
 from airflow_batchcode.emulator.server import EmulatorServer
 
 SIGNATURE_MARKERS = ("X-Amz-Signature", "X-Amz-Credential", "Signature=")
+FAST_EMULATOR: dict[str, Any] = {
+    "processing_delay": 0.2,
+    "rate_limit": 0,
+    "daily_quota": 0,
+    "url_ttl": 600,
+    "awaiting_timeout": 600,
+    "retention": 3600,
+    "token_ttl": 48 * 3600,
+}
+"""Emulator settings for tests: quick processing, no throttling, times small enough to pass with the clock
+(tokens live long so that moving the clock forward does not expire them)."""
 
 
 @contextmanager
 def emulator(**overrides: Any) -> Iterator[EmulatorServer]:
-    """A started ABS emulator with fast, unthrottled defaults (overridable)."""
-    settings: dict[str, Any] = {"processing_delay": 0.1, "rate_limit": 0, "daily_quota": 0}
-    settings.update(overrides)
-    with EmulatorServer(EmulatorConfig(**settings)) as server:
+    """A started ABS emulator with :data:`FAST_EMULATOR` settings (overridable)."""
+    with EmulatorServer(EmulatorConfig(**{**FAST_EMULATOR, **overrides})) as server:
         yield server
 
 
