@@ -20,6 +20,14 @@ from airflow_batchcode.exceptions import (
 from airflow_batchcode.services.base import AsyncBatchCodeClient, OperationState
 
 MIN_POLL_INTERVAL = 0.5
+_RANK = {
+    OperationState.AWAITING_INPUT: 0,
+    OperationState.IN_PROGRESS: 1,
+    OperationState.COMPLETE: 2,
+    OperationState.FAILED: 2,
+    OperationState.TIMED_OUT: 2,
+}
+"""How far along each state is; a later poll may never report an earlier state."""
 PROGRESS_LOG_EVERY = 10
 """Log an unchanged state only every this many polls (state changes are always logged)."""
 
@@ -126,6 +134,13 @@ class OperationStatusTrigger(BaseTrigger):
                 await self._sleep(delay)
                 continue
             failures = 0
+            if last_state is not None and _RANK[operation.state] < _RANK[last_state]:
+                return self._event(
+                    "error",
+                    f"The service reported the operation going backwards, from {last_state.value} to "
+                    f"{operation.state.value}: refusing to trust its status",
+                    polls=polls,
+                )
             if operation.state is not last_state or polls % PROGRESS_LOG_EVERY == 0:
                 self.log.info("Poll %d: %s", polls, operation.describe())
             last_state = operation.state
