@@ -42,8 +42,8 @@ def as_text(value: object) -> str:
 
 def check(occp_text: str, tasks_text: str) -> Checked:
     """Apply the service's rules; never changes the texts."""
-    if not occp_text and not tasks_text:
-        return Checked(occp_text, tasks_text, error="both occp_text and tasks_text are empty")
+    if not occp_text.strip() and not tasks_text.strip():
+        return Checked(occp_text, tasks_text, error="both occp_text and tasks_text are empty (or only whitespace)")
     for name, text in (("occp_text", occp_text), ("tasks_text", tasks_text)):
         if not (text.isascii() and text.isprintable()):
             bad = _NOT_PRINTABLE.search(text)

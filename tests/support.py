@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -129,3 +131,36 @@ def postgres_database() -> Iterator[dict[str, Any]]:
             yield {"conn_type": "postgres", "host": "127.0.0.1", "port": 5432, "login": "postgres", "schema": name}
         finally:
             server.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+PIPELINE_DAG = Path(__file__).parent / "dags" / "batchcode_pipeline.py"
+
+
+def run_pipeline(tmp_path: Path, day: str = "2026-01-01", **env: str) -> Any:
+    """Run tests/dags/batchcode_pipeline.py for ``day`` with dag.test(); ``env`` configures it (see its docstring).
+
+    The run id is fixed by the day, so running the same day again re-runs the same run.
+    """
+    os.environ["BATCHCODE_TEST_STAGING"] = str(tmp_path / "staging")
+    for key, value in env.items():
+        os.environ[key] = value
+    try:
+        spec = importlib.util.spec_from_file_location("batchcode_pipeline", PIPELINE_DAG)
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        logical = datetime.fromisoformat(day).replace(tzinfo=UTC) + timedelta(days=1)
+        return module.pipeline.test(logical_date=logical, run_after=logical)
+    finally:
+        for key in env:
+            os.environ.pop(key, None)
+
+
+def output(connect: Any, run_id: str | None = None) -> list[tuple[Any, ...]]:
+    """Rows of the test pipeline's output table (optionally of one run), by run and position."""
+    with closing(connect()) as conn:
+        cursor = conn.cursor()
+        query = "SELECT record_id, position, code_status, error, note, code_category, suggestions, dag_run_id FROM coded_responses"
+        cursor.execute(query + " ORDER BY dag_run_id, position")
+        rows = cursor.fetchall()
+    return [r for r in rows if run_id is None or r[-1] == run_id]

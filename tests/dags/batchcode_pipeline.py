@@ -1,14 +1,15 @@
 """Test DAG: the reusable pipeline over a SQLite or PostgreSQL warehouse, configured by environment.
 
 ``BATCHCODE_TEST_WAREHOUSE`` names the warehouse connection, ``BATCHCODE_TEST_STAGING`` the
-staging folder, ``BATCHCODE_TEST_CHUNK`` the records per chunk and ``BATCHCODE_TEST_SANITIZE``
-whether to sanitise.
+staging folder, ``BATCHCODE_TEST_CHUNK`` the records per chunk, ``BATCHCODE_TEST_SANITIZE``
+whether to sanitise, ``BATCHCODE_TEST_MIN_SUCCESS`` the quality gate and
+``BATCHCODE_TEST_RETRIES`` the task retries.
 """
 
 from __future__ import annotations
 
 import os
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from airflow.sdk.definitions.timetables.interval import CronDataIntervalTimetable
 
@@ -29,6 +30,13 @@ pipeline = coding_dag(
     poll_interval=0.5,
     staging=os.environ.get("BATCHCODE_TEST_STAGING"),
     sanitize=os.environ.get("BATCHCODE_TEST_SANITIZE") == "1",
+    min_success_rate=float(os.environ["BATCHCODE_TEST_MIN_SUCCESS"])
+    if "BATCHCODE_TEST_MIN_SUCCESS" in os.environ
+    else None,
+    default_args={
+        "retries": int(os.environ.get("BATCHCODE_TEST_RETRIES", "0")),
+        "retry_delay": timedelta(seconds=0),
+    },
     schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
     start_date=datetime(2026, 1, 1),
     catchup=False,

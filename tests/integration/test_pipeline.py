@@ -7,22 +7,19 @@ over three days selects three slices.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import closing
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from airflow_batchcode.sample_data import survey_responses
-from tests.support import admin, batchcode_connection, emulator, postgres_database
+from tests.support import admin, batchcode_connection, emulator, output, postgres_database, run_pipeline
 
-DAG_FILE = Path(__file__).parents[1] / "dags" / "batchcode_pipeline.py"
 DAY = "2026-01-01"
 NASTY = [
     ("DUP", "software developer", "writing code", "successful", None),
@@ -72,31 +69,6 @@ def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[
             dsn = f"host={fields['host']} port={fields['port']} user={fields['login']} dbname={fields['schema']}"
             yield "postgres", lambda: psycopg.connect(dsn)
     os.environ.pop("AIRFLOW_CONN_TEST_WAREHOUSE", None)
-
-
-def run_pipeline(tmp_path: Path, day: str = DAY, **env: str) -> Any:
-    os.environ["BATCHCODE_TEST_STAGING"] = str(tmp_path / "staging")
-    for key, value in env.items():
-        os.environ[key] = value
-    try:
-        spec = importlib.util.spec_from_file_location("batchcode_pipeline", DAG_FILE)
-        assert spec and spec.loader
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        logical = datetime.fromisoformat(day).replace(tzinfo=UTC) + (datetime(2026, 1, 2) - datetime(2026, 1, 1))
-        return module.pipeline.test(logical_date=logical, run_after=logical)
-    finally:
-        for key in env:
-            os.environ.pop(key, None)
-
-
-def output(connect: Any, run_id: str | None = None) -> list[tuple[Any, ...]]:
-    with closing(connect()) as conn:
-        cursor = conn.cursor()
-        query = "SELECT record_id, position, code_status, error, note, code_category, suggestions, dag_run_id FROM coded_responses"
-        cursor.execute(query + " ORDER BY dag_run_id, position")
-        rows = cursor.fetchall()
-    return [r for r in rows if run_id is None or r[-1] == run_id]
 
 
 def test_every_record_exactly_once_with_the_right_status(
