@@ -10,7 +10,9 @@ as a TaskGroup inside a DAG of yours. Both take the same :class:`PipelineConfig`
 from __future__ import annotations
 
 import json
+import os
 import re
+import sys
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -250,7 +252,24 @@ def coding_dag(
     dag_kwargs.setdefault("tags", ["batchcode"])
     with DAG(dag_id, **dag_kwargs) as dag:
         _build(config)
+    dag.fileloc = _dag_file()
     return dag
+
+
+def _dag_file() -> str:
+    """The user's DAG file that called the factory (not this package's module).
+
+    Airflow records where a DAG was defined and workers re-parse that file to find it; a DAG
+    built inside a library function would otherwise point at the library.
+    """
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame = sys._getframe(1)
+    while frame is not None:
+        filename = os.path.abspath(frame.f_code.co_filename)
+        if not filename.startswith(package + os.sep):
+            return filename
+        frame = frame.f_back  # type: ignore[assignment]
+    return os.path.abspath(__file__)
 
 
 __all__ = ["PipelineConfig", "coding_dag", "coding_task_group"]

@@ -136,7 +136,7 @@ def postgres_database() -> Iterator[dict[str, Any]]:
 PIPELINE_DAG = Path(__file__).parent / "dags" / "batchcode_pipeline.py"
 
 
-def run_pipeline(tmp_path: Path, day: str = "2026-01-01", **env: str) -> Any:
+def run_pipeline(tmp_path: Path, day: str = "2026-01-01", *, use_executor: bool = False, **env: str) -> Any:
     """Run tests/dags/batchcode_pipeline.py for ``day`` with dag.test(); ``env`` configures it (see its docstring).
 
     The run id is fixed by the day, so running the same day again re-runs the same run.
@@ -150,7 +150,7 @@ def run_pipeline(tmp_path: Path, day: str = "2026-01-01", **env: str) -> Any:
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         logical = datetime.fromisoformat(day).replace(tzinfo=UTC) + timedelta(days=1)
-        return module.pipeline.test(logical_date=logical, run_after=logical)
+        return module.pipeline.test(logical_date=logical, run_after=logical, use_executor=use_executor)
     finally:
         for key in env:
             os.environ.pop(key, None)

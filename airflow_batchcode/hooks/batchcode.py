@@ -60,11 +60,15 @@ def _extra_dict(conn: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _mask_async(value: str) -> None:
-    """Register a secret with the masker from inside the event loop, without blocking it."""
-    task = asyncio.get_running_loop().create_task(amask_secret(value))
-    _background.add(task)
-    task.add_done_callback(_background.discard)
+def _mask_from(loop: asyncio.AbstractEventLoop, value: str) -> None:
+    """Register a secret with the masker on ``loop`` without blocking it (callable from any thread)."""
+
+    def schedule() -> None:
+        task = loop.create_task(amask_secret(value))
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+    loop.call_soon_threadsafe(schedule)
 
 
 class BatchCodeHook(BaseHook):
@@ -111,9 +115,15 @@ class BatchCodeHook(BaseHook):
         return self.client
 
     async def get_async_client(self) -> AsyncBatchCodeClient:
-        """An async client for the trigger: connection looked up without blocking the loop."""
+        """An async client for the trigger, built without blocking the event loop.
+
+        The connection is looked up asynchronously; the client (whose HTTP pool loads TLS
+        certificates, a blocking step) is constructed in a worker thread.
+        """
         conn = await self.aget_connection(self.batchcode_conn_id)
-        return build_async_client(service_config_from_connection(conn), on_secret=_mask_async)
+        config = service_config_from_connection(conn)
+        loop = asyncio.get_running_loop()
+        return await asyncio.to_thread(build_async_client, config, lambda value: _mask_from(loop, value))
 
     def close(self) -> None:
         """Release the client's connections."""

@@ -17,6 +17,7 @@ from airflow_batchcode.exceptions import (
     TransportError,
     UnexpectedResponseError,
 )
+from airflow_batchcode.hooks.batchcode import BatchCodeHook
 from airflow_batchcode.services.base import AsyncBatchCodeClient, OperationState
 
 MIN_POLL_INTERVAL = 0.5
@@ -90,12 +91,11 @@ class OperationStatusTrigger(BaseTrigger):
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        from airflow_batchcode.hooks.batchcode import BatchCodeHook
-
         try:
             client = await BatchCodeHook(self.batchcode_conn_id).get_async_client()
-        except BatchCodeError as exc:
-            yield self._event("error", f"Cannot build a client for connection {self.batchcode_conn_id!r}: {exc}")
+        except Exception as exc:  # a missing connection is Airflow's error, not ours: still one clear event
+            reason = str(exc) if isinstance(exc, BatchCodeError) else f"{type(exc).__name__}: {exc}"
+            yield self._event("error", f"Cannot build a client for connection {self.batchcode_conn_id!r}: {reason}")
             return
         try:
             yield await self._poll_until_done(client)

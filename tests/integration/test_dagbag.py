@@ -13,6 +13,7 @@ def test_shipped_dags_import_cleanly() -> None:
     bag = DagBag(dag_folder=str(ROOT / "dags"))
     assert bag.import_errors == {}
     nightly = bag.dags["batchcode_nightly"]
+    assert nightly.fileloc == str(ROOT / "dags" / "batchcode_nightly.py"), "workers re-parse the user's file"
     assert set(nightly.params) >= {"topic", "model", "from_date", "to_date"}
     assert {t.task_id for t in nightly.tasks} >= {
         "extract",

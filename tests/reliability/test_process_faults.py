@@ -1,0 +1,170 @@
+"""Process faults on a real multi-process Airflow: a task's worker process killed mid-upload and
+mid-download, and the triggerer killed mid-wait. Airflow retries; nothing is done twice or lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airflow_batchcode.sample_data import survey_responses
+from tests.reliability.deployment import deployment, kill, processes_talking_to
+from tests.support import admin, batchcode_connection, emulator, output, run_pipeline, write_manifest
+
+DAY = "2026-01-01"
+RECORDS = 3000
+
+
+def seeded_warehouse(tmp_path: Path) -> Path:
+    path = tmp_path / "warehouse.db"
+    os.environ["AIRFLOW_CONN_TEST_WAREHOUSE"] = json.dumps({"conn_type": "sqlite", "host": str(path)})
+    with closing(sqlite3.connect(path)) as conn:
+        conn.execute(
+            "CREATE TABLE survey_responses (respondent_id TEXT, answered_on TEXT, occupation TEXT, duties TEXT)"
+        )
+        conn.executemany(
+            "INSERT INTO survey_responses VALUES (?, ?, ?, ?)",
+            ((r.respondent_id, DAY, r.occp_text, r.tasks_text) for r in survey_responses(RECORDS, messy=False)),
+        )
+        conn.commit()
+    return path
+
+
+def kill_when(condition: Callable[[], list[int]], killed: list[int], timeout: float = 120) -> threading.Thread:
+    """In the background: wait for ``condition`` to name processes, SIGKILL them once."""
+
+    def watch() -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pids = condition()
+            if pids:
+                for pid in pids:
+                    kill(pid)
+                killed.extend(pids)
+                return
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize(("step", "route"), [("upload", r"^PUT /_storage/"), ("download", r"^GET /_storage/")])
+def test_a_worker_killed_mid_transfer_is_retried_without_a_second_operation_or_duplicate_rows(
+    step: str, route: str, airflow_db: Path, tmp_path: Path
+) -> None:
+    warehouse = seeded_warehouse(tmp_path)
+    killed: list[int] = []
+    with (
+        emulator(fault_only=route, fault_slow_rate=1.0, fault_slow_seconds=6.0) as server,
+        batchcode_connection(server),
+        deployment(tmp_path / "logs"),
+    ):
+
+        def in_transfer() -> list[int]:
+            if admin(server, "stats")["faults"].get("slow", 0) < 1:
+                return []
+            pids = processes_talking_to(server.port)
+            if pids:
+                admin(server, "faults", {"fault_slow_rate": 0.0})
+            return pids
+
+        watcher = kill_when(in_transfer, killed)
+        dag_run = run_pipeline(tmp_path, use_executor=True, BATCHCODE_TEST_RETRIES="1", BATCHCODE_TEST_CHUNK="5000")
+        watcher.join(1)
+        stats = admin(server, "stats")
+    assert killed, f"no task process was killed during the {step}"
+    assert dag_run.state == "success"
+    assert stats["operations_created"] == {"demo-client": 1}, "the retry re-attached to the chunk's operation"
+    assert stats["uploads"]["accepted"] == 1
+    rows = output(lambda: sqlite3.connect(warehouse))
+    assert sorted(r[1] for r in rows) == list(range(1, RECORDS + 1)), "every record once, no duplicates"
+
+
+def deferred_triggers() -> list[tuple[int, int | None, float | None]]:
+    """(trigger id, triggerer job id, deadline) of our trigger rows, read with sqlite3 and the Fernet key.
+
+    (Plain SQL, not Airflow's ORM: this runs in a thread beside ``dag.test()``.)
+    """
+    from cryptography.fernet import Fernet
+
+    fernet = Fernet(os.environ["AIRFLOW__CORE__FERNET_KEY"].encode())
+    with closing(sqlite3.connect(Path(os.environ["AIRFLOW_HOME"]) / "airflow.db")) as conn:
+        rows = conn.execute("SELECT id, classpath, triggerer_id, kwargs FROM trigger").fetchall()
+    found = []
+    for trigger_id, classpath, triggerer_id, encrypted in rows:
+        if classpath.endswith("OperationStatusTrigger"):
+            text = encrypted if isinstance(encrypted, str) else json.dumps(encrypted)
+            kwargs = json.loads(text if text.startswith(("{", '"')) else fernet.decrypt(text.encode()))
+            if isinstance(kwargs, str):
+                kwargs = json.loads(kwargs if kwargs.startswith("{") else fernet.decrypt(kwargs.encode()))
+            found.append((trigger_id, triggerer_id, _find(kwargs, "deadline")))
+    return found
+
+
+def _find(value: Any, key: str) -> Any:
+    """The first value under ``key`` anywhere in a nested JSON value (serde wraps kwargs)."""
+    if isinstance(value, dict):
+        if key in value:
+            return value[key]
+        value = list(value.values())
+    if isinstance(value, list):
+        for item in value:
+            found = _find(item, key)
+            if found is not None:
+                return found
+    return None
+
+
+def test_a_triggerer_killed_mid_wait_is_replaced_and_the_wait_keeps_its_deadline(
+    airflow_db: Path, tmp_path: Path
+) -> None:
+    from tests.integration.test_operators_dag import RECORDS as FOUR_STEP_RECORDS
+    from tests.integration.test_operators_dag import load_dag
+
+    manifest = write_manifest(tmp_path / "manifest.jsonl", FOUR_STEP_RECORDS)
+    killed: list[int] = []
+    seen: dict[str, Any] = {}
+    with (
+        emulator(processing_delay=20.0) as server,
+        batchcode_connection(server),
+        deployment(tmp_path / "logs", triggerer=True) as deployed,
+    ):
+        first = deployed.triggerers[0]
+
+        def trigger_running() -> list[int]:
+            running = [t for t in deferred_triggers() if t[1] is not None]
+            if not running:
+                return []
+            seen["before"] = running[0]
+            deployed.start_triggerer()
+            return [first.pid]
+
+        def taken_over() -> None:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and "after" not in seen:
+                for trigger in deferred_triggers():
+                    if "before" in seen and trigger[0] == seen["before"][0] and trigger[1] != seen["before"][1]:
+                        seen["after"] = trigger
+                time.sleep(0.2)
+
+        watcher = kill_when(trigger_running, killed)
+        observer = threading.Thread(target=taken_over, daemon=True)
+        observer.start()
+        conf: dict[str, Any] = {"manifest": str(manifest), "destination": str(tmp_path / "results")}
+        dag_run = load_dag("four_steps_deferred").test(run_conf=conf, use_executor=True)
+        watcher.join(1)
+        observer.join(1)
+    assert killed == [first.pid], "the first triggerer was killed while running the wait"
+    assert "after" in seen, "another triggerer took the trigger over"
+    assert seen["after"][2] == seen["before"][2] is not None, "same wall-clock deadline after the restart"
+    assert dag_run.state == "success"
+    assert len((tmp_path / "results" / "output.jsonl").read_text().splitlines()) == len(FOUR_STEP_RECORDS)
