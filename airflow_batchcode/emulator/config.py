@@ -6,19 +6,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from airflow_batchcode.emulator.faults import FaultSettings
+
 GIB = 1024**3
 
-FAULT_FIELDS = (
-    "fault_5xx_rate",
-    "fault_429_rate",
-    "fault_429_burst",
-    "fault_retry_after",
-    "fault_lost_response_rate",
-    "fault_truncate_rate",
-    "fault_slow_rate",
-    "fault_slow_seconds",
-    "fault_only",
-)
+FAULT_FIELDS = tuple(f.name for f in fields(FaultSettings))
 """The config fields that describe fault injection (changeable at run time)."""
 
 
@@ -27,10 +19,11 @@ def _default_clients() -> dict[str, str]:
 
 
 @dataclass
-class EmulatorConfig:
+class EmulatorConfig(FaultSettings):
     """Settings of one emulator instance; each field has a ``--flag`` of the same name in the CLI.
 
-    Times are in seconds, rates are probabilities per request (0.0 = never).
+    Times are in seconds, rates are probabilities per request (0.0 = never). The ``fault_*``
+    fields come from :class:`~airflow_batchcode.emulator.faults.FaultSettings`.
 
     :param clients: OAuth2 client id → client secret.
     :param token_ttl: lifetime of an access token (``expires_in``).
@@ -60,15 +53,6 @@ class EmulatorConfig:
     data_dir: Path | None = None
     public_url: str | None = None
     seed: int = 0
-    fault_5xx_rate: float = 0.0
-    fault_429_rate: float = 0.0
-    fault_429_burst: int = 3
-    fault_retry_after: int = 1
-    fault_lost_response_rate: float = 0.0
-    fault_truncate_rate: float = 0.0
-    fault_slow_rate: float = 0.0
-    fault_slow_seconds: float = 5.0
-    fault_only: str | None = None
     processing_workers: int = 2
 
     def fault_settings(self) -> dict[str, Any]:
