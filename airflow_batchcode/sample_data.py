@@ -131,7 +131,9 @@ def _typo(text: str, rng: random.Random) -> str:
     return text[:i] + text[i + 1] + text[i] + text[i + 2 :]
 
 
-def seed_sqlite(path: str, count: int, *, days: int = 1, start: str = "2026-01-01", seed: int = 2026) -> int:
+def seed_sqlite(
+    path: str, count: int, *, days: int = 1, start: str = "2026-01-01", seed: int = 2026, messy: bool = True
+) -> int:
     """Create (or refill) table ``survey_responses`` in the SQLite file ``path`` with ``count`` answers.
 
     Answers are spread evenly over ``days`` days from ``start`` (column ``answered_on``, ISO date),
@@ -148,7 +150,7 @@ def seed_sqlite(path: str, count: int, *, days: int = 1, start: str = "2026-01-0
         )
         rows = (
             (r.respondent_id, (first + timedelta(days=i % days)).isoformat(), r.occp_text, r.tasks_text)
-            for i, r in enumerate(survey_responses(count, seed=seed))
+            for i, r in enumerate(survey_responses(count, seed=seed, messy=messy))
         )
         conn.executemany("INSERT INTO survey_responses VALUES (?, ?, ?, ?)", rows)
         conn.execute("CREATE INDEX ix_survey_responses_day ON survey_responses (answered_on)")

@@ -164,3 +164,13 @@ def output(connect: Any, run_id: str | None = None) -> list[tuple[Any, ...]]:
         cursor.execute(query + " ORDER BY dag_run_id, position")
         rows = cursor.fetchall()
     return [r for r in rows if run_id is None or r[-1] == run_id]
+
+
+def sqlite_warehouse(tmp_path: Path, records: int = 0, *, messy: bool = True) -> Path:
+    """A SQLite warehouse with ``records`` survey answers dated 2026-01-01, as connection ``test_warehouse``."""
+    from airflow_batchcode.sample_data import seed_sqlite
+
+    path = tmp_path / "warehouse.db"
+    os.environ["AIRFLOW_CONN_TEST_WAREHOUSE"] = json.dumps({"conn_type": "sqlite", "host": str(path)})
+    seed_sqlite(str(path), records, start="2026-01-01", messy=messy)
+    return path

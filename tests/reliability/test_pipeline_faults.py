@@ -28,33 +28,12 @@ from tests.support import (
     output,
     run_pipeline,
     scan_sqlite,
+    sqlite_warehouse,
 )
 
 FULL = os.environ.get("BATCHCODE_RELIABILITY_SCALE") == "full"
 CORPUS = Path(__file__).with_name("bad_input.jsonl")
 DAY = "2026-01-01"
-
-
-def warehouse(tmp_path: Path) -> Path:
-    path = tmp_path / "warehouse.db"
-    os.environ["AIRFLOW_CONN_TEST_WAREHOUSE"] = json.dumps({"conn_type": "sqlite", "host": str(path)})
-    with closing(sqlite3.connect(path)) as conn:
-        conn.execute(
-            "CREATE TABLE survey_responses (respondent_id TEXT, answered_on TEXT, occupation TEXT, duties TEXT)"
-        )
-        conn.commit()
-    return path
-
-
-def seed_sample(path: Path, count: int) -> None:
-    from airflow_batchcode.sample_data import survey_responses
-
-    with closing(sqlite3.connect(path)) as conn:
-        conn.executemany(
-            "INSERT INTO survey_responses VALUES (?, ?, ?, ?)",
-            ((r.respondent_id, DAY, r.occp_text, r.tasks_text) for r in survey_responses(count)),
-        )
-        conn.commit()
 
 
 def assert_no_leaks(text: str, home: Path, secrets: list[str]) -> None:
@@ -67,8 +46,7 @@ def test_the_pipeline_survives_every_kind_of_service_fault(
     airflow_db: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     records = 40_000 if FULL else 10_000
-    path = warehouse(tmp_path)
-    seed_sample(path, records)
+    path = sqlite_warehouse(tmp_path, records)
     secret = f"s3cr3t-{uuid.uuid4().hex}"
     faults = {
         "fault_5xx_rate": 0.2,
@@ -108,8 +86,7 @@ def test_the_pipeline_survives_every_kind_of_service_fault(
 def test_outputs_deleted_before_download_fail_clearly_and_load_nothing(
     airflow_db: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    path = warehouse(tmp_path)
-    seed_sample(path, 200)
+    path = sqlite_warehouse(tmp_path, 200)
     with emulator(retention=0.2, processing_delay=0.2) as server, batchcode_connection(server):
         dag_run = run_pipeline(tmp_path)
     log = capfd.readouterr().out
@@ -128,8 +105,7 @@ def _table_exists(path: Path) -> bool:
 def test_a_quality_gate_below_the_success_rate_fails_after_the_outputs_are_written(
     airflow_db: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    path = warehouse(tmp_path)
-    seed_sample(path, 500)
+    path = sqlite_warehouse(tmp_path, 500)
     with emulator() as server, batchcode_connection(server):
         dag_run = run_pipeline(tmp_path, BATCHCODE_TEST_MIN_SUCCESS="0.99")
     log = capfd.readouterr().out
@@ -158,7 +134,7 @@ def test_the_bad_input_corpus_gets_a_clear_outcome_per_record(
     airflow_db: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     repeat = 1_000_000 if FULL else 100_000
-    path = warehouse(tmp_path)
+    path = sqlite_warehouse(tmp_path)
     rows, entries = _corpus_rows(repeat)
     with closing(sqlite3.connect(path)) as conn:
         conn.executemany(

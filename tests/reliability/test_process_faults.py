@@ -15,27 +15,19 @@ from typing import Any
 
 import pytest
 
-from airflow_batchcode.sample_data import survey_responses
 from tests.reliability.deployment import deployment, kill, processes_talking_to
-from tests.support import admin, batchcode_connection, emulator, output, run_pipeline, write_manifest
+from tests.support import (
+    admin,
+    batchcode_connection,
+    emulator,
+    output,
+    run_pipeline,
+    sqlite_warehouse,
+    write_manifest,
+)
 
 DAY = "2026-01-01"
 RECORDS = 3000
-
-
-def seeded_warehouse(tmp_path: Path) -> Path:
-    path = tmp_path / "warehouse.db"
-    os.environ["AIRFLOW_CONN_TEST_WAREHOUSE"] = json.dumps({"conn_type": "sqlite", "host": str(path)})
-    with closing(sqlite3.connect(path)) as conn:
-        conn.execute(
-            "CREATE TABLE survey_responses (respondent_id TEXT, answered_on TEXT, occupation TEXT, duties TEXT)"
-        )
-        conn.executemany(
-            "INSERT INTO survey_responses VALUES (?, ?, ?, ?)",
-            ((r.respondent_id, DAY, r.occp_text, r.tasks_text) for r in survey_responses(RECORDS, messy=False)),
-        )
-        conn.commit()
-    return path
 
 
 def kill_when(condition: Callable[[], list[int]], killed: list[int], timeout: float = 120) -> threading.Thread:
@@ -61,7 +53,7 @@ def kill_when(condition: Callable[[], list[int]], killed: list[int], timeout: fl
 def test_a_worker_killed_mid_transfer_is_retried_without_a_second_operation_or_duplicate_rows(
     step: str, route: str, airflow_db: Path, tmp_path: Path
 ) -> None:
-    warehouse = seeded_warehouse(tmp_path)
+    warehouse = sqlite_warehouse(tmp_path, RECORDS, messy=False)
     killed: list[int] = []
     with (
         emulator(fault_only=route, fault_slow_rate=1.0, fault_slow_seconds=6.0) as server,
