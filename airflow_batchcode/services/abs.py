@@ -9,6 +9,7 @@ connection in the process.
 from __future__ import annotations
 
 import base64
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -138,25 +139,64 @@ def topic_path(topic: str, model: str | None) -> str:
     return path
 
 
+def json_kind(value: Any) -> str:
+    """The JSON name of ``value``'s type, for messages about off-contract responses."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "a list" if isinstance(value, list) else "an object"
+
+
+def _require_object(body: Any, what: str) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise UnexpectedResponseError(f"{what}: response is {json_kind(body)}, not a JSON object")
+    return body
+
+
+def _require_strings(body: dict[str, Any], what: str, *keys: str) -> None:
+    """Every ``key`` must be a non-empty string; the error names each one that is not, and why."""
+    problems = []
+    for key in keys:
+        value = body.get(key)
+        if key not in body or value is None or value == "":
+            problems.append(f"{key} is missing")
+        elif not isinstance(value, str):
+            problems.append(f"{key} is {json_kind(value)}, not a string")
+    if problems:
+        raise UnexpectedResponseError(f"{what}: {'; '.join(problems)}")
+
+
 def parse_token(body: Any) -> Token:
     """Read an OAuth2 token response."""
-    if not isinstance(body, dict) or not isinstance(body.get("access_token"), str) or not body["access_token"]:
-        raise UnexpectedResponseError("ABS token endpoint: response has no access_token")
+    what = "ABS token endpoint"
+    body = _require_object(body, what)
+    _require_strings(body, what, "access_token")
     expires_in = body.get("expires_in", 3600)
-    if not isinstance(expires_in, int | float) or isinstance(expires_in, bool) or expires_in <= 0:
-        raise UnexpectedResponseError("ABS token endpoint: expires_in is not a positive number")
+    if (
+        not isinstance(expires_in, int | float)
+        or isinstance(expires_in, bool)
+        or not math.isfinite(expires_in)
+        or expires_in <= 0
+    ):
+        raise UnexpectedResponseError(f"{what}: expires_in is {json_kind(expires_in)}, not a positive number")
     return Token.from_lifetime(body["access_token"], float(expires_in))
 
 
 def parse_create(body: Any) -> UploadTarget:
     """Read a batch-code create response."""
-    if not isinstance(body, dict):
-        raise UnexpectedResponseError("ABS create operation: response is not a JSON object")
-    values = {key: body.get(key) for key in ("operationId", "requestUploadUrl", "bucketKmsKeyArn")}
-    missing = [key for key, value in values.items() if not isinstance(value, str) or not value]
-    if missing:
-        raise UnexpectedResponseError(f"ABS create operation: response lacks {', '.join(missing)}")
-    segment(str(values["operationId"]), "operationId")
+    what = "ABS create operation"
+    values = _require_object(body, what)
+    _require_strings(values, what, "operationId", "requestUploadUrl", "bucketKmsKeyArn")
+    if not _SAFE_SEGMENT.match(values["operationId"]):
+        raise UnexpectedResponseError(
+            f"{what}: operationId {values['operationId'][:80]!r} is not a plain identifier "
+            "(letters, digits, '.', '_' or '-')"
+        )
     return UploadTarget(
         operation_id=str(values["operationId"]),
         upload_url=str(values["requestUploadUrl"]),
@@ -166,13 +206,17 @@ def parse_create(body: Any) -> UploadTarget:
 
 def parse_status(body: Any, operation_id: str) -> Operation:
     """Read an operation status response."""
-    if not isinstance(body, dict) or not isinstance(body.get("operationStatus"), str):
-        raise UnexpectedResponseError(f"ABS operation {operation_id}: status response has no operationStatus")
+    what = f"ABS operation {operation_id}"
+    body = _require_object(body, f"{what}: status")
+    if "operationStatus" not in body:
+        raise UnexpectedResponseError(f"{what}: status response has no operationStatus")
     raw = body["operationStatus"]
+    if not isinstance(raw, str):
+        raise UnexpectedResponseError(f"{what}: operationStatus is {json_kind(raw)}, not a string")
     try:
         state = OperationState(raw)
     except ValueError:
-        raise UnexpectedResponseError(f"ABS operation {operation_id}: unknown status {raw!r}") from None
+        raise UnexpectedResponseError(f"{what}: unknown status {raw[:80]!r}") from None
     error = body.get("error")
     response_url, metadata_url = body.get("responseDownloadUrl"), body.get("metadataDownloadUrl")
     for name, value in (
@@ -181,9 +225,9 @@ def parse_status(body: Any, operation_id: str) -> Operation:
         ("metadataDownloadUrl", metadata_url),
     ):
         if value is not None and not isinstance(value, str):
-            raise UnexpectedResponseError(f"ABS operation {operation_id}: {name} is not a string")
+            raise UnexpectedResponseError(f"{what}: {name} is {json_kind(value)}, not a string")
     if state is OperationState.COMPLETE and not response_url:
-        raise UnexpectedResponseError(f"ABS operation {operation_id}: complete but no responseDownloadUrl")
+        raise UnexpectedResponseError(f"{what}: complete but no responseDownloadUrl")
     return Operation(
         operation_id=operation_id,
         state=state,
@@ -192,6 +236,21 @@ def parse_status(body: Any, operation_id: str) -> Operation:
         metadata_url=metadata_url,
         raw_status=raw,
     )
+
+
+def _require_list_of_objects(body: Any, what: str) -> list[dict[str, Any]]:
+    if not isinstance(body, list):
+        raise UnexpectedResponseError(f"{what}: response is {json_kind(body)}, not a list")
+    for index, item in enumerate(body):
+        if not isinstance(item, dict):
+            raise UnexpectedResponseError(f"{what}: entry {index} is {json_kind(item)}, not an object")
+    return body
+
+
+def _string_tuple(value: Any) -> tuple[str, ...]:
+    if isinstance(value, list):
+        return tuple(str(v) for v in value)
+    return (value,) if isinstance(value, str) and value else ()
 
 
 class _AbsBase:
@@ -291,31 +350,24 @@ class AbsClient(_AbsBase):
     def list_topics(self) -> list[Topic]:
         """The topics (classifications) this account may code against."""
         body = self._api("GET", "/v1/topics", what="list topics")
-        if not isinstance(body, list):
-            raise UnexpectedResponseError("ABS list topics: response is not a list")
-        return [
-            Topic(uri_name=str(item.get("uriName", "")), full_name=str(item.get("fullName", "")))
-            for item in body
-            if isinstance(item, dict)
-        ]
+        items = _require_list_of_objects(body, "ABS list topics")
+        return [Topic(uri_name=str(item.get("uriName", "")), full_name=str(item.get("fullName", ""))) for item in items]
 
     def list_models(self, topic: str) -> list[ModelDescription]:
         """The models of ``topic``, as the service lists them."""
         body = self._api("GET", f"{topic_path(topic, None)}/models", what=f"list models of {topic}")
-        if not isinstance(body, list):
-            raise UnexpectedResponseError(f"ABS list models of {topic}: response is not a list")
+        items = _require_list_of_objects(body, f"ABS list models of {topic}")
         return [
             ModelDescription(
                 model_id=str(item.get("modelId", "")),
                 model_version=str(item.get("modelVersion", "")),
                 release_date=str(item.get("modelReleaseDate", "")),
                 model_type=str(item.get("modelType", "")),
-                input_format=tuple(str(f) for f in item.get("inputFormat") or ()),
+                input_format=_string_tuple(item.get("inputFormat")),
                 topic_standard=str(item.get("topicStandard", "")),
                 topic_version=str(item.get("topicVersion", "")),
             )
-            for item in body
-            if isinstance(item, dict)
+            for item in items
         ]
 
     # --- async batch coding ---------------------------------------------------------------

@@ -10,11 +10,14 @@ string, a token or a request body.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
+import re
 import time
-from collections.abc import Callable, Iterator, Mapping
+import zlib
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from ipaddress import ip_address
@@ -24,6 +27,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 
 from airflow_batchcode.exceptions import (
@@ -77,7 +81,11 @@ class HttpSettings:
 
 def check_url(url: str, *, allow_insecure_http: bool, what: str) -> None:
     """Refuse URLs that would leak data: only ``https``, or ``http`` to loopback (or when allowed)."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+    except ValueError:
+        raise UnexpectedResponseError(f"Refusing {what}: it is not a valid URL") from None
     if parts.scheme == "https" and parts.hostname:
         return
     if parts.scheme == "http" and parts.hostname and (allow_insecure_http or is_loopback(parts.hostname)):
@@ -247,7 +255,12 @@ class SyncTransport:
         ``on_auth_failure`` (to drop a cached token) and is retried once.
         """
         cap = self.settings.max_response_bytes
-        body: bytes = self.request(
+
+        def consume(response: requests.Response) -> tuple[bytes, str]:
+            check_declared_length(response.headers, cap, what)
+            return read_capped(response.iter_content(65536), cap, what), response.headers.get("Content-Type", "")
+
+        body, content_type = self.request(
             method,
             url,
             headers=headers,
@@ -256,10 +269,10 @@ class SyncTransport:
             on_auth_failure=on_auth_failure,
             rate_limited=rate_limited,
             stream=True,
-            consume=lambda response: read_capped(response.iter_content(65536), cap, what),
+            consume=consume,
             **kwargs,
         )
-        return parse_json(body, what)
+        return parse_json(body, what, content_type)
 
     def request(
         self,
@@ -276,7 +289,11 @@ class SyncTransport:
         consume: Callable[[requests.Response], Any] | None = None,
         **kwargs: Any,
     ) -> Any:
-        """Send one request with retries; return the successful (2xx/3xx) response.
+        """Send one request with retries; return the successful (2xx) response.
+
+        Redirects are never followed (a 3xx is an :class:`UnexpectedResponseError`): they
+        could carry a token, a manifest or a presigned request to another origin, or to plain
+        ``http``, past :func:`check_url`.
 
         :param body_factory: builds the request body afresh for each try (streamed uploads).
         :param consume: reads the successful response inside the retry loop (so a body cut
@@ -292,14 +309,14 @@ class SyncTransport:
                 self.limiter.acquire()
             if body_factory is not None:
                 kwargs["data"] = body_factory()
+            sent = dict(headers()) if headers else None
             try:
                 response = self.session.request(
-                    method,
-                    url,
-                    headers=dict(headers()) if headers else None,
-                    timeout=self.settings.timeout,
-                    **kwargs,
+                    method, url, headers=sent, timeout=self.settings.timeout, allow_redirects=False, **kwargs
                 )
+                if 300 <= response.status_code < 400:
+                    response.close()
+                    raise redirect_error(what, response.status_code, response.headers.get("Location"))
                 if response.status_code < 400:
                     if consume is None:
                         return response
@@ -316,7 +333,7 @@ class SyncTransport:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
             error = error_for_status(
                 response.status_code,
-                reader(response.status_code, body, response.headers.get("Content-Type", "")),
+                scrub(reader(response.status_code, body, response.headers.get("Content-Type", "")), sent),
                 what=what,
                 operation_id=operation_id,
                 retry_after=retry_after,
@@ -367,6 +384,14 @@ class SyncTransport:
                         sink.seek(start)
                         sink.truncate()
                         written = 0
+                    if response.status_code == 206 and not continues_at(response.headers, written):
+                        sink.seek(start)
+                        sink.truncate()
+                        written = 0
+                        raise IncompleteDownloadError(
+                            f"{what}: the server sent a range that does not continue the file "
+                            f"(Content-Range {response.headers.get('Content-Range', 'missing')[:60]!r})"
+                        )
                     expected = expected_length(response.headers, written)
                     for chunk in response.iter_content(CHUNK_BYTES):
                         sink.write(chunk)
@@ -461,10 +486,14 @@ class AsyncTransport:
                 request_headers = await request_headers
             try:
                 async with self.client.stream(method, url, headers=request_headers, **kwargs) as response:
-                    cap = self.settings.max_response_bytes if response.status_code < 400 else 65536
-                    body = await read_capped_async(
-                        response.aiter_bytes(), cap, what, truncate=response.status_code >= 400
-                    )
+                    if 300 <= response.status_code < 400:
+                        raise redirect_error(what, response.status_code, response.headers.get("Location"))
+                    failed = response.status_code >= 400
+                    cap = 65536 if failed else self.settings.max_response_bytes
+                    if not failed:
+                        check_declared_length(response.headers, cap, what)
+                    async with contextlib.aclosing(decoded_chunks(response, what)) as chunks:
+                        body = await read_capped_async(chunks, cap, what, truncate=failed)
             except httpx.HTTPError as exc:
                 failure = TransportError(f"{what}: {method} {redact_url(url)} failed ({describe_exception(exc)})")
                 if not policy.can_retry(attempt):
@@ -472,11 +501,11 @@ class AsyncTransport:
                 await self._wait(what, attempt, str(failure), policy.delay(attempt))
                 continue
             if response.status_code < 400:
-                return parse_json(body, what)
+                return parse_json(body, what, response.headers.get("Content-Type", ""))
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
             error = error_for_status(
                 response.status_code,
-                reader(response.status_code, body, response.headers.get("Content-Type", "")),
+                scrub(reader(response.status_code, body, response.headers.get("Content-Type", "")), request_headers),
                 what=what,
                 operation_id=operation_id,
                 retry_after=retry_after,
@@ -511,21 +540,86 @@ def is_retryable(error: ServiceError) -> bool:
     return error.status_code in RETRYABLE_STATUS
 
 
+_DIGITS = re.compile(r"[0-9]{1,20}")
+_CONTENT_RANGE = re.compile(r"bytes ([0-9]{1,20})-([0-9]{1,20})/([0-9]{1,20}|\*)")
+_URL_QUERY = re.compile(r"""([A-Za-z][A-Za-z0-9+.-]*://[^\s?#'"<>]*)\?[^\s'"<>]*""")
+_TIMEOUTS = (requests.Timeout, httpx.TimeoutException, urllib3.exceptions.TimeoutError, TimeoutError)
+
+
+def declared_length(headers: Mapping[str, str]) -> int | None:
+    """The ``Content-Length`` a response announces, or ``None`` when absent or not plain ASCII digits."""
+    value = (headers.get("Content-Length") or "").strip()
+    return int(value) if _DIGITS.fullmatch(value) else None
+
+
+def check_declared_length(headers: Mapping[str, str], cap: int, what: str) -> None:
+    """Refuse, before reading it, a body whose announced length is over ``cap``."""
+    length = declared_length(headers)
+    if length is not None and length > cap:
+        raise UnexpectedResponseError(f"{what}: response body of {length} bytes is larger than {cap} bytes")
+
+
 def expected_length(headers: Mapping[str, str], already: int) -> int | None:
     """The total length a (possibly ranged) response promises, or ``None`` if it does not say."""
-    value = headers.get("Content-Length")
-    if value is None or not value.isdigit():
-        return None
-    return already + int(value)
+    length = declared_length(headers)
+    return None if length is None else already + length
+
+
+def continues_at(headers: Mapping[str, str], offset: int) -> bool:
+    """True when a 206 answer's ``Content-Range`` starts at ``offset`` and runs to the end of the file."""
+    match = _CONTENT_RANGE.fullmatch((headers.get("Content-Range") or "").strip())
+    if match is None:
+        return False
+    first, last, total = match.groups()
+    return int(first) == offset and (total == "*" or int(last) + 1 == int(total))
+
+
+def redirect_error(what: str, status: int, location: str | None) -> UnexpectedResponseError:
+    """The error for a 3xx answer: redirects are not followed."""
+    target = f" to {redact_url(location)}" if location else ""
+    return UnexpectedResponseError(
+        f"{what}: the service redirected (HTTP {status}){target}; redirects are not followed"
+    )
+
+
+def scrub(message: str | None, sent_headers: Mapping[str, str] | None) -> str | None:
+    """A service's message without the credentials we sent it or URL query strings (an echo must not leak)."""
+    if not message:
+        return message
+    credentials = (sent_headers or {}).get("Authorization") or (sent_headers or {}).get("authorization")
+    if credentials:
+        for secret in {credentials, credentials.rpartition(" ")[2]}:
+            if len(secret) >= 8:
+                message = message.replace(secret, "<redacted>")
+    return _URL_QUERY.sub(r"\1?<redacted>", message)
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """True when ``exc``, or an exception it wraps, is a timeout (``requests`` reports a read timeout
+    in the middle of a body as a ``ConnectionError``)."""
+    pending: list[BaseException] = [exc]
+    seen: set[int] = set()
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, urllib3.exceptions.NewConnectionError):
+            continue  # a refused connection, though urllib3 derives it from ConnectTimeoutError
+        if isinstance(current, _TIMEOUTS):
+            return True
+        pending += [arg for arg in current.args if isinstance(arg, BaseException)]
+        pending += [e for e in (current.__cause__, current.__context__) if e is not None]
+    return False
 
 
 def describe_exception(exc: BaseException) -> str:
     """A short, secret-free description of a transport exception (no URLs, no query strings)."""
     name = type(exc).__name__
-    if isinstance(exc, requests.Timeout | httpx.TimeoutException):
-        return f"{name}: timed out"
     if isinstance(exc, IncompleteDownloadError):
         return str(exc)
+    if _timed_out(exc):
+        return f"{name}: timed out"
     return name
 
 
@@ -553,11 +647,44 @@ async def read_capped_async(chunks: Any, cap: int, what: str, *, truncate: bool 
     return bytes(buffer)
 
 
-def parse_json(body: bytes, what: str) -> Any:
-    """Parse a JSON response body; an empty body is ``None``."""
+async def decoded_chunks(response: httpx.Response, what: str) -> AsyncGenerator[bytes, None]:
+    """The body of ``response``, decompressed at most 64 KiB at a time.
+
+    httpx inflates each network read whole, so a small gzip "bomb" can grow to hundreds of MB
+    before a size cap sees it; inflating in bounded steps keeps memory flat.
+    """
+    encoding = response.headers.get("Content-Encoding", "").strip().lower()
+    if encoding in ("", "identity"):
+        async for chunk in response.aiter_raw():
+            yield chunk
+        return
+    if encoding not in ("gzip", "x-gzip", "deflate"):
+        raise UnexpectedResponseError(f"{what}: unsupported Content-Encoding {encoding[:40]!r}")
+    inflater = zlib.decompressobj(zlib.MAX_WBITS | 32)  # a gzip or zlib header, detected
+    try:
+        async for chunk in response.aiter_raw():
+            data = chunk
+            while data:
+                yield inflater.decompress(data, 65536)
+                data = inflater.unconsumed_tail
+        yield inflater.flush()
+    except zlib.error:
+        raise UnexpectedResponseError(f"{what}: the response body could not be decompressed ({encoding})") from None
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(name)
+
+
+def parse_json(body: bytes, what: str, content_type: str = "") -> Any:
+    """Parse a JSON response body; an empty body is ``None``.
+
+    ``NaN`` and ``Infinity`` are refused as the JSON standard does.
+    """
     if not body.strip():
         return None
     try:
-        return json.loads(body)
+        return json.loads(body, parse_constant=_no_constants)
     except ValueError:
-        raise UnexpectedResponseError(f"{what}: the service answered with a body that is not JSON") from None
+        kind = f" ({content_type.split(';')[0].strip()[:60]})" if content_type else ""
+        raise UnexpectedResponseError(f"{what}: the service answered with a body that is not JSON{kind}") from None
