@@ -147,7 +147,10 @@ def _install_api(app: FastAPI) -> None:
     )
     async def token(request: Request) -> Response:
         """OAuth2 client-credentials grant (``Authorization: Basic``)."""
-        body = await _read_limited(request, 64 << 10)
+        try:
+            body = await _read_limited(request, 64 << 10)
+        except ApiError:
+            raise OAuthError(400, "invalid_request", "Request body too large") from None
         form = dict(parse_qsl(body.decode("latin-1"), keep_blank_values=True))
         issued = _service(request).issue_token(request.headers.get("authorization"), form)
         return json_response(issued, headers={"Cache-Control": "no-store"})
@@ -245,7 +248,7 @@ def _install_admin(app: FastAPI) -> None:
     async def json_object(request: Request) -> dict[str, Any]:
         try:
             data = _decode(await _read_limited(request, 64 << 10))
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):
             raise ApiError(400, MSG_BAD_BODY) from None
         if not isinstance(data, dict):
             raise ApiError(400, MSG_BAD_BODY)

@@ -7,7 +7,6 @@ under :attr:`AbsService.lock`. Operation states are computed on read from facts 
 from __future__ import annotations
 
 import base64
-import binascii
 import hmac
 import logging
 import secrets
@@ -118,7 +117,7 @@ def _parse_basic(header: str | None) -> tuple[str, str] | None:
         return None
     try:
         decoded = base64.b64decode(header[6:].strip(), validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # binascii.Error, UnicodeDecodeError and non-ASCII input are all ValueErrors
         return None
     client, sep, secret = decoded.partition(":")
     return (client, secret) if sep else None

@@ -151,7 +151,7 @@ def code_file(source: Path, target: Path, model: CodingModel, cancelled: threadi
             records += 1
             try:
                 value = _decode(line)
-            except (msgspec.DecodeError, UnicodeDecodeError):
+            except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
                 value = None
             if type(value) is not dict:
                 batch.append(coder.unknown(raw))
@@ -190,7 +190,7 @@ def code_request(body: bytes, model: CodingModel) -> Any:
     """A real-time request body (one record or a list of 1-300) → its coding, or a 400 :class:`ApiError`."""
     try:
         data = _decode(body)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         raise ApiError(400, MSG_BAD_BODY) from None
     records = data if isinstance(data, list) else [data]
     if not 1 <= len(records) <= MAX_REALTIME_RECORDS:

@@ -187,7 +187,7 @@ class Signer:
                 raise SignatureError("InvalidArgument", f"Missing required header for this request: {name}")
         canonical_query = _canonical_query(query, without="X-Amz-Signature")
         expected = self._v4_signature(method, path, query, canonical_query, headers)
-        if not hmac.compare_digest(expected, query.get("X-Amz-Signature", "")):
+        if not _same(expected, query.get("X-Amz-Signature", "")):
             raise _mismatch()
         try:
             signed_at = datetime.strptime(query.get("X-Amz-Date", ""), _V4_DATE_FORMAT).replace(tzinfo=UTC)
@@ -206,7 +206,7 @@ class Signer:
             raise _mismatch()
         expires = query.get("Expires", "")
         expected = self._v2_signature(method, path, expires, headers)
-        if not hmac.compare_digest(expected, query.get("Signature", "")):
+        if not _same(expected, query.get("Signature", "")):
             raise _mismatch()
         try:
             deadline = int(expires)
@@ -241,3 +241,8 @@ def verify(
 ) -> None:
     """:meth:`Signer.verify` with this process's signer."""
     _DEFAULT.verify(method, path, query, headers, now)
+
+
+def _same(expected: str, given: str) -> bool:
+    """Constant-time comparison that also copes with non-ASCII input (``compare_digest`` refuses str of it)."""
+    return hmac.compare_digest(expected.encode(), given.encode("utf-8", "surrogateescape"))

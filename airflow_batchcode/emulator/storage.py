@@ -77,16 +77,19 @@ async def download(service: AbsService, request: Request, bucket: str, key: str)
     return FileSlice(handle, start, length, status, headers)
 
 
+_RANGE = re.compile(r"([0-9]*)-([0-9]*)")
+"""A single byte range; ASCII digits only (``str.isdigit`` also accepts ``²``)."""
+
+
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     """One ``bytes=`` range → (first, last) inclusive; ``None`` to send everything; (-1, -1) if
     unsatisfiable. Malformed and multi-part ranges are ignored, as S3 does."""
     if not header or not header.startswith("bytes=") or "," in header:
         return None
-    first, sep, last = header[6:].strip().partition("-")
-    if not sep or not (first.isdigit() or last.isdigit()) or (first and not first.isdigit()):
+    match = _RANGE.fullmatch(header[6:].strip())
+    if match is None or not (match.group(1) or match.group(2)):
         return None
-    if last and not last.isdigit():
-        return None
+    first, last = match.group(1), match.group(2)
     if not first:
         suffix = int(last)
         if suffix == 0:
