@@ -149,11 +149,22 @@ class CreateOperationOperator(_BatchCodeOperator):
                 "Operation %s awaits input but its upload URL is expiring; creating a new one", ref.operation_id
             )
             return None
+        if operation.state is OperationState.COMPLETE and not self._results_available(operation):
+            self.log.warning(
+                "Earlier operation %s is complete but its output is gone (the service deletes outputs within "
+                "24 hours); creating a new one to code this chunk again",
+                ref.operation_id,
+            )
+            return None
         if operation.state in (OperationState.IN_PROGRESS, OperationState.COMPLETE):
             self.log.info("Re-attaching to operation %s, already %s", ref.operation_id, operation.state.value)
             return ref
         self.log.warning("Earlier operation %s is %s; creating a new one", ref.operation_id, operation.state.value)
         return None
+
+    def _results_available(self, operation: Operation) -> bool:
+        probe = getattr(self.hook.client, "results_available", None)
+        return True if probe is None else bool(probe(operation))
 
 
 class UploadManifestOperator(_BatchCodeOperator):

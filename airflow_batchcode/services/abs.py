@@ -427,6 +427,27 @@ class AbsClient(_AbsBase):
         """Stream a presigned result URL into ``sink``; verified against ``Content-Length``."""
         return self._http.download(url, sink, what="download", read_error=s3_message_reader)
 
+    def results_available(self, operation: Operation) -> bool:
+        """Whether a complete operation's output can still be downloaded (the service deletes it
+        within 24 hours): a one-byte ranged GET, so nothing large is transferred."""
+        if operation.state is not OperationState.COMPLETE or not operation.response_url:
+            return False
+        check_url(operation.response_url, allow_insecure_http=self.settings.http.allow_insecure_http, what="URL")
+        try:
+            response = self._http.request(
+                "GET",
+                operation.response_url,
+                headers=lambda: {"Range": "bytes=0-0"},
+                what="result availability check",
+                operation_id=operation.operation_id,
+                read_error=s3_message_reader,
+                stream=True,
+            )
+        except NotFoundError:
+            return False
+        response.close()
+        return True
+
     def download_results(
         self,
         operation_id: str,

@@ -162,8 +162,10 @@ def test_awaiting_timeout_upload_expiry_second_upload_and_retention() -> None:
         client.upload_manifest(target, manifest(RECORDS[:2]))
         with pytest.raises(UploadRejectedError, match="no longer accepting input"):
             client.upload_manifest(target, manifest(RECORDS[:2]))
-        wait_terminal(client, target.operation_id)
+        done = wait_terminal(client, target.operation_id)
+        assert client.results_available(done)
         admin(server, "clock", {"advance": 3601})
+        assert not client.results_available(client.get_operation(target.operation_id, "anzsco"))
         with pytest.raises(NotFoundError, match="deletes outputs within 24 hours"):
             client.download_results(target.operation_id, "anzsco", io.BytesIO())
 

@@ -43,10 +43,14 @@ class Store:
 class FakeClient:
     service = "abs"
 
-    def __init__(self, state: OperationState = OperationState.AWAITING_INPUT) -> None:
+    def __init__(self, state: OperationState = OperationState.AWAITING_INPUT, *, outputs_kept: bool = True) -> None:
         self.state = state
+        self.outputs_kept = outputs_kept
         self.created = 0
         self.uploads = 0
+
+    def results_available(self, operation: Operation) -> bool:
+        return self.outputs_kept
 
     def create_operation(self, topic: str, model: str | None = None) -> UploadTarget:
         self.created += 1
@@ -87,6 +91,15 @@ def test_create_reattaches_only_to_a_usable_operation(state: OperationState, exp
     assert (result["operation_id"] == "op-0") is reused
     assert client.created == (0 if reused else 1)
     assert "sealed_upload" in result or reused
+
+
+def test_create_does_not_reattach_to_a_complete_operation_whose_outputs_are_gone() -> None:
+    client, store = FakeClient(OperationState.COMPLETE, outputs_kept=False), Store()
+    store.set(CREATED_KEY, {"operation_id": "op-0", "topic": "anzsco"})
+    result = with_client(CreateOperationOperator(task_id="c", topic="anzsco"), client).execute(
+        {"task_state_store": store}
+    )
+    assert result["operation_id"] == "op-1" and client.created == 1
 
 
 def test_create_records_the_new_operation_and_seals_the_upload_url() -> None:
