@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt 2>/dev/nu
 PIP_FLAGS := --disable-pip-version-check --no-input -q
 CONSTRAINTS := $(if $(wildcard constraints.txt),-c constraints.txt,)
 
-.PHONY: demo test lint typecheck unit venv clean reliability
+.PHONY: demo test lint typecheck unit venv clean reliability stack bench
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,5 +31,14 @@ test: lint typecheck
 reliability: $(STAMP)
 	BATCHCODE_RELIABILITY_SCALE=full $(BIN)/python -m pytest tests/reliability $(PYTEST_ARGS)
 
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# The production topology as real processes (PostgreSQL, Redis, Celery worker, scheduler, dag-processor, triggerer,
+# api-server, emulator): up, one smoke run, then serve until Ctrl-C. STACK_ARGS="--once" stops after the smoke run.
+stack: $(STAMP)
+	bash stack/setup.sh $(BIN)/python
+	$(BIN)/python -m stack.run $(STACK_ARGS)

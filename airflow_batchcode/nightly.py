@@ -29,8 +29,8 @@ PARAMS = {
         "anzsco", type="string", enum=["anzsco", "osca"], title="Topic", description="Classification to code into."
     ),
     "model": Param(
-        "",
-        type="string",
+        None,
+        type=["null", "string"],
         title="Model id",
         description="A model GUID of the topic; empty for the service's latest model.",
     ),
@@ -87,7 +87,7 @@ def nightly_dag(
         output_table=output_table,
         batchcode_conn_id=batchcode_conn_id,
         topic="{{ params.topic }}",
-        model="{{ params.model }}",
+        model="{{ params.model or '' }}",
         chunk_records=chunk_records,
         poll_interval=poll_interval,
         staging=staging,
