@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from operator import add
+from typing import Any
 
 from text_unidecode import unidecode
 
@@ -55,6 +57,43 @@ def check(occp_text: str, tasks_text: str) -> Checked:
             occp_text, tasks_text, error=f"texts are {total} characters; the service takes at most {MAX_CHARS}"
         )
     return Checked(occp_text, tasks_text)
+
+
+def suspects(occp_texts: list[str], tasks_texts: list[str], joined: tuple[str, str] | None = None) -> list[int]:
+    """Indexes of the records in a batch that :func:`check` rejects, found a column at a time.
+
+    The batch form of the rules, for extracts of millions of records: built-in string methods
+    mapped over whole columns, so only the few suspects go through :func:`check` one by one.
+    ``joined`` may pass each column's concatenation when the caller has it. It must list every
+    record :func:`check` rejects (a superset would do): change both together.
+    """
+    occp_joined, tasks_joined = joined or ("".join(occp_texts), "".join(tasks_texts))
+    occp_lengths = list(map(len, occp_texts))
+    totals = list(map(add, occp_lengths, map(len, tasks_texts)))
+    found: set[int] = set()
+    blank: set[int] = set()
+    _mark(occp_lengths, 0, blank)
+    _mark(list(map(str.isspace, occp_texts)), True, blank)
+    found.update(i for i in blank if not tasks_texts[i].strip())
+    if max(totals, default=0) > MAX_CHARS:
+        _mark(list(map(MAX_CHARS.__lt__, totals)), True, found)
+    for texts, together in ((occp_texts, occp_joined), (tasks_texts, tasks_joined)):
+        if not together.isascii():
+            _mark(list(map(str.isascii, texts)), False, found)
+        if not together.isprintable():
+            _mark(list(map(str.isprintable, texts)), False, found)
+    return sorted(found)
+
+
+def _mark(values: list[Any], target: object, into: set[int]) -> None:
+    """Add the index of every item of ``values`` equal to ``target`` (a C-speed scan per hit)."""
+    index = -1
+    try:
+        while True:
+            index = values.index(target, index + 1)
+            into.add(index)
+    except ValueError:
+        return
 
 
 def sanitize(occp_text: str, tasks_text: str) -> Checked:

@@ -6,12 +6,14 @@ input order), streaming: neither file is ever read whole.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
+from bisect import bisect_right
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 import msgspec
 
@@ -40,6 +42,43 @@ COLUMNS = (
 Row = tuple[Any, ...]
 _decode = msgspec.json.decode
 CONFIDENCE_BUCKETS = (0.5, 0.7, 0.9)
+
+
+class _Result(msgspec.Struct):
+    codeCategory: Any = None
+    codeLabel: Any = msgspec.UNSET
+    spaced_label: Any = msgspec.field(default=None, name=" codeLabel")
+    codeConfidence: Any = None
+
+
+class _Input(msgspec.Struct):
+    occp_text: Any = None
+    tasks_text: Any = None
+
+
+class _Output(msgspec.Struct):
+    """The usual shape of an output line, decoded without a dict; anything else takes :func:`normalise`."""
+
+    recordId: Any = None
+    codeStatus: Any = None
+    error: Any = None
+    result: _Result | None = None
+    suggestions: Any = None
+    input: _Input | str | None = None
+
+
+_decode_output = msgspec.json.Decoder(_Output).decode
+
+
+@contextlib.contextmanager
+def _open(location: str) -> Iterator[IO[bytes]]:
+    local = local_path(location)
+    if local is not None:
+        with open(local, "rb", buffering=1 << 20) as handle:
+            yield handle
+        return
+    with as_storage_path(location).open("rb") as handle:
+        yield handle
 
 
 def _lines(location: str) -> Iterator[bytes]:
@@ -92,40 +131,128 @@ def _str(value: Any) -> str | None:
 def chunk_rows(
     output: str, positions: str, *, chunk: int, operation_id: str, topic: str, model_id: str | None
 ) -> Iterator[Row]:
-    """Normalised rows of one chunk: its output file joined line by line to its positions."""
-    out_lines, pos_lines = _lines(output), _lines(positions)
+    """Normalised rows of one chunk: its output file joined line by line to its positions.
+
+    Lines of the usual shape go through a typed decoder (no dict, no lookups); anything else
+    through :func:`normalise`. Both give the same rows.
+    """
     count = 0
-    for line, pos in zip(out_lines, pos_lines, strict=False):
-        count += 1
-        position, _, note = pos.decode().rstrip("\n").partition("\t")
-        record_id, status, category, label, confidence, suggestions, error, given = normalise(line)
-        occp = given.get("occp_text") if isinstance(given, dict) else None
-        tasks = given.get("tasks_text") if isinstance(given, dict) else None
-        yield (
-            record_id,
-            int(position),
-            status,
-            category,
-            label,
-            confidence,
-            suggestions,
-            error,
-            occp,
-            tasks,
-            note or None,
-            topic,
-            model_id,
-            operation_id,
-            chunk,
-        )
-    leftover_output = next(out_lines, None)
-    leftover_positions = next(pos_lines, None)
+    decode, unset, output_type = _decode_output, msgspec.UNSET, _Input
+    with _open(output) as out_lines, _open(positions) as pos_lines:
+        for line, pos in zip(out_lines, pos_lines, strict=False):
+            count += 1
+            where, _, noted = pos.rstrip(b"\n").partition(b"\t")
+            position, note = int(where), noted.decode() if noted else None
+            try:
+                data = decode(line)
+            except msgspec.MsgspecError:
+                yield _slow_row(line, position, note, topic, model_id, operation_id, chunk)
+                continue
+            record_id = data.recordId
+            if record_id is not None and type(record_id) is not str:
+                record_id = str(record_id)
+            given = data.input
+            occp, tasks = (given.occp_text, given.tasks_text) if type(given) is output_type else (None, None)
+            if data.error:
+                error = str(data.error).strip()
+                yield (
+                    record_id,
+                    position,
+                    "error",
+                    None,
+                    None,
+                    None,
+                    None,
+                    error,
+                    occp,
+                    tasks,
+                    note,
+                    topic,
+                    model_id,
+                    operation_id,
+                    chunk,
+                )
+                continue
+            status, result = data.codeStatus, data.result
+            if status == "successful" and result is not None:
+                label = result.codeLabel if result.codeLabel is not unset else result.spaced_label
+                confidence = result.codeConfidence
+                yield (
+                    record_id,
+                    position,
+                    "successful",
+                    None if result.codeCategory is None else str(result.codeCategory),
+                    None if label is None else str(label),
+                    float(confidence) if isinstance(confidence, int | float) else None,
+                    None,
+                    None,
+                    occp,
+                    tasks,
+                    note,
+                    topic,
+                    model_id,
+                    operation_id,
+                    chunk,
+                )
+            elif status == "unsuccessful":
+                suggestions = json.dumps(data.suggestions or [])
+                yield (
+                    record_id,
+                    position,
+                    "unsuccessful",
+                    None,
+                    None,
+                    None,
+                    suggestions,
+                    None,
+                    occp,
+                    tasks,
+                    note,
+                    topic,
+                    model_id,
+                    operation_id,
+                    chunk,
+                )
+            else:
+                error = f"unexpected output line with codeStatus {status!r}"
+                yield (
+                    record_id,
+                    position,
+                    "error",
+                    None,
+                    None,
+                    None,
+                    None,
+                    error,
+                    occp,
+                    tasks,
+                    note,
+                    topic,
+                    model_id,
+                    operation_id,
+                    chunk,
+                )
+        leftover_output = next(out_lines, None)
+        leftover_positions = next(pos_lines, None)
     if leftover_output is not None or leftover_positions is not None:
         raise UnexpectedResponseError(
             f"Output of operation {operation_id} (chunk {chunk}) has "
             f"{'more' if leftover_output is not None else 'fewer'} lines than its manifest "
             f"(matched {count}): refusing to load misaligned results"
         )
+
+
+def _slow_row(
+    line: bytes, position: int, note: str | None, topic: str, model_id: str | None, operation_id: str, chunk: int
+) -> Row:
+    """A row through :func:`normalise`, for lines the typed decoder does not take."""
+    record_id, status, category, label, confidence, suggestions, error, given = normalise(line)
+    occp = given.get("occp_text") if isinstance(given, dict) else None
+    tasks = given.get("tasks_text") if isinstance(given, dict) else None
+    return (
+        *(record_id, position, status, category, label, confidence, suggestions, error, occp, tasks, note),
+        *(topic, model_id, operation_id, chunk),
+    )
 
 
 def rejected_rows(rejects: str, *, topic: str, model_id: str | None) -> Iterator[Row]:
@@ -168,7 +295,7 @@ class RunSummary:
             self.sanitized += 1
         if status == "successful":
             if row[5] is not None:
-                self.confidence[_bucket(row[5])] += 1
+                self.confidence[_BUCKET_NAMES[bisect_right(CONFIDENCE_BUCKETS, row[5])]] += 1
             if row[3]:
                 self.code_lengths[len(row[3])] += 1
 
@@ -199,12 +326,12 @@ def _bucket_names() -> list[str]:
     return [f"{low:.1f}-{high:.1f}" for low, high in itertools.pairwise(edges)]
 
 
+_BUCKET_NAMES = tuple(_bucket_names())
+
+
 def _bucket(confidence: float) -> str:
-    names = _bucket_names()
-    for edge, name in zip(CONFIDENCE_BUCKETS, names, strict=False):
-        if confidence < edge:
-            return name
-    return names[-1]
+    """The name of the bucket ``confidence`` falls in (below the first edge ... at or above the last)."""
+    return _BUCKET_NAMES[bisect_right(CONFIDENCE_BUCKETS, confidence)]
 
 
 def describe(summary: dict[str, Any]) -> str:

@@ -8,6 +8,7 @@ other databases get batched ``executemany``.
 from __future__ import annotations
 
 import io
+import itertools
 import re
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
@@ -57,7 +58,9 @@ def replace_run_rows(conn_id: str, table: str, rows: Iterable[Row], *, dag_id: s
     check_table_name(table)
     hook = BaseHook.get_connection(conn_id).get_hook()
     conn = hook.get_conn()
-    loaded_at = datetime.now(UTC).replace(tzinfo=None)
+    now = datetime.now(UTC).replace(tzinfo=None)
+    # SQLite gets the text sqlite3's datetime adapter would store, converted once instead of per row
+    loaded_at: datetime | str = now.isoformat(" ") if _is_sqlite(conn) else now
     full = ((*row, dag_id, run_id, loaded_at) for row in rows)
     try:
         cursor = conn.cursor()
@@ -88,14 +91,8 @@ def _executemany_loader(cursor: Any, table: str, placeholder: str) -> Callable[[
 
     def load(rows: Iterable[Row]) -> int:
         count = 0
-        batch: list[Row] = []
-        for row in rows:
-            batch.append(row)
-            if len(batch) >= BATCH_ROWS:
-                cursor.executemany(statement, batch)
-                count += len(batch)
-                batch.clear()
-        if batch:
+        source = iter(rows)
+        while batch := list(itertools.islice(source, BATCH_ROWS)):
             cursor.executemany(statement, batch)
             count += len(batch)
         return count
@@ -120,9 +117,9 @@ def _copy_loader(conn: Any, cursor: Any, table: str) -> Callable[[Iterable[Row]]
         def load_psycopg(rows: Iterable[Row]) -> int:
             count = 0
             with cursor.copy(statement) as copy:
-                for row in rows:
-                    copy.write_row(row)
-                    count += 1
+                write = copy.write_row
+                for count, row in enumerate(rows, 1):  # noqa: B007
+                    write(row)
             return count
 
         return load_psycopg

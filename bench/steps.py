@@ -1,0 +1,87 @@
+"""The pipeline's steps as the DAG runs them, one per child process (for timings and peak RSS).
+
+``python -m bench.steps <step> '<json kwargs>'``; each prints ``{"seconds": ..., ...}``, the
+seconds spent in the step itself (imports and connection lookups excluded where they can be).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from bench.common import FIELD_MAP, TOPIC, child_main
+
+OUTPUT_TABLE = "coded_bench"
+
+
+def extract(conn_id: str, sql: str, folder: str, chunk_records: int) -> dict[str, Any]:
+    """``stream_query`` + ``write_chunks``, as the ``extract`` task does."""
+    from airflow_batchcode.manifests import stream_query, write_chunks
+
+    started = time.perf_counter()
+    with stream_query(conn_id, sql) as (columns, rows):
+        summary = write_chunks(rows, columns, FIELD_MAP, folder, chunk_records=chunk_records)
+    return {"seconds": time.perf_counter() - started, "summary": summary.to_xcom()}
+
+
+def upload(manifest: str, target: dict[str, str]) -> dict[str, Any]:
+    """``upload_manifest`` through the hook's client, as ``UploadManifestOperator`` does."""
+    from airflow_batchcode.hooks.batchcode import BatchCodeHook
+    from airflow_batchcode.services.base import UploadTarget
+    from airflow_batchcode.storage import open_for_reading
+
+    client = BatchCodeHook("batchcode_default").client
+    started = time.perf_counter()
+    with open_for_reading(manifest) as source:
+        sent = client.upload_manifest(UploadTarget(**target), source)
+    return {"seconds": time.perf_counter() - started, "bytes": sent}
+
+
+def download(operation_id: str, destination: str, atomic: bool = True) -> dict[str, Any]:
+    """Fresh URL from the status call, then ``download`` into the file (atomically, as the operator does)."""
+    from airflow_batchcode.hooks.batchcode import BatchCodeHook
+    from airflow_batchcode.storage import write_atomically
+
+    client = BatchCodeHook("batchcode_default").client
+    url = str(client.get_operation(operation_id, TOPIC).response_url)
+    started = time.perf_counter()
+    if atomic:
+        size = write_atomically(destination, lambda sink: client.download(url, sink))
+    else:
+        with open(destination, "wb") as sink:
+            size = client.download(url, sink)
+    return {"seconds": time.perf_counter() - started, "bytes": size}
+
+
+def load(
+    conn_id: str, chunks: list[dict[str, Any]], rejects: str, run_id: str, table: str = OUTPUT_TABLE
+) -> dict[str, Any]:
+    """``chunk_rows`` + ``rejected_rows`` + ``RunSummary`` + ``replace_run_rows``, as the ``load`` task does."""
+    from airflow_batchcode.results import RunSummary, chunk_rows, rejected_rows
+    from airflow_batchcode.warehouse import replace_run_rows
+
+    started = time.perf_counter()
+    run = RunSummary(operations=len(chunks))
+
+    def rows() -> Any:
+        for chunk in chunks:
+            for row in chunk_rows(
+                chunk["output"],
+                chunk["positions"],
+                chunk=chunk["index"],
+                operation_id=chunk["operation_id"],
+                topic=TOPIC,
+                model_id=chunk.get("model_id"),
+            ):
+                run.add(row)
+                yield row
+        for row in rejected_rows(rejects, topic=TOPIC, model_id=None):
+            run.add(row)
+            yield row
+
+    inserted = replace_run_rows(conn_id, table, rows(), dag_id="bench", run_id=run_id)
+    return {"seconds": time.perf_counter() - started, "rows": inserted, "summary": run.to_dict()}
+
+
+if __name__ == "__main__":
+    child_main({"extract": extract, "upload": upload, "download": download, "load": load})

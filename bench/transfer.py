@@ -1,0 +1,225 @@
+"""Figures 3 and 4: upload/download throughput against curl, and peak RSS of each step at two sizes.
+
+Both run against one ABS emulator in its own process on loopback (processing delay 0, no rate
+limit). After each upload the emulator codes the manifest; the next timing waits until it has
+finished, so its coding threads never compete with a measurement.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    EXTRACT_SQL,
+    TOPIC,
+    Figure,
+    Report,
+    Settings,
+    abs_client,
+    batchcode_connection,
+    best,
+    child,
+    fmt,
+    seed_sqlite,
+    sqlite_connection,
+    wait_complete,
+)
+
+KMS_HEADER = "x-amz-server-side-encryption-aws-kms-key-id"
+
+
+def make_manifest(path: Path, size: int) -> Path:
+    """A valid manifest of about ``size`` bytes whose coding the emulator gets through quickly.
+
+    Long record ids (the service does not limit them) make lines of about 1 KB, so a 1 GB
+    manifest is a million records from a small pool of texts the emulator codes from its
+    cache: waiting for it between timings costs seconds, not minutes. Only bytes on the
+    wire are measured here.
+    """
+    from airflow_batchcode.sample_data import survey_responses
+
+    pool = []
+    for index, answer in enumerate(survey_responses(2000, seed=7, messy=False)):
+        duties = f"{answer.tasks_text or 'general duties'}; " * 12
+        tasks = duties[: 290 - len(answer.occp_text or "")]
+        record_id = f"T{index:07d}-" + "x" * 700
+        pool.append(
+            b'{"recordId":"%s","occp_text":"%s","tasks_text":"%s"}\n'
+            % (record_id.encode(), (answer.occp_text or "").encode(), tasks.encode())
+        )
+    block = b"".join(pool)
+    with path.open("wb") as sink:
+        written = 0
+        while written + len(block) <= size:
+            sink.write(block)
+            written += len(block)
+        rest = block[: size - written]
+        sink.write(rest[: rest.rfind(b"\n") + 1])
+    return path
+
+
+def _curl(arguments: list[str]) -> tuple[float, int]:
+    out = subprocess.run(
+        ["curl", "-sS", "-f", "-w", "%{time_total} %{size_upload} %{size_download}", *arguments],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    return float(out[0]), int(float(out[1])) or int(float(out[2]))
+
+
+def curl_put(manifest: Path, target: Any) -> float:
+    seconds, _ = _curl(
+        [
+            *("-o", "/dev/null", "-X", "PUT", "-T", str(manifest), "-H", "Expect:"),
+            *("-H", "x-amz-server-side-encryption: aws:kms", "-H", f"{KMS_HEADER}: {target.kms_key_arn}"),
+            *("-H", "Content-Type: application/x-ndjson", target.upload_url),
+        ]
+    )
+    return seconds
+
+
+def curl_get(url: str, destination: Path) -> tuple[float, int]:
+    return _curl(["-o", str(destination), url])
+
+
+def _target(target: Any) -> dict[str, str]:
+    return {"operation_id": target.operation_id, "upload_url": target.upload_url, "kms_key_arn": target.kms_key_arn}
+
+
+def figure_transfer(
+    report: Report, settings: Settings, work: Path, env: dict[str, str], log: Path, base_url: str
+) -> None:
+    """Figure 3: upload and download of a large manifest, ours (requests, in a child) against curl."""
+    manifest = make_manifest(work / "transfer.jsonl", settings.manifest_bytes)
+    size = manifest.stat().st_size
+    env = {**env, "AIRFLOW_CONN_BATCHCODE_DEFAULT": batchcode_connection(base_url)}
+    client = abs_client(base_url)
+    up: dict[str, list[float]] = {"curl": [], "ours": []}
+    operations: list[str] = []
+    for rep in range(settings.transfer_reps):
+        for who in ("curl", "ours") if rep % 2 == 0 else ("ours", "curl"):
+            target = client.create_operation(TOPIC)
+            if who == "curl":
+                up[who].append(curl_put(manifest, target))
+            else:
+                result = child(
+                    "steps", "upload", {"manifest": str(manifest), "target": _target(target)}, env=env, log=log
+                )
+                up[who].append(result.result["seconds"])
+            wait_complete(client, target.operation_id)
+            operations.append(target.operation_id)
+    manifest.unlink()
+    down: dict[str, list[float]] = {"curl": [], "ours": []}
+    out = work / "transfer-output.jsonl"
+    downloaded = 0
+    for rep in range(settings.transfer_reps):
+        for who in ("curl", "ours") if rep % 2 == 0 else ("ours", "curl"):
+            if who == "curl":
+                url = str(client.get_operation(operations[0], TOPIC).response_url)
+                seconds, downloaded = curl_get(url, out)
+            else:
+                result = child(
+                    "steps",
+                    "download",
+                    {"operation_id": operations[0], "destination": str(out), "atomic": False},
+                    env=env,
+                    log=log,
+                )
+                seconds = result.result["seconds"]
+            down[who].append(seconds)
+            out.unlink(missing_ok=True)
+    client.close()
+    for direction, times, nbytes, goal in (("upload", up, size, 0.8), ("download", down, downloaded, 0.8)):
+        ours, curl = nbytes / best(times["ours"]) / 1e6, nbytes / best(times["curl"]) / 1e6
+        report.add(
+            Figure(
+                f"{direction}_throughput",
+                ours,
+                "MB/s",
+                f"curl {fmt(curl)} MB/s, {fmt(nbytes / 1e6)} MB over loopback",
+                details={"ours_s": times["ours"], "curl_s": times["curl"], "bytes": nbytes},
+            )
+        )
+        report.add(
+            Figure(
+                f"{direction}_vs_curl",
+                ours / curl,
+                "x",
+                f"curl {fmt(curl)} MB/s",
+                goal=f">= {goal}",
+                met=ours / curl >= goal,
+            )
+        )
+
+
+def figure_memory(
+    report: Report, settings: Settings, work: Path, env: dict[str, str], log: Path, base_url: str
+) -> None:
+    """Figure 4: peak RSS of extract, upload, download and load, each in a fresh process, at two sizes."""
+    env = {**env, "AIRFLOW_CONN_BATCHCODE_DEFAULT": batchcode_connection(base_url)}
+    client = abs_client(base_url)
+    peaks: dict[str, dict[int, float]] = {"extract": {}, "upload": {}, "download": {}, "load": {}}
+    seconds: dict[str, dict[int, float]] = {step: {} for step in peaks}
+    for count in settings.memory_sizes:
+        db = seed_sqlite(work / ("warehouse.db" if count == settings.records else f"memory-{count}.db"), count)
+        folder = work / f"memory-{count}"
+        step_env = {
+            **env,
+            "AIRFLOW_CONN_BENCH_MEMORY": sqlite_connection(db),
+            "AIRFLOW_CONN_BENCH_MEMORY_OUT": sqlite_connection(work / f"memory-{count}-out.db"),
+        }
+        runs: dict[str, Any] = {}
+        runs["extract"] = child(
+            "steps",
+            "extract",
+            {"conn_id": "bench_memory", "sql": EXTRACT_SQL, "folder": str(folder), "chunk_records": count},
+            env=step_env,
+            log=log,
+        )
+        summary = runs["extract"].result["summary"]
+        (chunk,) = summary["chunks"]
+        target = client.create_operation(TOPIC)
+        runs["upload"] = child(
+            "steps", "upload", {"manifest": chunk["manifest"], "target": _target(target)}, env=step_env, log=log
+        )
+        wait_complete(client, target.operation_id)
+        output = f"{chunk['results']}output.jsonl"
+        runs["download"] = child(
+            "steps", "download", {"operation_id": target.operation_id, "destination": output}, env=step_env, log=log
+        )
+        loaded = {
+            "output": output,
+            "positions": chunk["positions"],
+            "index": chunk["index"],
+            "operation_id": target.operation_id,
+        }
+        runs["load"] = child(
+            "steps",
+            "load",
+            {"conn_id": "bench_memory_out", "chunks": [loaded], "rejects": summary["rejects"], "run_id": "memory"},
+            env=step_env,
+            log=log,
+        )
+        if runs["load"].result["rows"] != summary["rows"]:
+            raise RuntimeError(f"memory run loaded {runs['load'].result['rows']} rows of {summary['rows']}")
+        for step, run in runs.items():
+            peaks[step][count] = run.peak_rss_mb
+            seconds[step][count] = run.result["seconds"]
+    client.close()
+    small, large = settings.memory_sizes
+    for step, by_size in peaks.items():
+        growth = by_size[large] - by_size[small]
+        report.add(
+            Figure(
+                f"peak_rss_{step}",
+                by_size[large],
+                "MB",
+                f"{fmt(by_size[small])} MB at {small:,} records; {growth:+.1f} MB at {large:,}",
+                goal="< 150 MB at both sizes, growth < 20 MB",
+                met=max(by_size.values()) < 150 and growth < 20,
+                details={"peak_mb": by_size, "seconds": seconds[step]},
+            )
+        )

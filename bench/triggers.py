@@ -1,0 +1,235 @@
+"""Figure 5: many ``OperationStatusTrigger``s in one event loop, as one triggerer runs them.
+
+The emulator runs in another process with a huge processing delay, so every operation stays
+``in_progress`` and every trigger keeps polling. The child runs each trigger's ``run()`` as a
+task in one asyncio loop, next to a ticker that sleeps 10 ms and records how late it wakes
+(the loop's stalls). CPU is the child's process time over the polling window, divided by the
+polls the emulator served; memory is the RSS growth from before the triggers were made to its
+peak while they ran, divided by their number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    TOPIC,
+    Figure,
+    Report,
+    Settings,
+    abs_client,
+    batchcode_connection,
+    child,
+    child_main,
+    emulator,
+    fmt,
+)
+
+TICK = 0.01
+MANIFEST = b'{"recordId":"1","occp_text":"chef","tasks_text":"cooking"}\n'
+
+
+class _Ticker:
+    def __init__(self) -> None:
+        self.lateness: list[tuple[float, float]] = []
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            expected = loop.time() + TICK
+            await asyncio.sleep(TICK)
+            self.lateness.append((loop.time(), loop.time() - expected))
+
+
+async def _consume(trigger: Any) -> list[Any]:
+    return [event async for event in trigger.run()]
+
+
+def _share_ssl_context() -> None:
+    """The suggested fix, tried from outside: every ``httpx.AsyncClient`` without ``verify`` shares one SSL context."""
+    import ssl
+
+    import httpx
+
+    shared = ssl.create_default_context()
+    original = httpx.AsyncClient.__init__
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("verify", shared)
+        original(self, *args, **kwargs)
+
+    httpx.AsyncClient.__init__ = init  # type: ignore[method-assign]
+
+
+async def _run(operations: list[str], seconds: float, interval: float, shared_ssl: bool) -> dict[str, Any]:
+    import psutil
+
+    from airflow_batchcode.hooks.batchcode import BatchCodeHook
+    from airflow_batchcode.services.abs import AsyncAbsClient
+    from airflow_batchcode.triggers.batchcode import OperationStatusTrigger
+
+    if shared_ssl:
+        _share_ssl_context()
+    polls = 0
+    get_operation = AsyncAbsClient.get_operation
+
+    async def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        nonlocal polls
+        polls += 1
+        return await get_operation(self, *args, **kwargs)
+
+    AsyncAbsClient.get_operation = counted  # type: ignore[method-assign]
+    process = psutil.Process()
+    loop = asyncio.get_running_loop()
+    pauses: list[tuple[int, float]] = []
+    gc_started = [0.0]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            gc_started[0] = time.perf_counter()
+        else:
+            pauses.append((info["generation"], time.perf_counter() - gc_started[0]))
+
+    gc.callbacks.append(on_gc)
+    client = await BatchCodeHook("batchcode_default").get_async_client()  # imports, token; then gone
+    await get_operation(client, operations[0], TOPIC)
+    await client.aclose()
+    del client
+    ticker = _Ticker()
+    ticking = asyncio.create_task(ticker.run())
+    await asyncio.sleep(0.5)
+    rss_before = process.memory_info().rss
+    cpu_before = time.process_time()
+    started = loop.time()
+    deadline = time.time() + 3600
+    triggers = [
+        OperationStatusTrigger(
+            batchcode_conn_id="batchcode_default",
+            operation_id=operation,
+            topic=TOPIC,
+            poll_interval=interval,
+            deadline=deadline,
+        )
+        for operation in operations
+    ]
+    tasks = [asyncio.create_task(_consume(trigger)) for trigger in triggers]
+    samples: list[tuple[float, float, int, float]] = []
+    while loop.time() - started < seconds:
+        await asyncio.sleep(1.0)
+        samples.append((loop.time() - started, time.process_time() - cpu_before, polls, process.memory_info().rss))
+    finished = [task for task in tasks if task.done()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    ticking.cancel()
+    gc.callbacks.remove(on_gc)
+    full = [seconds for generation, seconds in pauses if generation == 2]
+    # steady state: from the first second at which every trigger has polled at least once
+    steady_from = next((s for s in samples if s[2] >= len(triggers)), samples[-1])
+    end = samples[-1]
+    steady_polls = end[2] - steady_from[2]
+    steady = [late for when, late in ticker.lateness if when - started > steady_from[0]]
+    everything = [late for _, late in ticker.lateness]
+    return {
+        "triggers": len(triggers),
+        "shared_ssl": shared_ssl,
+        "seconds": end[0],
+        "cpu_seconds": end[1],
+        "polls": end[2],
+        "startup_s": steady_from[0],
+        "startup_cpu_s": steady_from[1],
+        "steady_cpu_per_poll_ms": (end[1] - steady_from[1]) / steady_polls * 1000 if steady_polls else None,
+        "steady_polls": steady_polls,
+        "rss_before_mb": rss_before / 2**20,
+        "rss_peak_mb": max(s[3] for s in samples) / 2**20,
+        "rss_samples_mb": [round(s[3] / 2**20, 1) for s in samples[:: max(1, len(samples) // 20)]],
+        "max_stall_s": max(everything, default=0.0),
+        "max_stall_steady_s": max(steady, default=0.0),
+        "stalls_over_100ms": sum(1 for late in everything if late > 0.1),
+        "p99_stall_s": sorted(everything)[int(0.99 * (len(everything) - 1))] if everything else 0.0,
+        "ended_early": len(finished),
+        "gc_full_collections": len(full),
+        "gc_longest_full_s": max(full, default=0.0),
+        "gc_longest_any_s": max((seconds for _, seconds in pauses), default=0.0),
+        "tracked_objects": len(gc.get_objects()),
+    }
+
+
+def run(operations_file: str, seconds: float, interval: float, shared_ssl: bool = False) -> dict[str, Any]:
+    operations = json.loads(Path(operations_file).read_text())
+    return asyncio.run(_run(operations, seconds, interval, shared_ssl))
+
+
+def figure_triggers(report: Report, settings: Settings, work: Path, env: dict[str, str], log: Path) -> None:
+    """Figure 5, then the same with one shared SSL context (what the client would gain from sharing)."""
+    with emulator(log, "--processing-delay", "100000", "--awaiting-timeout", "100000") as base_url:
+        client = abs_client(base_url)
+        operations = []
+        for _ in range(settings.trigger_count):
+            target = client.create_operation(TOPIC)
+            client.upload_manifest(target, io.BytesIO(MANIFEST))
+            operations.append(target.operation_id)
+        client.close()
+        listing = work / "operations.json"
+        listing.write_text(json.dumps(operations))
+        env = {**env, "AIRFLOW_CONN_BATCHCODE_DEFAULT": batchcode_connection(base_url)}
+        runs = {}
+        for shared, seconds in ((False, settings.trigger_seconds), (True, settings.trigger_whatif_seconds)):
+            kwargs = {"operations_file": str(listing), "seconds": seconds, "interval": settings.trigger_interval}
+            runs[shared] = child(
+                "triggers", "run", {**kwargs, "shared_ssl": shared}, env=env, log=log, timeout=seconds + 600
+            )
+    for shared, run in runs.items():
+        r = run.result
+        prefix = "whatif_shared_ssl_trigger" if shared else "trigger"
+        goals = not shared
+        count, polls = r["triggers"], max(r["polls"], 1)
+        ideal = count * (r["seconds"] - 0.0) / settings.trigger_interval
+        per_trigger_kb = (r["rss_peak_mb"] - r["rss_before_mb"]) * 1024 / count
+        cpu_ms = r["cpu_seconds"] / polls * 1000
+        steady = r["steady_cpu_per_poll_ms"]
+        details = {**r, "ideal_polls": round(ideal), "peak_rss_child_mb": run.peak_rss_mb}
+        report.add(
+            Figure(
+                f"{prefix}_cpu_per_poll",
+                cpu_ms,
+                "ms",
+                f"{r['polls']} polls by {count} triggers in {fmt(r['seconds'])} s (ideal {round(ideal)}), "
+                f"{fmt(r['cpu_seconds'])} CPU s; start-up {fmt(r['startup_s'])} s, "
+                f"steady state {fmt(steady) if steady is not None else 'n/a'} ms/poll",
+                goal="< 2 ms" if goals else "",
+                met=cpu_ms < 2 if goals else None,
+                details=details,
+            )
+        )
+        report.add(
+            Figure(
+                f"{prefix}_memory_per_trigger",
+                per_trigger_kb,
+                "KB",
+                f"RSS {fmt(r['rss_before_mb'])} MB before the triggers, peak {fmt(r['rss_peak_mb'])} MB",
+                goal="< 50 KB" if goals else "",
+                met=per_trigger_kb < 50 if goals else None,
+            )
+        )
+        report.add(
+            Figure(
+                f"{prefix}_max_loop_stall",
+                r["max_stall_s"],
+                "s",
+                f"10 ms ticker; {r['stalls_over_100ms']} ticks > 0.1 s late, "
+                f"p99 {fmt(r['p99_stall_s'] * 1000)} ms, steady-state max {fmt(r['max_stall_steady_s'])} s",
+                goal="<= 0.1 s" if goals else "",
+                met=r["max_stall_s"] <= 0.1 if goals else None,
+            )
+        )
+
+
+if __name__ == "__main__":
+    child_main({"run": run})
