@@ -154,84 +154,25 @@ def chunk_rows(
             given = data.input
             occp, tasks = (given.occp_text, given.tasks_text) if type(given) is output_type else (None, None)
             if data.error:
-                error = str(data.error).strip()
-                yield (
-                    record_id,
-                    position,
-                    "error",
-                    None,
-                    None,
-                    None,
-                    None,
-                    error,
-                    occp,
-                    tasks,
-                    note,
-                    topic,
-                    model_id,
-                    operation_id,
-                    chunk,
-                )
-                continue
-            status, result = data.codeStatus, data.result
-            if status == "successful" and result is not None:
+                coded: tuple[Any, ...] = ("error", None, None, None, None, str(data.error).strip())
+            elif data.codeStatus == "successful" and data.result is not None:
+                result = data.result
                 label = result.codeLabel if result.codeLabel is not unset else result.spaced_label
                 confidence = result.codeConfidence
-                yield (
-                    record_id,
-                    position,
+                coded = (
                     "successful",
                     None if result.codeCategory is None else str(result.codeCategory),
                     None if label is None else str(label),
                     float(confidence) if isinstance(confidence, int | float) else None,
                     None,
                     None,
-                    occp,
-                    tasks,
-                    note,
-                    topic,
-                    model_id,
-                    operation_id,
-                    chunk,
                 )
-            elif status == "unsuccessful":
-                suggestions = json.dumps(data.suggestions or [])
-                yield (
-                    record_id,
-                    position,
-                    "unsuccessful",
-                    None,
-                    None,
-                    None,
-                    suggestions,
-                    None,
-                    occp,
-                    tasks,
-                    note,
-                    topic,
-                    model_id,
-                    operation_id,
-                    chunk,
-                )
+            elif data.codeStatus == "unsuccessful":
+                coded = ("unsuccessful", None, None, None, json.dumps(data.suggestions or []), None)
             else:
-                error = f"unexpected output line with codeStatus {status!r}"
-                yield (
-                    record_id,
-                    position,
-                    "error",
-                    None,
-                    None,
-                    None,
-                    None,
-                    error,
-                    occp,
-                    tasks,
-                    note,
-                    topic,
-                    model_id,
-                    operation_id,
-                    chunk,
-                )
+                error = f"unexpected output line with codeStatus {data.codeStatus!r}"
+                coded = ("error", None, None, None, None, error)
+            yield (record_id, position, *coded, occp, tasks, note, topic, model_id, operation_id, chunk)
         leftover_output = next(out_lines, None)
         leftover_positions = next(pos_lines, None)
     if leftover_output is not None or leftover_positions is not None:
