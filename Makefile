@@ -19,8 +19,8 @@ demo: $(STAMP)
 	$(BIN)/batchcode demo $(DEMO_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check airflow_batchcode tests dags bench
-	$(BIN)/ruff format --check airflow_batchcode tests dags bench
+	$(BIN)/ruff check airflow_batchcode tests dags bench stack
+	$(BIN)/ruff format --check airflow_batchcode tests dags bench stack
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
