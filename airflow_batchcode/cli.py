@@ -51,15 +51,16 @@ def _client(text: str) -> tuple[str, str]:
 
 def _add_emulator(subparsers: Any) -> None:
     from airflow_batchcode.emulator.config import EmulatorConfig
+    from airflow_batchcode.emulator.server import EMULATED_SERVICES
 
     d = EmulatorConfig()
     p = subparsers.add_parser(
         "emulator",
         help="run a local emulator of a batch coding service",
-        description="Serve a faithful emulator of the ABS Occupation Coding Service's batch API.",
+        description="Serve a faithful emulator of a batch coding service (ABS, ASG Refinery, super.ai, Gravity-AI).",
         formatter_class=_Help,
     )
-    p.add_argument("--service", choices=["abs"], default="abs", help="which service to emulate")
+    p.add_argument("--service", choices=list(EMULATED_SERVICES), default="abs", help="which service to emulate")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on")
     p.add_argument("--port", type=int, default=0, help="TCP port (0 = any free port)")
     p.add_argument(
@@ -85,6 +86,23 @@ def _add_emulator(subparsers: Any) -> None:
         "--data-dir", type=Path, default=None, help="keep files here (default: a temporary dir, deleted on exit)"
     )
     g.add_argument("--public-url", default=None, help="origin put into presigned URLs (default: as called)")
+    g = p.add_argument_group("API-key services (refinery, superai, gravity)")
+    g.add_argument(
+        "--api-key",
+        action="append",
+        type=_client,
+        metavar="KEY:TENANT",
+        help="an API key and its tenant (repeatable; default demo-key:demo-tenant and other-key:other-tenant)",
+    )
+    g.add_argument(
+        "--record-failure-rate",
+        type=float,
+        default=d.record_failure_rate,
+        help="share of records the service fails on its own (partial failures)",
+    )
+    g.add_argument(
+        "--s3-endpoint-url", default=None, help="S3-compatible endpoint for manifests and delivery (default: AWS)"
+    )
     g = p.add_argument_group("fault injection")
     g.add_argument("--seed", type=int, default=d.seed, help="random seed of the fault injector")
     g.add_argument("--fault-5xx-rate", type=float, default=d.fault_5xx_rate, help="share of 500 answers")
@@ -112,6 +130,8 @@ def emulator_config(args: argparse.Namespace) -> Any:
 
     values = {name: getattr(args, name) for name in EmulatorConfig.field_names() if hasattr(args, name)}
     values["clients"] = dict(args.client) if args.client else EmulatorConfig().clients
+    if getattr(args, "api_key", None):
+        values["api_keys"] = dict(args.api_key)
     return EmulatorConfig(**values)
 
 
@@ -125,7 +145,7 @@ def _run_emulator(args: argparse.Namespace) -> int:
     except ValueError as exc:
         args.parser.error(str(exc))
     try:
-        return serve(config, args.host, args.port)
+        return serve(config, args.host, args.port, args.service)
     except OSError as exc:
         print(f"batchcode emulator: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1

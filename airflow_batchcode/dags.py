@@ -13,6 +13,7 @@ import json
 import os
 import re
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -22,12 +23,22 @@ from airflow.sdk import DAG, Asset, TaskGroup, conf, get_current_context, task, 
 from airflow_batchcode.exceptions import ConfigurationError
 from airflow_batchcode.manifests import DEFAULT_MAX_CHUNK_BYTES, FieldMap, stream_query, write_chunks
 from airflow_batchcode.operators.batchcode import (
+    METADATA_FILE,
     OPERATION_FILE,
     CreateOperationOperator,
     DownloadResultsOperator,
     UploadManifestOperator,
 )
-from airflow_batchcode.results import RunSummary, chunk_rows, describe, quality_gate, rejected_rows
+from airflow_batchcode.results import (
+    Row,
+    RunSummary,
+    chunk_rows,
+    chunk_usage,
+    describe,
+    quality_gate,
+    rejected_rows,
+    service_chunk_rows,
+)
 from airflow_batchcode.sensors.batchcode import OperationStatusSensor
 from airflow_batchcode.storage import as_storage_path
 from airflow_batchcode.warehouse import check_table_name, replace_run_rows
@@ -134,6 +145,7 @@ def _build(config: PipelineConfig) -> None:
             topic=config.topic,
             model=config.model,
             input_digest=digest,
+            manifest=manifest,
         )
         upload = UploadManifestOperator(
             task_id="upload", batchcode_conn_id=config.batchcode_conn_id, operation=create.output, manifest=manifest
@@ -157,20 +169,7 @@ def _build(config: PipelineConfig) -> None:
 
         def rows() -> Any:
             for chunk in summary["chunks"]:
-                folder = as_storage_path(chunk["results"])
-                operation = json.loads((folder / OPERATION_FILE).read_text())
-                metadata = json.loads((folder / "metadata.json").read_text() or "{}")
-                model_id = (metadata.get("model") or {}).get("modelId") or operation.get("model")
-                for row in chunk_rows(
-                    str(folder / "output.jsonl"),
-                    chunk["positions"],
-                    chunk=chunk["index"],
-                    operation_id=operation["operation_id"],
-                    topic=operation.get("topic") or topic,
-                    model_id=model_id,
-                ):
-                    run.add(row)
-                    yield row
+                yield from chunk_results(chunk, topic, run)
             for row in rejected_rows(summary["rejects"], topic=topic, model_id=None):
                 run.add(row)
                 yield row
@@ -199,6 +198,42 @@ def _build(config: PipelineConfig) -> None:
     loaded: Any = load(extracted, config.topic)
     coded >> loaded
     report(loaded)
+
+
+def chunk_results(chunk: dict[str, Any], topic: str, run: RunSummary) -> Iterator[Row]:
+    """The normalised rows of one downloaded chunk, whichever service coded it; counted into ``run``."""
+    folder = as_storage_path(chunk["results"])
+    operation = json.loads((folder / OPERATION_FILE).read_text())
+    metadata = json.loads((folder / METADATA_FILE).read_text() or "{}")
+    service = operation.get("service") or "abs"
+    run.service = service
+    topic = operation.get("topic") or topic
+    if service == "abs":
+        model_id = (metadata.get("model") or {}).get("modelId") or operation.get("model")
+        rows = chunk_rows(
+            str(folder / "output.jsonl"),
+            chunk["positions"],
+            chunk=chunk["index"],
+            operation_id=operation["operation_id"],
+            topic=topic,
+            model_id=model_id,
+        )
+    else:
+        run.add_usage(chunk_usage(service, metadata))
+        rows = service_chunk_rows(
+            service,
+            str(folder / operation.get("output", "output.jsonl")),
+            metadata,
+            chunk["manifest"],
+            chunk["positions"],
+            chunk=chunk["index"],
+            operation_id=operation["operation_id"],
+            topic=topic,
+            model_id=operation.get("model"),
+        )
+    for row in rows:
+        run.add(row)
+        yield row
 
 
 def coding_task_group(group_id: str = "batchcode", **pipeline: Any) -> TaskGroup:

@@ -11,13 +11,14 @@ import itertools
 import json
 from bisect import bisect_right
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
 
 import msgspec
 
 from airflow_batchcode.exceptions import QualityGateError, UnexpectedResponseError
+from airflow_batchcode.normalise import reader_for
 from airflow_batchcode.storage import as_storage_path, local_path
 
 COLUMNS = (
@@ -36,8 +37,16 @@ COLUMNS = (
     "model_id",
     "operation_id",
     "chunk",
+    "service",
+    "item_id",
+    "agreement",
+    "details",
 )
-"""Columns of a normalised row, in order (the loader adds ``dag_id``, ``dag_run_id`` and ``loaded_at``)."""
+"""Columns of a normalised row, in order (the loader adds ``dag_id``, ``dag_run_id`` and ``loaded_at``).
+
+The last four carry meaning for some services only: ``item_id`` is the service's own id of the
+record's task or job (Refinery task, super.ai job), ``agreement`` the share of workers agreeing on
+Refinery's consensus label, ``details`` a JSON object of other service-specific values."""
 
 Row = tuple[Any, ...]
 _decode = msgspec.json.decode
@@ -54,6 +63,15 @@ class _Result(msgspec.Struct):
 class _Input(msgspec.Struct):
     occp_text: Any = None
     tasks_text: Any = None
+
+
+class _ManifestLine(msgspec.Struct):
+    recordId: Any = None
+    occp_text: Any = None
+    tasks_text: Any = None
+
+
+_decode_input = msgspec.json.Decoder(_ManifestLine).decode
 
 
 class _Output(msgspec.Struct):
@@ -137,6 +155,7 @@ def chunk_rows(
     through :func:`normalise`. Both give the same rows.
     """
     count = 0
+    tail = (topic, model_id, operation_id, chunk, "abs", None, None, None)
     decode, unset, output_type = _decode_output, msgspec.UNSET, _Input
     with _open(output) as out_lines, _open(positions) as pos_lines:
         for line, pos in zip(out_lines, pos_lines, strict=False):
@@ -172,7 +191,7 @@ def chunk_rows(
             else:
                 error = f"unexpected output line with codeStatus {data.codeStatus!r}"
                 coded = ("error", None, None, None, None, error)
-            yield (record_id, position, *coded, occp, tasks, note, topic, model_id, operation_id, chunk)
+            yield (record_id, position, *coded, occp, tasks, note, *tail)
         leftover_output = next(out_lines, None)
         leftover_positions = next(pos_lines, None)
     if leftover_output is not None or leftover_positions is not None:
@@ -192,8 +211,72 @@ def _slow_row(
     tasks = given.get("tasks_text") if isinstance(given, dict) else None
     return (
         *(record_id, position, status, category, label, confidence, suggestions, error, occp, tasks, note),
-        *(topic, model_id, operation_id, chunk),
+        *(topic, model_id, operation_id, chunk, "abs", None, None, None),
     )
+
+
+def service_chunk_rows(
+    service: str,
+    output: str,
+    metadata: Mapping[str, Any],
+    manifest: str,
+    positions: str,
+    *,
+    chunk: int,
+    operation_id: str,
+    topic: str,
+    model_id: str | None,
+) -> Iterator[Row]:
+    """Normalised rows of one chunk of a service other than ABS.
+
+    The service's normaliser (:mod:`airflow_batchcode.normalise`) yields one outcome per manifest
+    line in order; each is joined, line by line, to the manifest (the record's texts and id) and
+    to the positions sidecar. All three are streamed.
+    """
+    coded_reader, _ = reader_for(service)
+    with _open(positions) as pos_lines:
+        lines = sum(1 for _ in pos_lines)
+    tail = (topic, model_id, operation_id, chunk, service)
+    decode_input = _decode_input
+    count = 0
+    with _open(output) as out, _open(manifest) as man_lines, _open(positions) as pos_lines:
+        outcomes = coded_reader(out, metadata, lines)
+        for outcome, given, pos in zip(outcomes, man_lines, pos_lines, strict=False):
+            count += 1
+            where, _, noted = pos.rstrip(b"\n").partition(b"\t")
+            record = decode_input(given)
+            record_id = outcome.record_id if outcome.record_id is not None else record.recordId
+            yield (
+                None if record_id is None else str(record_id),
+                int(where),
+                outcome.code_status,
+                outcome.code_category,
+                outcome.code_label,
+                outcome.code_confidence,
+                outcome.suggestions,
+                outcome.error,
+                record.occp_text,
+                record.tasks_text,
+                noted.decode() if noted else None,
+                *tail,
+                outcome.item_id,
+                outcome.agreement,
+                outcome.details,
+            )
+        left_over = next(outcomes, None)
+    if count != lines or left_over is not None:
+        raise UnexpectedResponseError(
+            f"Results of {service} operation {operation_id} (chunk {chunk}) do not match its manifest of {lines} "
+            "records: refusing to load misaligned results"
+        )
+
+
+def chunk_usage(service: str, metadata: Mapping[str, Any]) -> dict[str, float]:
+    """Numbers a service reports about one operation (billed usage, invalid inputs) for the run summary."""
+    if service == "abs":
+        return {}
+    _, usage_reader = reader_for(service)
+    return usage_reader(metadata)
 
 
 def rejected_rows(rejects: str, *, topic: str, model_id: str | None) -> Iterator[Row]:
@@ -216,6 +299,10 @@ def rejected_rows(rejects: str, *, topic: str, model_id: str | None) -> Iterator
             model_id,
             None,
             None,
+            None,
+            None,
+            None,
+            None,
         )
 
 
@@ -228,6 +315,12 @@ class RunSummary:
     code_lengths: Counter[int] = field(default_factory=Counter)
     sanitized: int = 0
     operations: int = 0
+    service: str = "abs"
+    usage: Counter[str] = field(default_factory=Counter)
+
+    def add_usage(self, numbers: Mapping[str, float]) -> None:
+        """Add what the service reported about one operation (e.g. billed usage) to the run's totals."""
+        self.usage.update(numbers)
 
     def add(self, row: Row) -> None:
         status = row[2]
@@ -259,6 +352,8 @@ class RunSummary:
             "operations": self.operations,
             "confidence": {bucket: self.confidence[bucket] for bucket in _bucket_names()},
             "code_lengths": {str(n): c for n, c in sorted(self.code_lengths.items(), reverse=True)},
+            "service": self.service,
+            "usage": {name: round(value, 6) for name, value in sorted(self.usage.items())},
         }
 
 
@@ -286,7 +381,18 @@ def describe(summary: dict[str, Any]) -> str:
         "confidence of coded records: " + ", ".join(f"{k}: {v}" for k, v in summary["confidence"].items()),
         "code lengths: " + ", ".join(f"{k}-digit: {v}" for k, v in summary["code_lengths"].items()),
     ]
+    usage = summary.get("usage") or {}
+    if usage:
+        lines.append(
+            f"{summary.get('service', 'service')} usage: " + ", ".join(_usage_text(k, v) for k, v in usage.items())
+        )
     return "\n".join(lines)
+
+
+def _usage_text(name: str, value: float) -> str:
+    if name.endswith("_dollars"):
+        return f"{name.removesuffix('_dollars').replace('_', ' ')} ${value:,.3f}"
+    return f"{name.replace('_', ' ')} {value:g}"
 
 
 def quality_gate(summary: dict[str, Any], min_success_rate: float | None) -> None:

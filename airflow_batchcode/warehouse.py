@@ -21,6 +21,7 @@ TABLE_COLUMNS = (*COLUMNS, "dag_id", "dag_run_id", "loaded_at")
 _TYPES = {
     "position": "BIGINT",
     "code_confidence": "DOUBLE PRECISION",
+    "agreement": "DOUBLE PRECISION",
     "chunk": "INTEGER",
     "loaded_at": "TIMESTAMP",
 }
@@ -48,6 +49,18 @@ def create_table_sql(table: str) -> list[str]:
     ]
 
 
+def add_missing_columns_sql(cursor: Any, table: str) -> list[str]:
+    """``ALTER TABLE`` statements adding columns a newer release of this package writes to an older table."""
+    cursor.execute(f"SELECT * FROM {table} WHERE 1 = 0")  # noqa: S608
+    existing = {column[0].lower() for column in cursor.description}
+    cursor.fetchall()
+    return [
+        f"ALTER TABLE {table} ADD COLUMN {name} {_TYPES.get(name, 'TEXT')}"
+        for name in TABLE_COLUMNS
+        if name not in existing
+    ]
+
+
 def replace_run_rows(conn_id: str, table: str, rows: Iterable[Row], *, dag_id: str, run_id: str) -> int:
     """Create ``table`` if needed, then replace the run's rows with ``rows`` in one transaction.
 
@@ -65,6 +78,8 @@ def replace_run_rows(conn_id: str, table: str, rows: Iterable[Row], *, dag_id: s
     try:
         cursor = conn.cursor()
         for statement in create_table_sql(table):
+            cursor.execute(statement)
+        for statement in add_missing_columns_sql(cursor, table):
             cursor.execute(statement)
         conn.commit()
         placeholder = "?" if _is_sqlite(conn) else "%s"

@@ -32,9 +32,9 @@ FAST_EMULATOR: dict[str, Any] = {
 
 
 @contextmanager
-def emulator(**overrides: Any) -> Iterator[EmulatorServer]:
-    """A started ABS emulator with :data:`FAST_EMULATOR` settings (overridable)."""
-    with EmulatorServer(EmulatorConfig(**{**FAST_EMULATOR, **overrides})) as server:
+def emulator(service: str = "abs", **overrides: Any) -> Iterator[EmulatorServer]:
+    """A started emulator of ``service`` with :data:`FAST_EMULATOR` settings (overridable)."""
+    with EmulatorServer(EmulatorConfig(**{**FAST_EMULATOR, **overrides}), service=service) as server:
         yield server
 
 
@@ -55,14 +55,20 @@ def batchcode_connection(
     secret: str = "demo-secret",
     **extra: Any,
 ) -> Iterator[None]:
-    """Point an Airflow ``batchcode`` connection (environment variable) at the emulator."""
+    """Point an Airflow ``batchcode`` connection (environment variable) at the emulator.
+
+    For the API-key services the password is the API key: it defaults to the emulator's ``demo-key``.
+    """
     name = f"AIRFLOW_CONN_{conn_id.upper()}"
+    service = getattr(server, "service_name", "abs")
+    if service != "abs" and secret == "demo-secret":
+        secret = "demo-key"
     value = {
         "conn_type": "batchcode",
         "host": server.base_url,
         "login": client_id,
         "password": secret,
-        "extra": {"service": "abs", "rate_limit": 0, "backoff_base": 0.05, **extra},
+        "extra": {"service": service, "rate_limit": 0, "backoff_base": 0.05, **extra},
     }
     previous = os.environ.get(name)
     os.environ[name] = json.dumps(value)

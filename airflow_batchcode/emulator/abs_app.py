@@ -16,10 +16,10 @@ from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from airflow_batchcode.emulator import storage
 from airflow_batchcode.emulator.abs_service import AbsService
+from airflow_batchcode.emulator.admin import CountRequests, install_admin, read_limited
 from airflow_batchcode.emulator.config import EmulatorConfig
 from airflow_batchcode.emulator.contract import (
     MAX_REALTIME_BODY,
@@ -29,7 +29,6 @@ from airflow_batchcode.emulator.contract import (
     ApiError,
     OAuthError,
     StorageError,
-    iso_time,
     json_response,
     xml_error,
 )
@@ -54,23 +53,6 @@ __all__ = ["AbsService", "code_file", "create_abs_app"]
 _decode = msgspec.json.decode
 
 
-class _CountRequests:
-    """Counts requests by route template for the stats."""
-
-    def __init__(self, app: ASGIApp, service: AbsService) -> None:
-        self.app = app
-        self.counter = service.counters["requests"]
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            if scope["type"] == "http":
-                route = scope.get("route")
-                path = getattr(route, "path", "<unmatched>")
-                self.counter[f"{scope['method']} {path}"] += 1
-
-
 def _service(request: Request) -> AbsService:
     service: AbsService = request.app.state.abs
     return service
@@ -88,17 +70,6 @@ ApiClient = Annotated[str, Depends(_api_client)]
 
 def _base(request: Request) -> str:
     return str(request.base_url)
-
-
-async def _read_limited(request: Request, limit: int) -> bytes:
-    parts: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(400, MSG_BAD_BODY)
-        parts.append(chunk)
-    return b"".join(parts)
 
 
 def _status(request: Request) -> Response:
@@ -148,7 +119,7 @@ def _install_api(app: FastAPI) -> None:
     async def token(request: Request) -> Response:
         """OAuth2 client-credentials grant (``Authorization: Basic``)."""
         try:
-            body = await _read_limited(request, 64 << 10)
+            body = await read_limited(request, 64 << 10)
         except ApiError:
             raise OAuthError(400, "invalid_request", "Request body too large") from None
         form = dict(parse_qsl(body.decode("latin-1"), keep_blank_values=True))
@@ -219,7 +190,7 @@ def _install_api(app: FastAPI) -> None:
         """Code one record or up to 300 with the topic's latest model."""
         service = _service(request)
         model = service.model(topic, None)
-        return json_response(code_request(await _read_limited(request, MAX_REALTIME_BODY), model))
+        return json_response(code_request(await read_limited(request, MAX_REALTIME_BODY), model))
 
     @app.post(
         "/v1/topics/{topic}/models/{model}/code",
@@ -231,7 +202,7 @@ def _install_api(app: FastAPI) -> None:
         """Code one record or up to 300 with the given model."""
         service = _service(request)
         chosen = service.model(topic, model)
-        return json_response(code_request(await _read_limited(request, MAX_REALTIME_BODY), chosen))
+        return json_response(code_request(await read_limited(request, MAX_REALTIME_BODY), chosen))
 
 
 def _install_storage(app: FastAPI) -> None:
@@ -242,55 +213,6 @@ def _install_storage(app: FastAPI) -> None:
     @app.api_route("/_storage/{bucket}/{key:path}", methods=["GET", "HEAD"], include_in_schema=False)
     async def get_object(request: Request, bucket: str, key: str) -> Response:
         return await storage.download(_service(request), request, bucket, key)
-
-
-def _install_admin(app: FastAPI) -> None:
-    async def json_object(request: Request) -> dict[str, Any]:
-        try:
-            data = _decode(await _read_limited(request, 64 << 10))
-        except (msgspec.DecodeError, RecursionError):
-            raise ApiError(400, MSG_BAD_BODY) from None
-        if not isinstance(data, dict):
-            raise ApiError(400, MSG_BAD_BODY)
-        return data
-
-    @app.get("/_emulator/health", include_in_schema=False)
-    async def health() -> Response:
-        return json_response({"status": "ok"})
-
-    @app.get("/_emulator/faults", include_in_schema=False)
-    async def get_faults(request: Request) -> Response:
-        return json_response(_service(request).faults.to_json())
-
-    @app.post("/_emulator/faults", include_in_schema=False)
-    async def set_faults(request: Request) -> Response:
-        changes = await json_object(request)
-        try:
-            return json_response(_service(request).faults.update(changes))
-        except ValueError as exc:
-            raise ApiError(400, str(exc)) from None
-
-    @app.get("/_emulator/stats", include_in_schema=False)
-    async def stats(request: Request) -> Response:
-        return json_response(_service(request).stats())
-
-    @app.get("/_emulator/clock", include_in_schema=False)
-    async def get_clock(request: Request) -> Response:
-        clock = _service(request).clock
-        return json_response({"offset": clock.offset, "now": iso_time(clock.now())})
-
-    @app.post("/_emulator/clock", include_in_schema=False)
-    async def advance_clock(request: Request) -> Response:
-        data = await json_object(request)
-        seconds = data.get("advance")
-        if isinstance(seconds, bool) or not isinstance(seconds, int | float):
-            raise ApiError(400, "advance must be a number of seconds")
-        clock = _service(request).clock
-        try:
-            clock.advance(float(seconds))
-        except ValueError as exc:
-            raise ApiError(400, str(exc)) from None
-        return json_response({"offset": clock.offset, "now": iso_time(clock.now())})
 
 
 def create_abs_app(config: EmulatorConfig | None = None) -> FastAPI:
@@ -306,7 +228,7 @@ def create_abs_app(config: EmulatorConfig | None = None) -> FastAPI:
     _install_handlers(app)
     _install_api(app)
     _install_storage(app)
-    _install_admin(app)
-    app.add_middleware(_CountRequests, service=service)
+    install_admin(app, _service)
+    app.add_middleware(CountRequests, counter=service.counters["requests"])
     app.add_middleware(FaultMiddleware, injector=service.faults)
     return app

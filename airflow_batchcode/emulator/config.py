@@ -18,6 +18,10 @@ def _default_clients() -> dict[str, str]:
     return {"demo-client": "demo-secret"}
 
 
+def _default_api_keys() -> dict[str, str]:
+    return {"demo-key": "demo-tenant", "other-key": "other-tenant"}
+
+
 @dataclass
 class EmulatorConfig(FaultSettings):
     """Settings of one emulator instance; each field has a ``--flag`` of the same name in the CLI.
@@ -38,6 +42,11 @@ class EmulatorConfig(FaultSettings):
     :param data_dir: where files are kept; ``None`` = a fresh temporary directory deleted on close.
     :param public_url: origin put into presigned URLs; ``None`` = the origin the client called.
     :param seed: seed of the fault injector's random generator.
+    :param api_keys: API key → tenant, for the API-key services (Refinery, super.ai, Gravity).
+    :param record_failure_rate: share of records the service fails on its own (a per-record error
+        in the output, the rest of the job completes), chosen by a hash of the record: partial failures.
+    :param s3_endpoint_url: S3-compatible endpoint the emulator reads manifests from and delivers
+        results to (Refinery, super.ai input files); ``None`` = AWS.
     """
 
     clients: dict[str, str] = field(default_factory=_default_clients)
@@ -54,6 +63,9 @@ class EmulatorConfig(FaultSettings):
     public_url: str | None = None
     seed: int = 0
     processing_workers: int = 2
+    api_keys: dict[str, str] = field(default_factory=_default_api_keys)
+    record_failure_rate: float = 0.0
+    s3_endpoint_url: str | None = None
 
     def fault_settings(self) -> dict[str, Any]:
         """The fault fields as a plain dict (what ``GET /_emulator/faults`` returns)."""

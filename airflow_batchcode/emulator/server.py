@@ -1,27 +1,49 @@
-"""Run the ABS emulator on uvicorn: in a background thread (tests, demo) or in the foreground (CLI)."""
+"""Run a service emulator on uvicorn: in a background thread (tests, demo) or in the foreground (CLI).
+
+``service`` picks the app: ABS is :func:`create_abs_app`; every other service has a module
+``emulator/<service>_app.py`` with ``create_app(config) -> FastAPI`` that sets ``app.state.service``
+to an object with a ``close()`` method.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import importlib.util
 import signal
 import socket
 import threading
 import time
 from types import FrameType, TracebackType
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
 
-from airflow_batchcode.emulator.abs_app import AbsService, create_abs_app
+from airflow_batchcode.emulator.abs_app import create_abs_app
 from airflow_batchcode.emulator.config import EmulatorConfig
 from airflow_batchcode.emulator.faults import quiet_dropped_responses
 
 _STARTUP_TIMEOUT = 15.0
+_TITLES = {"abs": "ABS", "refinery": "ASG Refinery", "superai": "super.ai", "gravity": "Gravity-AI"}
+
+
+EMULATED_SERVICES = ("abs", "refinery", "superai", "gravity")
+
+
+def create_app(config: EmulatorConfig, service: str = "abs") -> FastAPI:
+    """The emulator app of ``service``."""
+    if service == "abs":
+        return create_abs_app(config)
+    if service not in EMULATED_SERVICES:
+        raise ValueError(f"no emulator for service {service!r}; choose one of {', '.join(EMULATED_SERVICES)}")
+    module = importlib.import_module(f"airflow_batchcode.emulator.{service}_app")
+    app: FastAPI = module.create_app(config)
+    return app
 
 
 class EmulatorServer:
-    """A real HTTP server around :func:`create_abs_app`, running uvicorn in a daemon thread.
+    """A real HTTP server around a service emulator's app, running uvicorn in a daemon thread.
 
     ``port=0`` picks a free port; the socket is bound in the constructor's caller thread, so
     :attr:`base_url` is known before :meth:`start`. Use as a context manager.
@@ -29,12 +51,16 @@ class EmulatorServer:
     :param config: emulator settings (defaults when omitted).
     :param host: interface to listen on.
     :param port: TCP port, 0 for any free one.
+    :param service: which service to emulate (``abs``, ``refinery``, ``superai``, ``gravity``).
     """
 
-    def __init__(self, config: EmulatorConfig | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, config: EmulatorConfig | None = None, host: str = "127.0.0.1", port: int = 0, *, service: str = "abs"
+    ) -> None:
         self.config = config or EmulatorConfig()
         self.host = host
-        self.app: FastAPI = create_abs_app(self.config)
+        self.service_name = service
+        self.app: FastAPI = create_app(self.config, service)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._socket = socket.socket(family, socket.SOCK_STREAM)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -49,10 +75,9 @@ class EmulatorServer:
         self._thread: threading.Thread | None = None
 
     @property
-    def service(self) -> AbsService:
-        """The app's state (clock, operations, counters)."""
-        service: AbsService = self.app.state.abs
-        return service
+    def service(self) -> Any:
+        """The app's state (clock, operations, counters): an ``AbsService`` for ABS."""
+        return self.app.state.abs if self.service_name == "abs" else self.app.state.service
 
     @property
     def base_url(self) -> str:
@@ -78,14 +103,17 @@ class EmulatorServer:
         quiet_dropped_responses()
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [self._socket]}, name="abs-emulator", daemon=True
+            target=self._server.run,
+            kwargs={"sockets": [self._socket]},
+            name=f"{self.service_name}-emulator",
+            daemon=True,
         )
         self._thread.start()
         deadline = time.monotonic() + _STARTUP_TIMEOUT
         while not self._server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError("the ABS emulator did not start")
+                raise RuntimeError(f"the {self.service_name} emulator did not start")
             time.sleep(0.01)
         connect_host = self.base_url.split("//", 1)[1].rsplit(":", 1)[0].strip("[]")
         with socket.create_connection((connect_host, self.port), timeout=5):
@@ -115,7 +143,7 @@ class EmulatorServer:
         self.stop()
 
 
-def serve(config: EmulatorConfig, host: str = "127.0.0.1", port: int = 0) -> int:
+def serve(config: EmulatorConfig, host: str = "127.0.0.1", port: int = 0, service: str = "abs") -> int:
     """Serve in the foreground until SIGINT or SIGTERM; print the base URL once listening."""
     stop = threading.Event()
 
@@ -124,10 +152,10 @@ def serve(config: EmulatorConfig, host: str = "127.0.0.1", port: int = 0) -> int
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        server = EmulatorServer(config, host, port)
+        server = EmulatorServer(config, host, port, service=service)
         server.start()
         try:
-            print(f"ABS emulator listening on {server.base_url}", flush=True)
+            print(f"{_TITLES.get(service, service)} emulator listening on {server.base_url}", flush=True)
             while not stop.wait(0.2):
                 if not server.running:
                     return 1

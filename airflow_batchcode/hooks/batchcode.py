@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from functools import cached_property
 from typing import Any
@@ -75,9 +76,10 @@ class BatchCodeHook(BaseHook):
     """Talks to a batch coding service through an Airflow connection of type ``batchcode``.
 
     Connection: ``host`` is the API origin (no ``/v1``), ``login``/``password`` the client id
-    and secret (or API key), ``extra`` holds ``service`` (``abs``), and optionally ``topic``,
-    ``auth_url``, ``rate_limit``, ``connect_timeout``, ``read_timeout``, ``max_attempts`` and
-    ``allow_insecure_http``.
+    and secret (ABS) or the API key in ``password`` (Refinery, super.ai, Gravity), ``extra``
+    holds ``service`` (``abs``, ``refinery``, ``superai``, ``gravity``), and optionally
+    ``topic``, ``auth_url``, ``rate_limit``, ``connect_timeout``, ``read_timeout``,
+    ``max_attempts`` and ``allow_insecure_http``; services have their own extras (README).
 
     :param batchcode_conn_id: the connection id.
     """
@@ -93,8 +95,13 @@ class BatchCodeHook(BaseHook):
 
     @cached_property
     def config(self) -> ServiceConfig:
-        """The connection, read once."""
-        return service_config_from_connection(self.get_connection(self.batchcode_conn_id))
+        """The connection, read once; with an object store when it names a ``manifest_location``."""
+        config = service_config_from_connection(self.get_connection(self.batchcode_conn_id))
+        if config.extra.get("manifest_location"):
+            from airflow_batchcode.hooks.object_store import object_store_for
+
+            config = dataclasses.replace(config, object_store=object_store_for(config.extra))
+        return config
 
     @property
     def service(self) -> str:
@@ -124,6 +131,22 @@ class BatchCodeHook(BaseHook):
         config = service_config_from_connection(conn)
         loop = asyncio.get_running_loop()
         return await asyncio.to_thread(build_async_client, config, lambda value: _mask_from(loop, value))
+
+    def rename_job(self, job_id: str, name: str) -> dict[str, Any]:
+        """Rename a remote job (Gravity); the job object as the service returns it."""
+        rename = getattr(self.client, "rename_job", None)
+        if rename is None:
+            raise ConfigurationError(f"The {self.service} service cannot rename jobs")
+        result: dict[str, Any] = rename(job_id, name)
+        return result
+
+    def latest_jobs(self) -> list[dict[str, Any]]:
+        """The service's most recent jobs of this account (Gravity), newest first."""
+        latest = getattr(self.client, "latest_jobs", None)
+        if latest is None:
+            raise ConfigurationError(f"The {self.service} service cannot list its latest jobs")
+        jobs: list[dict[str, Any]] = latest()
+        return jobs
 
     def close(self) -> None:
         """Release the client's connections."""

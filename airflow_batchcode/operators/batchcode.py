@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import calendar
 import json
+import re
 import time
 from collections.abc import Sequence
 from functools import cached_property
@@ -18,7 +19,6 @@ from urllib.parse import parse_qs, urlsplit
 from airflow.sdk import BaseOperator
 
 from airflow_batchcode.exceptions import (
-    AuthenticationError,
     BatchCodeError,
     ConfigurationError,
     NotFoundError,
@@ -32,6 +32,7 @@ from airflow_batchcode.services.base import Operation, OperationState, UploadTar
 from airflow_batchcode.storage import as_storage_path, open_for_reading, write_atomically
 
 CREATED_KEY = "batchcode_operation"
+METADATA_FILE = "metadata.json"
 UPLOADED_KEY = "batchcode_uploaded"
 OPERATION_FILE = "operation.json"
 UPLOAD_URL_MARGIN = 300.0
@@ -81,19 +82,29 @@ class CreateOperationOperator(_BatchCodeOperator):
     :param input_digest: a fingerprint of the manifest this operation is for; a retry re-attaches
         only to an operation made for the same fingerprint (so a re-extracted, changed chunk
         is never matched to stale results).
+    :param manifest: the manifest, for services that take their input with the create call
+        (Refinery, super.ai, Gravity: the connection's client has ``input_with_create``); ABS
+        ignores it and takes the manifest in the upload task.
     :param batchcode_conn_id: the ``batchcode`` connection.
     """
 
-    template_fields: Sequence[str] = ("topic", "model", "input_digest", "batchcode_conn_id")
+    template_fields: Sequence[str] = ("topic", "model", "input_digest", "manifest", "batchcode_conn_id")
     ui_color = "#fff3d6"
 
     def __init__(
-        self, *, topic: str | None = None, model: str | None = None, input_digest: str | None = None, **kwargs: Any
+        self,
+        *,
+        topic: str | None = None,
+        model: str | None = None,
+        input_digest: str | None = None,
+        manifest: Any = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.topic = topic
         self.model = model
         self.input_digest = input_digest
+        self.manifest = manifest
 
     def execute(self, context: Any) -> dict[str, Any]:
         topic = self.topic or self.hook.default_topic
@@ -104,7 +115,7 @@ class CreateOperationOperator(_BatchCodeOperator):
         previous = self._reusable(store.get(CREATED_KEY) if store is not None else None, topic, model)
         if previous is not None:
             return previous.to_xcom()
-        target = self.hook.client.create_operation(topic, model)
+        target = self._create(topic, model, context)
         ref = OperationRef(
             operation_id=target.operation_id,
             topic=topic,
@@ -123,6 +134,20 @@ class CreateOperationOperator(_BatchCodeOperator):
             )
         self.log.info("Created %s operation %s (topic %s)", self.hook.service, target.operation_id, topic)
         return ref.to_xcom()
+
+    def _create(self, topic: str, model: str | None, context: Any) -> UploadTarget:
+        client = self.hook.client
+        if not client.input_with_create:
+            return client.create_operation(topic, model)
+        if self.manifest is None:
+            raise ConfigurationError(
+                f"The {self.hook.service} service takes its input when the operation is created: "
+                "pass manifest= to CreateOperationOperator"
+            )
+        with open_for_reading(self.manifest) as source:
+            return client.create_operation(
+                topic, model, manifest=source, name=operation_name(context, self.input_digest)
+            )
 
     def _reusable(self, stored: Any, topic: str, model: str | None) -> OperationRef | None:
         """The operation an earlier try created, if it can still be used for this task."""
@@ -163,8 +188,25 @@ class CreateOperationOperator(_BatchCodeOperator):
         return None
 
     def _results_available(self, operation: Operation) -> bool:
-        probe = getattr(self.hook.client, "results_available", None)
-        return True if probe is None else bool(probe(operation))
+        return bool(self.hook.client.results_available(operation))
+
+
+def operation_name(context: Any, digest: str | None) -> str:
+    """A stable name for the remote operation of this task instance and input.
+
+    The same on every try of the task (so a service that keeps names lets a retry find the job
+    a lost response hid), different for another run, chunk or manifest content.
+    """
+    ti = context.get("ti") if hasattr(context, "get") else None
+    parts = [
+        str(getattr(ti, "dag_id", "") or ""),
+        str(context.get("run_id", "") if hasattr(context, "get") else ""),
+        str(getattr(ti, "task_id", "") or ""),
+        str(getattr(ti, "map_index", -1)),
+        (digest or "")[:16],
+    ]
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", "__".join(part for part in parts if part))
+    return name[:200] or "batchcode"
 
 
 class UploadManifestOperator(_BatchCodeOperator):
@@ -220,9 +262,19 @@ class UploadManifestOperator(_BatchCodeOperator):
     def _already_uploaded(self, ref: OperationRef, state: OperationState, context: Any) -> dict[str, Any]:
         if state in (OperationState.FAILED, OperationState.TIMED_OUT):
             raise_for_outcome(state.value, ref.operation_id, None)
-        self.log.info(
-            "Operation %s is %s: its manifest is already uploaded, not sending it again", ref.operation_id, state.value
-        )
+        if self.hook.client.input_with_create:
+            self.log.info(
+                "Operation %s is %s: the %s service took its input with the create call; nothing to upload",
+                ref.operation_id,
+                state.value,
+                self.hook.service,
+            )
+        else:
+            self.log.info(
+                "Operation %s is %s: its manifest is already uploaded, not sending it again",
+                ref.operation_id,
+                state.value,
+            )
         store = context.get("task_state_store")
         recorded = store.get(UPLOADED_KEY) if store is not None else None
         sent = recorded.get("bytes") if isinstance(recorded, dict) else None
@@ -232,12 +284,13 @@ class UploadManifestOperator(_BatchCodeOperator):
 class DownloadResultsOperator(_BatchCodeOperator):
     """Downloads a complete operation's output and metadata files to ``destination``.
 
-    The download URLs are fetched fresh from the status call (they expire after an hour),
-    streamed to disk, checked against ``Content-Length`` and then put in place whole: a
-    retried download replaces the files, never appends to them.
+    Download links are fetched fresh (ABS's expire after an hour), the files are streamed to
+    disk, checked against ``Content-Length`` and then put in place whole: a retried download
+    replaces the files, never appends to them.
 
     :param operation: the create task's output, or an operation id (then pass ``topic``).
-    :param destination: a folder (local path or URI); ``output.jsonl``, ``metadata.json`` and
+    :param destination: a folder (local path or URI); the service's raw output (``output.jsonl``,
+        or ``output.csv`` for Gravity), ``metadata.json`` (model, job object, usage) and
         ``operation.json`` (which operation, when) are written in it.
     :param topic: the operation's topic, when ``operation`` does not carry it.
     :param model: the operation's model, if one was named.
@@ -259,41 +312,36 @@ class DownloadResultsOperator(_BatchCodeOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         ref = self._ref(self.operation, self.topic, self.model)
         folder = as_storage_path(self.destination)
-        output, metadata = folder / "output.jsonl", folder / "metadata.json"
         client = self.hook.client
+        output, metadata = folder / client.output_name, folder / METADATA_FILE
         started = time.monotonic()
-        operation = self._complete_operation(ref)
-        sizes: dict[str, int] = {}
-        for name, location in (("response_url", output), ("metadata_url", metadata)):
-            if getattr(operation, name) is None:
-                continue
+        self._complete_operation(ref)
+        sizes: tuple[int, int] = (0, 0)
 
-            def fetch(sink: Any, name: str = name) -> None:
-                nonlocal operation
-                try:
-                    sizes[name] = client.download(str(getattr(operation, name)), sink)
-                except AuthenticationError:
-                    self.log.info("Download URL of operation %s expired; asking for a fresh one", ref.operation_id)
-                    sink.seek(0)
-                    sink.truncate()
-                    operation = self._complete_operation(ref)
-                    sizes[name] = client.download(str(getattr(operation, name)), sink)
+        def fetch(output_sink: Any) -> None:
+            def fetch_both(metadata_sink: Any) -> None:
+                nonlocal sizes
+                sizes = client.download_results(
+                    ref.operation_id, ref.require_topic(), output_sink, metadata_sink, model=ref.model
+                )
 
-            try:
-                write_atomically(location, fetch)
-            except NotFoundError as exc:
-                raise NotFoundError(
-                    "The operation's result file is gone: the service deletes outputs within 24 hours of "
-                    "completion. Clear the whole chunk task group to code the chunk again",
-                    status_code=exc.status_code,
-                    service_message=exc.service_message,
-                    operation_id=ref.operation_id,
-                ) from None
+            write_atomically(metadata, fetch_both)
+
+        try:
+            write_atomically(output, fetch)
+        except NotFoundError as exc:
+            raise NotFoundError(
+                "The operation's results are gone: the service deletes them some time after completion "
+                "(ABS within 24 hours). Clear the whole chunk task group to code the chunk again",
+                status_code=exc.status_code,
+                service_message=exc.service_message,
+                operation_id=ref.operation_id,
+            ) from None
         self.log.info(
             "Downloaded operation %s: %s (%.1f MB) and %s in %.1f s",
             ref.operation_id,
             output,
-            sizes["response_url"] / 1e6,
+            sizes[0] / 1e6,
             metadata,
             time.monotonic() - started,
         )
@@ -302,7 +350,8 @@ class DownloadResultsOperator(_BatchCodeOperator):
             "operation_id": ref.operation_id,
             "topic": ref.topic,
             "model": ref.model,
-            "output_bytes": sizes["response_url"],
+            "output": client.output_name,
+            "output_bytes": sizes[0],
             "downloaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         write_atomically(folder / OPERATION_FILE, lambda sink: sink.write(json.dumps(provenance).encode()))
@@ -310,8 +359,8 @@ class DownloadResultsOperator(_BatchCodeOperator):
             "operation_id": ref.operation_id,
             "output": str(output),
             "metadata": str(metadata),
-            "output_bytes": sizes["response_url"],
-            "metadata_bytes": sizes.get("metadata_url", 0),
+            "output_bytes": sizes[0],
+            "metadata_bytes": sizes[1],
         }
 
     def _complete_operation(self, ref: OperationRef) -> Operation:
@@ -323,6 +372,4 @@ class DownloadResultsOperator(_BatchCodeOperator):
                 f"Operation {ref.operation_id} is {operation.state.value}: nothing to download yet "
                 "(run the wait task first)"
             )
-        if not operation.response_url:
-            raise UnexpectedResponseError(f"Operation {ref.operation_id} is complete but has no download URL")
         return operation

@@ -24,7 +24,7 @@ from airflow_batchcode.exceptions import (
     UnexpectedResponseError,
     UploadRejectedError,
 )
-from airflow_batchcode.services.base import Operation, OperationState, SecretCallback, UploadTarget
+from airflow_batchcode.services.base import ManifestSource, Operation, OperationState, SecretCallback, UploadTarget
 from airflow_batchcode.services.ratelimit import shared_limiter
 from airflow_batchcode.services.tokens import Token, token_cache_for
 from airflow_batchcode.services.transport import (
@@ -299,6 +299,9 @@ class AbsClient(_AbsBase):
     :param on_secret: called with every secret learnt (token, presigned URLs) so callers can mask it.
     """
 
+    input_with_create = False
+    output_name = "output.jsonl"
+
     def __init__(self, settings: AbsSettings, *, on_secret: SecretCallback | None = None) -> None:
         super().__init__(settings, on_secret=on_secret)
         self._http = SyncTransport(settings.http, read_abs_error, self._limiter, service="ABS")
@@ -372,8 +375,13 @@ class AbsClient(_AbsBase):
 
     # --- async batch coding ---------------------------------------------------------------
 
-    def create_operation(self, topic: str, model: str | None = None) -> UploadTarget:
-        """Create a batch-code operation (latest model unless ``model`` names one)."""
+    def create_operation(
+        self, topic: str, model: str | None = None, *, manifest: ManifestSource | None = None, name: str | None = None
+    ) -> UploadTarget:
+        """Create a batch-code operation (latest model unless ``model`` names one).
+
+        ABS takes its input by a later upload: ``manifest`` and ``name`` are not used.
+        """
         body = self._api("POST", f"{topic_path(topic, model)}/batch-code", what=f"create {topic} operation")
         target = parse_create(body)
         self._report_secret(target.upload_url)

@@ -6,6 +6,7 @@ No Airflow imports here: ``services/`` is the wire contract only.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -94,18 +95,69 @@ class DownloadedResults:
 SecretCallback = Callable[[str], None]
 """Called with every secret a client learns (tokens, presigned URLs) so a caller can mask it."""
 
+ManifestSource = IO[bytes] | Path
+"""A manifest: an open binary file or a local path."""
+
+
+@dataclass(frozen=True)
+class StagedInput:
+    """A manifest copied to object storage for a service that reads its input from there.
+
+    :param url: ``s3://``, ``gs://`` or ``https://`` location the service will read.
+    :param credentials: what the service needs to read it (secrets: hidden from ``repr``).
+    """
+
+    url: str
+    credentials: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+@runtime_checkable
+class ObjectStore(Protocol):
+    """Object storage a service reads its input from or delivers its results to.
+
+    Built on the Airflow side (the hook makes one from the connection's ``manifest_location``
+    and ``storage_conn_id``) and handed to clients, which stay free of Airflow imports.
+    """
+
+    def stage(self, source: ManifestSource, name: str) -> StagedInput:
+        """Copy ``source`` (streamed) to the store as object ``name``; where it is and how to read it."""
+        ...
+
+    def open(self, url: str) -> AbstractContextManager[IO[bytes]]:
+        """Open an object of the store (``s3://bucket/key``) for streaming reads."""
+        ...
+
 
 @runtime_checkable
 class BatchCodeClient(Protocol):
-    """The synchronous client every service implements."""
+    """The synchronous client every service implements.
+
+    Two shapes of service fit behind it. ABS creates an empty operation and takes the manifest
+    by a later upload (``input_with_create`` False). Refinery, super.ai and Gravity take their
+    input with the create call itself (``input_with_create`` True): ``create_operation`` gets
+    the manifest, the operation it returns already has its input, and ``upload_manifest`` is
+    never needed (the upload operator sees the operation is past ``awaiting_input``).
+
+    The manifest every client reads is the pipeline's canonical JSONL: one object per line with
+    ``occp_text``, ``tasks_text`` and optionally ``recordId``. Clients of other services turn it
+    into their own input format, carrying each line's 0-based number so results join back.
+    """
 
     service: str
+    input_with_create: bool
+    output_name: str
+    """File name of the raw output written by :meth:`download_results` (``output.jsonl``, ``output.csv``)."""
 
-    def create_operation(self, topic: str, model: str | None = None) -> UploadTarget:
-        """Create a remote operation that will take one manifest."""
+    def create_operation(
+        self, topic: str, model: str | None = None, *, manifest: ManifestSource | None = None, name: str | None = None
+    ) -> UploadTarget:
+        """Create a remote operation; services with ``input_with_create`` send ``manifest`` with it.
+
+        :param name: a stable name for the operation (the chunk's digest), where the service keeps one.
+        """
         ...
 
-    def upload_manifest(self, target: UploadTarget, manifest: IO[bytes] | Path) -> int:
+    def upload_manifest(self, target: UploadTarget, manifest: ManifestSource) -> int:
         """Stream the manifest into the operation; return the bytes sent."""
         ...
 
@@ -113,8 +165,23 @@ class BatchCodeClient(Protocol):
         """Fetch the operation's current status."""
         ...
 
-    def download(self, url: str, sink: IO[bytes]) -> int:
-        """Stream a (presigned) result URL into ``sink``; return the bytes written."""
+    def results_available(self, operation: Operation) -> bool:
+        """Whether a complete operation's results can still be downloaded (services delete them)."""
+        ...
+
+    def download_results(
+        self,
+        operation_id: str,
+        topic: str,
+        output: IO[bytes],
+        metadata: IO[bytes] | None = None,
+        model: str | None = None,
+    ) -> tuple[int, int]:
+        """Stream a complete operation's raw output into ``output`` and what the service says about the
+        operation (model, job object, usage, per-input errors) as JSON into ``metadata``.
+
+        :return: bytes written to each.
+        """
         ...
 
     def close(self) -> None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from airflow_batchcode.exceptions import ConfigurationError
-from airflow_batchcode.services.base import AsyncBatchCodeClient, BatchCodeClient, SecretCallback
+from airflow_batchcode.services.base import AsyncBatchCodeClient, BatchCodeClient, ObjectStore, SecretCallback
 from airflow_batchcode.services.retry import RetryPolicy
 from airflow_batchcode.services.transport import HttpSettings
 
@@ -16,11 +17,13 @@ from airflow_batchcode.services.transport import HttpSettings
 class ServiceConfig:
     """A connection, reduced to what a service client needs (no Airflow types).
 
-    :param service: ``abs`` (more to come: ``refinery``, ``superai``, ``gravity``).
+    :param service: ``abs``, ``refinery``, ``superai`` or ``gravity``.
     :param base_url: API origin with scheme.
-    :param login: client id or key id.
+    :param login: client id (ABS); not used by the API-key services.
     :param password: client secret or API key (hidden from ``repr``).
     :param extra: the connection's extra settings.
+    :param object_store: where manifests are staged for services that read their input from object
+        storage (Refinery; super.ai's ``inputsFileUrl``) and delivered results are read; the hook supplies it.
     """
 
     service: str
@@ -28,6 +31,12 @@ class ServiceConfig:
     login: str = ""
     password: str = field(default="", repr=False)
     extra: Mapping[str, Any] = field(default_factory=dict)
+    object_store: ObjectStore | None = field(default=None, repr=False, compare=False)
+
+    def text(self, key: str, default: str | None = None) -> str | None:
+        """A text extra setting, or ``default`` when missing or empty."""
+        value = self.extra.get(key)
+        return default if value in (None, "") else str(value)
 
     def number(self, key: str, default: float) -> float:
         """A numeric extra setting, with a clear error when it is not a number."""
@@ -85,7 +94,23 @@ def _abs_factory() -> ServiceFactory:
     )
 
 
-_FACTORIES: dict[str, Callable[[], ServiceFactory]] = {"abs": _abs_factory}
+def _module_factory(service: str) -> Callable[[], ServiceFactory]:
+    """The factory of a service whose module ``services/<service>.py`` defines ``service_factory()``."""
+
+    def load() -> ServiceFactory:
+        module = importlib.import_module(f"airflow_batchcode.services.{service}")
+        factory: ServiceFactory = module.service_factory()
+        return factory
+
+    return load
+
+
+_FACTORIES: dict[str, Callable[[], ServiceFactory]] = {
+    "abs": _abs_factory,
+    "refinery": _module_factory("refinery"),
+    "superai": _module_factory("superai"),
+    "gravity": _module_factory("gravity"),
+}
 SERVICES = tuple(_FACTORIES)
 
 

@@ -27,6 +27,10 @@ def test_shipped_dags_import_cleanly() -> None:
     }
     load = nightly.get_task("load")
     assert [a.uri for a in load.outlets] == ["batchcode-output://batchcode_warehouse/coded_occupations"]
+    for service in ("refinery", "superai", "gravity"):
+        dag = bag.dags[f"batchcode_{service}_nightly"]
+        assert dag.get_task("code_chunk.create").batchcode_conn_id == f"batchcode_{service}"
+        assert dag.fileloc == str(ROOT / "dags" / f"batchcode_{service}.py")
 
 
 def test_test_dags_import_cleanly() -> None:

@@ -42,6 +42,8 @@ class Store:
 
 class FakeClient:
     service = "abs"
+    input_with_create = False
+    output_name = "output.jsonl"
 
     def __init__(self, state: OperationState = OperationState.AWAITING_INPUT, *, outputs_kept: bool = True) -> None:
         self.state = state
@@ -52,7 +54,7 @@ class FakeClient:
     def results_available(self, operation: Operation) -> bool:
         return self.outputs_kept
 
-    def create_operation(self, topic: str, model: str | None = None) -> UploadTarget:
+    def create_operation(self, topic: str, model: str | None = None, **_: Any) -> UploadTarget:
         self.created += 1
         url = f"https://s3.example/in?X-Amz-Date={time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}&X-Amz-Expires=3600"
         return UploadTarget(f"op-{self.created}", url, "kms")
@@ -65,8 +67,26 @@ class FakeClient:
         return 10
 
 
+class FakeInputWithCreateClient(FakeClient):
+    """A service that takes its manifest with the create call (Refinery, super.ai, Gravity)."""
+
+    service = "gravity"
+    input_with_create = True
+
+    def __init__(self, state: OperationState = OperationState.IN_PROGRESS) -> None:
+        super().__init__(state)
+        self.sent: list[tuple[bytes, str | None]] = []
+
+    def create_operation(self, topic: str, model: str | None = None, **kwargs: Any) -> UploadTarget:
+        manifest = kwargs.get("manifest")
+        body = manifest.read_bytes() if hasattr(manifest, "read_bytes") else manifest.read()
+        self.sent.append((body, kwargs.get("name")))
+        self.created += 1
+        return UploadTarget(f"job-{self.created}", "")
+
+
 def with_client(operator: Any, client: FakeClient) -> Any:
-    hook = mock.Mock(client=client, service="abs", default_topic="anzsco")
+    hook = mock.Mock(client=client, service=client.service, default_topic="anzsco")
     operator.__dict__["hook"] = hook
     return operator
 
@@ -133,6 +153,34 @@ def test_upload_never_sends_twice(state: OperationState, tmp_path: Any) -> None:
         UploadManifestOperator(task_id="u", operation=operation, manifest=str(manifest)), client
     ).execute({"task_state_store": Store()})
     assert client.uploads == 0 and result["skipped"]
+
+
+def test_services_taking_input_with_create_get_the_manifest_and_a_stable_name(tmp_path: Any) -> None:
+    client, store = FakeInputWithCreateClient(), Store()
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"occp_text":"nurse","tasks_text":""}\n')
+    ti = mock.Mock(dag_id="nightly", task_id="code_chunk.create", map_index=3)
+    context = {"task_state_store": store, "ti": ti, "run_id": "scheduled__2026-01-01T00:00:00+00:00"}
+    create = CreateOperationOperator(task_id="c", topic="anzsco", input_digest="ab" * 32, manifest=str(manifest))
+    result = with_client(create, client).execute(context)
+    assert result["operation_id"] == "job-1"
+    (body, name), = client.sent
+    assert body == manifest.read_bytes()
+    assert name == "nightly__scheduled__2026-01-01T00_00_00_00_00__code_chunk.create__3__abababababababab"
+    # a retry re-attaches instead of sending the input again
+    again = with_client(
+        CreateOperationOperator(task_id="c", topic="anzsco", input_digest="ab" * 32, manifest=str(manifest)), client
+    ).execute(context)
+    assert again["operation_id"] == "job-1" and client.created == 1
+    # and the upload task has nothing to do
+    uploaded = with_client(UploadManifestOperator(task_id="u", operation=result, manifest=str(manifest)), client)
+    assert uploaded.execute({"task_state_store": Store()})["skipped"] and client.uploads == 0
+
+
+def test_a_service_taking_input_with_create_needs_the_manifest() -> None:
+    create = with_client(CreateOperationOperator(task_id="c", topic="anzsco"), FakeInputWithCreateClient())
+    with pytest.raises(ConfigurationError, match="pass manifest="):
+        create.execute({"task_state_store": Store()})
 
 
 def test_upload_into_a_failed_operation_raises_the_typed_error(tmp_path: Any) -> None:
