@@ -29,7 +29,8 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 KINDS = ("5xx", "429", "slow", "lost_response", "truncate")
-_PREFIXES = ("/v1/", "/oauth2/token", "/_storage/")
+_PREFIXES = ("/v1/", "/api/", "/oauth2/token", "/_storage/")
+"""Routes faults apply to: every service's API and storage, never the ``/_emulator`` admin routes."""
 _NOISE = frozenset({"ASGI callable returned without completing response."})
 _JSON = [(b"content-type", b"application/json")]
 _XML = [(b"content-type", b"application/xml")]
