@@ -6,7 +6,13 @@ from typing import Any
 
 from airflow_batchcode import __version__
 
-_SERVICE_ENUM = ["abs"]
+_SERVICE_ENUM = ["abs", "refinery", "superai", "gravity"]
+_INTEGRATIONS = (
+    ("ABS Occupation Coding Service", "https://www.abs.gov.au/"),
+    ("ASG Refinery", "https://asgrefinery.io/"),
+    ("super.ai", "https://super.ai/"),
+    ("Gravity-AI", "https://www.gravity-ai.com/"),
+)
 
 
 def get_provider_info() -> dict[str, Any]:
@@ -15,22 +21,20 @@ def get_provider_info() -> dict[str, Any]:
         "package-name": "airflow-batchcode",
         "name": "Batch Coding Services",
         "description": (
-            "Drive asynchronous batch coding services (ABS Occupation Coding Service, ...) from Airflow: "
-            "create an operation, upload a manifest, wait deferred, download and load the coded results."
+            "Drive asynchronous batch coding services (ABS Occupation Coding Service, ASG Refinery, super.ai, "
+            "Gravity-AI) from Airflow: create an operation, upload a manifest, wait deferred, download and load "
+            "the coded results."
         ),
         "versions": [__version__],
         "integrations": [
-            {
-                "integration-name": "ABS Occupation Coding Service",
-                "external-doc-url": "https://www.abs.gov.au/",
-                "tags": ["service"],
-            }
+            {"integration-name": name, "external-doc-url": url, "tags": ["service"]} for name, url in _INTEGRATIONS
         ],
         "hooks": [
             {
-                "integration-name": "ABS Occupation Coding Service",
+                "integration-name": name,
                 "python-modules": ["airflow_batchcode.hooks.batchcode"],
             }
+            for name, _ in _INTEGRATIONS
         ],
         "connection-types": [
             {
@@ -41,7 +45,7 @@ def get_provider_info() -> dict[str, Any]:
                     "hidden-fields": ["schema", "port"],
                     "relabeling": {
                         "host": "API origin",
-                        "login": "Client ID",
+                        "login": "Client ID (ABS)",
                         "password": "Client secret / API key",
                     },
                     "placeholders": {
@@ -74,6 +78,31 @@ def get_provider_info() -> dict[str, Any]:
                     "read_timeout": {
                         "label": "Read timeout (s)",
                         "schema": {"type": ["number", "null"], "default": 60},
+                    },
+                    "app_uuid": {
+                        "label": "super.ai app UUID",
+                        "description": "The super.ai data program jobs are created in (super.ai only).",
+                        "schema": {"type": ["string", "null"]},
+                    },
+                    "manifest_location": {
+                        "label": "Manifest location",
+                        "description": "s3://bucket/prefix where manifests are staged for Refinery to read.",
+                        "schema": {"type": ["string", "null"]},
+                    },
+                    "storage_conn_id": {
+                        "label": "Storage connection",
+                        "description": "Airflow aws connection whose credentials stage manifests (Refinery).",
+                        "schema": {"type": ["string", "null"]},
+                    },
+                    "delivery_bucket": {
+                        "label": "Delivery bucket",
+                        "description": "S3 bucket Refinery delivers results to instead of the export call (optional).",
+                        "schema": {"type": ["string", "null"]},
+                    },
+                    "version": {
+                        "label": "Model version",
+                        "description": "Gravity-AI project version; the latest active one when empty.",
+                        "schema": {"type": ["string", "null"]},
                     },
                     "allow_insecure_http": {
                         "label": "Allow plain http",

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import requests
@@ -15,24 +16,10 @@ import requests
 from airflow_batchcode.cli import build_parser, emulator_config, main
 
 
-@pytest.fixture
-def emulator_process() -> Iterator[tuple[subprocess.Popen[str], str]]:
-    command = [
-        sys.executable,
-        "-m",
-        "airflow_batchcode.cli",
-        "emulator",
-        "--service",
-        "abs",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--client",
-        "cli-client:cli-secret",
-        "--rate-limit",
-        "0",
-    ]
+@contextmanager
+def running_emulator(*flags: str) -> Iterator[tuple[subprocess.Popen[str], str, str]]:
+    """``batchcode emulator FLAGS`` as a subprocess; yields it, its URL and its first line."""
+    command = [sys.executable, "-m", "airflow_batchcode.cli", "emulator", "--host", "127.0.0.1", "--port", "0", *flags]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: queue.Queue[str] = queue.Queue()
     assert process.stdout is not None
@@ -44,12 +31,42 @@ def emulator_process() -> Iterator[tuple[subprocess.Popen[str], str]]:
         process.kill()
         pytest.fail("the emulator printed nothing within 60 s")
     try:
-        assert line.startswith("ABS emulator listening on http://127.0.0.1:"), line
-        yield process, line.rsplit(" ", 1)[1].strip()
+        yield process, line.rsplit(" ", 1)[1].strip(), line
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+@pytest.fixture
+def emulator_process() -> Iterator[tuple[subprocess.Popen[str], str]]:
+    with running_emulator("--service", "abs", "--client", "cli-client:cli-secret", "--rate-limit", "0") as (
+        process,
+        url,
+        line,
+    ):
+        assert line.startswith("ABS emulator listening on http://127.0.0.1:"), line
+        yield process, url
+
+
+@pytest.mark.parametrize(
+    ("service", "title", "probe", "headers", "error_key"),
+    [
+        ("refinery", "ASG Refinery", "/v1/jobs/job_x", {"Authorization": "Bearer cli-key"}, "error"),
+        ("superai", "super.ai", "/v1/jobs/1", {"API-KEY": "cli-key"}, "message"),
+        ("gravity", "Gravity-AI", "/api/v1/jobs/latest", {"X-Api-Key": "cli-key"}, "isError"),
+    ],
+)
+def test_cli_serves_each_service(service: str, title: str, probe: str, headers: dict[str, str], error_key: str) -> None:
+    with running_emulator("--service", service, "--api-key", "cli-key:cli-tenant") as (process, url, line):
+        assert line.startswith(f"{title} emulator listening on http://127.0.0.1:"), line
+        anonymous = requests.get(f"{url}{probe}", timeout=5)
+        assert anonymous.status_code in (401, 403) and error_key in anonymous.json(), anonymous.text
+        known = requests.get(f"{url}{probe}", headers=headers, timeout=5)
+        assert known.status_code in (200, 404), known.text
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0
+        assert process.stderr is not None and "Traceback" not in process.stderr.read()
 
 
 def test_cli_serves_until_sigterm(emulator_process: tuple[subprocess.Popen[str], str]) -> None:
@@ -149,7 +166,8 @@ def test_defaults_match_the_service() -> None:
         ["emulator", "--client", "no-secret"],
         ["emulator", "--fault-5xx-rate", "2"],
         ["emulator", "--max-upload-bytes", "lots"],
-        ["emulator", "--service", "refinery"],
+        ["emulator", "--service", "nope"],
+        ["emulator", "--api-key", "no-tenant"],
         [],
     ],
 )

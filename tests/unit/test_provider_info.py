@@ -37,4 +37,4 @@ def test_providers_manager_sees_the_connection_type() -> None:
     hook = manager.hooks["batchcode"]
     assert hook is not None and hook.hook_class_name.endswith("BatchCodeHook")
     assert "extra__batchcode__service" in manager.connection_form_widgets
-    assert manager.field_behaviours["batchcode"]["relabeling"]["login"] == "Client ID"
+    assert manager.field_behaviours["batchcode"]["relabeling"]["login"] == "Client ID (ABS)"
