@@ -164,7 +164,7 @@ def test_services_taking_input_with_create_get_the_manifest_and_a_stable_name(tm
     create = CreateOperationOperator(task_id="c", topic="anzsco", input_digest="ab" * 32, manifest=str(manifest))
     result = with_client(create, client).execute(context)
     assert result["operation_id"] == "job-1"
-    (body, name), = client.sent
+    ((body, name),) = client.sent
     assert body == manifest.read_bytes()
     assert name == "nightly__scheduled__2026-01-01T00_00_00_00_00__code_chunk.create__3__abababababababab"
     # a retry re-attaches instead of sending the input again
