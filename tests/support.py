@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import closing, contextmanager
 from datetime import UTC, datetime, timedelta
@@ -79,6 +81,25 @@ def batchcode_connection(
             os.environ.pop(name, None)
         else:
             os.environ[name] = previous
+
+
+def jsonl_manifest(records: Iterable[dict[str, Any]]) -> io.BytesIO:
+    """A manifest in memory: one JSON line per record."""
+    return io.BytesIO(b"".join(json.dumps(record).encode() + b"\n" for record in records))
+
+
+def wait_terminal(
+    client: Any, operation_id: str, topic: str = "anzsco", *, timeout: float = 15.0, pause: float = 0.03
+) -> Any:
+    """Poll ``client`` until the operation is terminal (complete, failed, timed out); its last status."""
+    deadline = time.monotonic() + timeout
+    while True:
+        operation = client.get_operation(operation_id, topic)
+        if operation.state.is_terminal():
+            return operation
+        if time.monotonic() > deadline:
+            raise AssertionError(f"operation {operation_id} did not finish within {timeout:g} s")
+        time.sleep(pause)
 
 
 def issued_tokens(server: EmulatorServer) -> list[str]:

@@ -11,15 +11,13 @@ from __future__ import annotations
 from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
-import msgspec
 from fastapi import Depends, FastAPI, Header, Request
-from fastapi.exceptions import RequestValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from airflow_batchcode.emulator import storage
 from airflow_batchcode.emulator.abs_service import AbsService
-from airflow_batchcode.emulator.admin import CountRequests, install_admin, read_limited
+from airflow_batchcode.emulator.admin import create_service_app, install_storage_errors
+from airflow_batchcode.emulator.common import read_limited
 from airflow_batchcode.emulator.config import EmulatorConfig
 from airflow_batchcode.emulator.contract import (
     MAX_REALTIME_BODY,
@@ -28,11 +26,8 @@ from airflow_batchcode.emulator.contract import (
     TOPICS,
     ApiError,
     OAuthError,
-    StorageError,
     json_response,
-    xml_error,
 )
-from airflow_batchcode.emulator.faults import FaultMiddleware
 from airflow_batchcode.emulator.processing import code_file, code_request
 from airflow_batchcode.emulator.schemas import (
     CODE_REQUEST,
@@ -49,8 +44,6 @@ from airflow_batchcode.emulator.schemas import (
 )
 
 __all__ = ["AbsService", "code_file", "create_abs_app"]
-
-_decode = msgspec.json.decode
 
 
 def _service(request: Request) -> AbsService:
@@ -81,32 +74,10 @@ def _status(request: Request) -> Response:
     return json_response(service.status(client, topic, params["operation_id"], _base(request)))
 
 
-def _install_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def api_error(request: Request, exc: ApiError) -> Response:
-        return json_response({"message": exc.message}, exc.status, exc.headers)
-
+def _install_oauth_errors(app: FastAPI) -> None:
     @app.exception_handler(OAuthError)
     async def oauth_error(request: Request, exc: OAuthError) -> Response:
         return json_response(exc.body, exc.status)
-
-    @app.exception_handler(StorageError)
-    async def storage_error(request: Request, exc: StorageError) -> Response:
-        return xml_error(exc.status, exc.code, exc.message, exc.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError) -> Response:
-        return json_response({"message": MSG_BAD_BODY}, 400)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        status = exc.status_code if exc.status_code < 500 else 500
-        message = str(exc.detail) if status < 500 else MSG_INTERNAL
-        return json_response({"message": message}, status, dict(exc.headers or {}))
-
-    @app.exception_handler(Exception)
-    async def internal(request: Request, exc: Exception) -> Response:
-        return json_response({"message": MSG_INTERNAL}, 500)
 
 
 def _install_api(app: FastAPI) -> None:
@@ -218,17 +189,12 @@ def _install_storage(app: FastAPI) -> None:
 def create_abs_app(config: EmulatorConfig | None = None) -> FastAPI:
     """Build the emulator app. ``app.state.abs`` is its :class:`AbsService`; call its ``close()``
     when done (the server does)."""
-    service = AbsService(config or EmulatorConfig())
-    app = FastAPI(
+    return create_service_app(
+        AbsService(config or EmulatorConfig()),
         title="ABS Occupation Coding Service (emulator)",
-        version="1.0",
         description="Async batch coding, real-time coding and OAuth2 tokens, as documented by the ABS.",
+        install=(install_storage_errors, _install_oauth_errors, _install_api, _install_storage),
+        bad_request=MSG_BAD_BODY,
+        internal=MSG_INTERNAL,
+        state="abs",
     )
-    app.state.abs = service
-    _install_handlers(app)
-    _install_api(app)
-    _install_storage(app)
-    install_admin(app, _service)
-    app.add_middleware(CountRequests, counter=service.counters["requests"])
-    app.add_middleware(FaultMiddleware, injector=service.faults)
-    return app

@@ -11,19 +11,16 @@ import hmac
 import logging
 import secrets
 import shutil
-import tempfile
-import threading
-import time
 import uuid
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
 
 from airflow_batchcode.emulator.coding_model import CodingModel, load_models
+from airflow_batchcode.emulator.common import Clock as Clock
+from airflow_batchcode.emulator.common import EmulatedService
 from airflow_batchcode.emulator.config import EmulatorConfig
 from airflow_batchcode.emulator.contract import (
     INPUT_BUCKET,
@@ -40,30 +37,12 @@ from airflow_batchcode.emulator.contract import (
     OAuthError,
     iso_time,
 )
-from airflow_batchcode.emulator.faults import FaultInjector, settings_from
 from airflow_batchcode.emulator.processing import InputError, code_file
 from airflow_batchcode.emulator.signing import Signer
 
 log = logging.getLogger(__name__)
 
 _encode = msgspec.json.encode
-
-
-class Clock:
-    """Wall time plus an offset that tests move forward with ``POST /_emulator/clock``."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def now(self) -> float:
-        """Current emulator time, seconds since the epoch."""
-        return time.time() + self.offset
-
-    def advance(self, seconds: float) -> None:
-        """Move the clock forward."""
-        if seconds < 0:
-            raise ValueError("the clock only moves forward")
-        self.offset += seconds
 
 
 class TokenBucket:
@@ -123,45 +102,28 @@ def _parse_basic(header: str | None) -> tuple[str, str] | None:
     return (client, secret) if sep else None
 
 
-class AbsService:
+class AbsService(EmulatedService):
     """Everything the emulator remembers. Request handlers run on the event loop; coding runs on
     a thread pool and touches operations only under ``lock``.
 
     :param config: the emulator's settings.
     """
 
+    name = "abs"
+    counter_names = ("operations_created", "tokens_issued", "requests", "uploads", "downloads", "throttled")
+
     def __init__(self, config: EmulatorConfig) -> None:
-        self.config = config
-        self.clock = Clock()
+        super().__init__(config)
         self.signer = Signer()
-        self.faults = FaultInjector(settings_from(config), seed=config.seed)
         self.models = load_models()
         self.model_topics = {m.info.model_id: topic for topic, models in self.models.items() for m in models}
-        self.owns_data_dir = config.data_dir is None
-        self.data_dir = Path(config.data_dir or tempfile.mkdtemp(prefix="abs-emulator-"))
+        self.data_dir = self._data_dir()
         for bucket in (INPUT_BUCKET, OUTPUT_BUCKET):
             (self.data_dir / bucket).mkdir(parents=True, exist_ok=True)
-        self.lock = threading.Lock()
         self.operations: dict[str, Operation] = {}
         self._tokens: dict[str, tuple[str, float]] = {}
         self._token_times: dict[str, list[float]] = {}
         self._buckets: dict[str, TokenBucket] = {}
-        self._quota: dict[str, tuple[int, int]] = {}
-        self._cancelled = threading.Event()
-        self._pool = ThreadPoolExecutor(config.processing_workers, thread_name_prefix="abs-emulator")
-        self.counters: dict[str, Counter[str]] = {
-            name: Counter()
-            for name in ("operations_created", "tokens_issued", "requests", "uploads", "downloads", "throttled")
-        }
-
-    # -- lifecycle -------------------------------------------------------------------------------
-
-    def close(self) -> None:
-        """Stop the workers and delete the data directory if the service created it."""
-        self._cancelled.set()
-        self._pool.shutdown(wait=True, cancel_futures=True)
-        if self.owns_data_dir:
-            shutil.rmtree(self.data_dir, ignore_errors=True)
 
     # -- auth and limits -------------------------------------------------------------------------
 
@@ -207,14 +169,7 @@ class AbsService:
             if wait > 0:
                 self.counters["throttled"]["rate_limit"] += 1
                 raise ApiError(429, "Too Many Requests", {"Retry-After": str(max(1, int(-(-wait // 1))))})
-        if self.config.daily_quota > 0:
-            day = int(now // 86400)
-            seen_day, used = self._quota.get(client, (day, 0))
-            used = used if seen_day == day else 0
-            if used >= self.config.daily_quota:
-                self.counters["throttled"]["daily_quota"] += 1
-                raise ApiError(429, "Limit Exceeded")
-            self._quota[client] = (day, used + 1)
+        self.spend_quota(client, now, ApiError(429, "Limit Exceeded"))
         return client
 
     # -- topics and models -----------------------------------------------------------------------
@@ -287,9 +242,7 @@ class AbsService:
     def states(self) -> Counter[str]:
         """How many operations are in each state now."""
         now = self.clock.now()
-        with self.lock:
-            ops = list(self.operations.values())
-        return Counter(op.state(now, self.config.awaiting_timeout) for op in ops)
+        return self.tally(self.operations.values(), lambda op: op.state(now, self.config.awaiting_timeout))
 
     # -- processing (worker threads) -------------------------------------------------------------
 
@@ -334,17 +287,10 @@ class AbsService:
 
     # -- admin -----------------------------------------------------------------------------------
 
-    def stats(self) -> dict[str, Any]:
-        """Counters for ``GET /_emulator/stats``."""
-        c = self.counters
+    def figures(self) -> dict[str, Any]:
+        """Operations by state, and uploads as accepted and refused (both always shown)."""
+        uploads = self.counters["uploads"]
         return {
-            "operations_created": dict(c["operations_created"]),
             "operations_by_state": dict(self.states()),
-            "requests": dict(c["requests"]),
-            "faults": dict(self.faults.injected),
-            "tokens_issued": dict(c["tokens_issued"]),
-            "uploads": {"accepted": c["uploads"]["accepted"], "refused": c["uploads"]["refused"]},
-            "downloads": dict(c["downloads"]),
-            "throttled": dict(c["throttled"]),
-            "clock_offset": self.clock.offset,
+            "uploads": {"accepted": uploads["accepted"], "refused": uploads["refused"]},
         }

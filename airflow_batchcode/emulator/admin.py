@@ -1,37 +1,28 @@
-"""What every emulator shares: the ``/_emulator`` admin routes, request counting, bounded body reads."""
+"""The frame of every emulator app: its error shape, the ``/_emulator`` admin routes, request counting
+and fault injection (:func:`create_service_app` puts them together)."""
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-import msgspec
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from airflow_batchcode.emulator.contract import MSG_BAD_BODY, ApiError, iso_time, json_response
-from airflow_batchcode.emulator.faults import FaultInjector
-
-_decode = msgspec.json.decode
-
-
-class Clock(Protocol):
-    """The emulator's adjustable clock."""
-
-    offset: float
-
-    def now(self) -> float: ...
-
-    def advance(self, seconds: float) -> None: ...
+from airflow_batchcode.emulator.common import Clock, EmulatedService, json_body, read_limited
+from airflow_batchcode.emulator.contract import MSG_BAD_BODY, ApiError, StorageError, iso_time, json_response, xml_error
+from airflow_batchcode.emulator.faults import ErrorBody, FaultInjector, FaultMiddleware, message_body
 
 
 class AdminState(Protocol):
     """What the admin routes need from an emulated service."""
 
     faults: FaultInjector
-    clock: Any
+    clock: Clock
 
     def stats(self) -> dict[str, Any]: ...
 
@@ -53,28 +44,12 @@ class CountRequests:
                 self.counter[f"{scope['method']} {path}"] += 1
 
 
-async def read_limited(request: Request, limit: int) -> bytes:
-    """The request body, or a 400 once it passes ``limit`` bytes."""
-    parts: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(400, MSG_BAD_BODY)
-        parts.append(chunk)
-    return b"".join(parts)
-
-
 def install_admin(app: FastAPI, state_of: Callable[[Request], AdminState]) -> None:
     """Add the ``/_emulator`` routes (health, faults, stats, clock) for the state ``state_of`` returns."""
 
     async def json_object(request: Request) -> dict[str, Any]:
-        try:
-            data = _decode(await read_limited(request, 64 << 10))
-        except (msgspec.DecodeError, RecursionError):
-            raise ApiError(400, MSG_BAD_BODY) from None
-        if not isinstance(data, dict):
-            raise ApiError(400, MSG_BAD_BODY)
+        problem = ApiError(400, MSG_BAD_BODY)
+        data: dict[str, Any] = json_body(await read_limited(request, 64 << 10), problem, problem)
         return data
 
     @app.get("/_emulator/health", include_in_schema=False)
@@ -114,3 +89,62 @@ def install_admin(app: FastAPI, state_of: Callable[[Request], AdminState]) -> No
         except ValueError as exc:
             raise ApiError(400, str(exc)) from None
         return json_response({"offset": clock.offset, "now": iso_time(clock.now())})
+
+
+def install_error_handlers(app: FastAPI, error_body: ErrorBody, *, bad_request: str, internal: str) -> None:
+    """Answer every error in the service's own shape: :class:`ApiError` (and its subclasses) with its
+    status, request validation with a 400 saying ``bad_request``, routing errors with their status, and
+    anything unexpected with a 500 saying ``internal``."""
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> Response:
+        return json_response(error_body(exc.message), exc.status, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
+        return json_response(error_body(bad_request), 400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        status = exc.status_code if exc.status_code < 500 else 500
+        message = str(exc.detail) if status < 500 else internal
+        return json_response(error_body(message), status, dict(exc.headers or {}))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        return json_response(error_body(internal), 500)
+
+
+def install_storage_errors(app: FastAPI) -> None:
+    """Answer :class:`StorageError` as S3 does, in XML (presigned storage under ``/_storage``)."""
+
+    @app.exception_handler(StorageError)
+    async def storage_error(request: Request, exc: StorageError) -> Response:
+        return xml_error(exc.status, exc.code, exc.message, exc.headers)
+
+
+def create_service_app(
+    service: EmulatedService,
+    *,
+    title: str,
+    description: str,
+    install: Iterable[Callable[[FastAPI], None]],
+    error_body: ErrorBody = message_body,
+    bad_request: str,
+    internal: str,
+    state: str = "service",
+) -> FastAPI:
+    """An emulator app around ``service``: error handlers, the routes ``install`` adds, the admin routes,
+    request counting and fault injection (whose injected errors take ``error_body``'s shape too).
+
+    :param state: the ``app.state`` attribute that holds ``service``.
+    """
+    app = FastAPI(title=title, version="1.0", description=description)
+    setattr(app.state, state, service)
+    install_error_handlers(app, error_body, bad_request=bad_request, internal=internal)
+    for step in install:
+        step(app)
+    install_admin(app, lambda request: getattr(request.app.state, state))
+    app.add_middleware(CountRequests, counter=service.counters["requests"])
+    app.add_middleware(FaultMiddleware, injector=service.faults, error_body=error_body)
+    return app

@@ -39,7 +39,8 @@ _encode = msgspec.json.encode
 
 
 class ApiError(Exception):
-    """An API Gateway style error: ``{"message": ...}``."""
+    """An API error: a status and a message (ABS answers it as API Gateway does, ``{"message": ...}``;
+    every other emulator in its own error shape)."""
 
     def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)

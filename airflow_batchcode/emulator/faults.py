@@ -12,6 +12,9 @@ reproducible for a given seed and request order. Kinds:
 ``lost_response`` carry out the request, then send the status line and headers (with the real
                   ``Content-Length``) and part of the body, and drop the connection
 ``truncate``      storage GET only: send the headers and half of the body, then drop
+
+An injected API error has the service's own error shape: the middleware's ``error_body`` builds it
+from the message (``{"message": ...}`` by default, as ABS's API Gateway answers).
 """
 
 from __future__ import annotations
@@ -22,10 +25,11 @@ import logging
 import random
 import re
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+import msgspec
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 KINDS = ("5xx", "429", "slow", "lost_response", "truncate")
@@ -34,6 +38,14 @@ _PREFIXES = ("/v1/", "/api/", "/oauth2/token", "/_storage/")
 _NOISE = frozenset({"ASGI callable returned without completing response."})
 _JSON = [(b"content-type", b"application/json")]
 _XML = [(b"content-type", b"application/xml")]
+
+ErrorBody = Callable[[str], Any]
+"""A service's error body (any JSON value) for a message."""
+
+
+def message_body(message: str) -> dict[str, str]:
+    """``{"message": ...}``: the error shape of ABS's API Gateway (and super.ai)."""
+    return {"message": message}
 
 
 @dataclass
@@ -196,11 +208,15 @@ class _Abort(Exception):
 
 
 class FaultMiddleware:
-    """ASGI middleware that injects the faults an :class:`FaultInjector` decides on."""
+    """ASGI middleware that injects the faults an :class:`FaultInjector` decides on.
 
-    def __init__(self, app: ASGIApp, injector: FaultInjector) -> None:
+    :param error_body: builds the body of an injected API error from its message, in the service's shape.
+    """
+
+    def __init__(self, app: ASGIApp, injector: FaultInjector, error_body: ErrorBody = message_body) -> None:
         self.app = app
         self.injector = injector
+        self.error_body = error_body
         quiet_dropped_responses()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -212,13 +228,16 @@ class FaultMiddleware:
         if kind is None:
             await self.app(scope, receive, send)
         elif kind == "5xx":
-            await _error(send, storage, 500, "InternalError", "We encountered an internal error.", {})
+            if storage:
+                await _xml_error(send, 500, "InternalError", "We encountered an internal error.", {})
+            else:
+                await _json_error(send, 500, self.error_body("Error performing request"), {})
         elif kind == "429":
             retry = {"retry-after": str(self.injector.settings.fault_retry_after)}
             if storage:
-                await _error(send, True, 503, "SlowDown", "Please reduce your request rate.", retry)
+                await _xml_error(send, 503, "SlowDown", "Please reduce your request rate.", retry)
             else:
-                await _error(send, False, 429, "", "Too Many Requests", retry)
+                await _json_error(send, 429, self.error_body("Too Many Requests"), retry)
         elif kind == "slow":
             await asyncio.sleep(self.injector.settings.fault_slow_seconds)
             await self.app(scope, receive, send)
@@ -278,17 +297,19 @@ class FaultMiddleware:
             await self.app(scope, receive, forward)
 
 
-async def _error(send: Send, storage: bool, status: int, code: str, message: str, headers: Mapping[str, str]) -> None:
-    if storage:
-        body = (
-            f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>{message}</Message></Error>'
-        ).encode()
-        head = list(_XML)
-    else:
-        text = "Error performing request" if status >= 500 else message
-        body = b'{"message":"' + text.encode() + b'"}'
-        head = list(_JSON)
-    head.append((b"content-length", str(len(body)).encode()))
+async def _xml_error(send: Send, status: int, code: str, message: str, headers: Mapping[str, str]) -> None:
+    body = f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>{message}</Message></Error>'
+    await _send(send, status, _XML, body.encode(), headers)
+
+
+async def _json_error(send: Send, status: int, content: Any, headers: Mapping[str, str]) -> None:
+    await _send(send, status, _JSON, msgspec.json.encode(content), headers)
+
+
+async def _send(
+    send: Send, status: int, content_type: list[tuple[bytes, bytes]], body: bytes, headers: Mapping[str, str]
+) -> None:
+    head = [*content_type, (b"content-length", str(len(body)).encode())]
     head.extend((k.encode(), v.encode()) for k, v in headers.items())
     await send({"type": "http.response.start", "status": status, "headers": head})
     await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -1,16 +1,19 @@
-"""Streaming files to and from disk: :class:`FileSink` writes, :class:`FileSlice` sends a byte range."""
+"""Streaming files to and from disk: :class:`FileSink` writes, :class:`FileSlice` sends a byte range
+(:func:`ranged_file` answers a GET with one, honouring a ``Range`` header)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from airflow_batchcode.emulator.contract import CHUNK
+from airflow_batchcode.emulator.contract import CHUNK, StorageError
 
 
 class FileSink:
@@ -136,3 +139,55 @@ class FileSlice(Response):
                     await send({"type": "http.response.body", "body": chunk, "more_body": left > 0})
             finally:
                 watcher.cancel()
+
+
+_RANGE = re.compile(r"([0-9]*)-([0-9]*)")
+"""A single byte range; ASCII digits only (``str.isdigit`` also accepts ``²``)."""
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """One ``bytes=`` range → (first, last) inclusive; ``None`` to send everything; (-1, -1) if
+    unsatisfiable. Malformed and multi-part ranges are ignored, as S3 does."""
+    if not header or not header.startswith("bytes=") or "," in header:
+        return None
+    match = _RANGE.fullmatch(header[6:].strip())
+    if match is None or not (match.group(1) or match.group(2)):
+        return None
+    first, last = match.group(1), match.group(2)
+    if not first:
+        suffix = int(last)
+        if suffix == 0:
+            return (-1, -1)
+        return (max(0, size - suffix), size - 1)
+    start = int(first)
+    end = min(int(last), size - 1) if last else size - 1
+    if start >= size or end < start:
+        return (-1, -1)
+    return (start, end)
+
+
+def invalid_range(headers: dict[str, str]) -> Exception:
+    """S3's answer to a range the object cannot satisfy."""
+    return StorageError(416, "InvalidRange", "The requested range is not satisfiable", headers)
+
+
+def ranged_file(
+    handle: Any, range_header: str | None, headers: dict[str, str], unsatisfiable: Callable[[dict[str, str]], Exception]
+) -> FileSlice:
+    """Answer with an open file, whole (200) or the one byte range asked for (206).
+
+    :param headers: the answer's headers; ``Content-Range`` and ``Content-Length`` are added.
+    :param unsatisfiable: the error for a range past the end, given its ``Content-Range`` header
+        (the file is closed first).
+    """
+    size = os.fstat(handle.fileno()).st_size
+    span = parse_range(range_header, size)
+    if span == (-1, -1):
+        handle.close()
+        raise unsatisfiable({"Content-Range": f"bytes */{size}"})
+    start, length, status = 0, size, 200
+    if span is not None:
+        start, length, status = span[0], span[1] - span[0] + 1, 206
+        headers["Content-Range"] = f"bytes {span[0]}-{span[1]}/{size}"
+    headers["Content-Length"] = str(length)
+    return FileSlice(handle, start, length, status, headers)

@@ -8,32 +8,25 @@ the documentation leaves open are in :mod:`airflow_batchcode.emulator.refinery_s
 
 from __future__ import annotations
 
-import os
 from email.utils import formatdate
 from typing import Any, Literal
 
-import msgspec
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from airflow_batchcode.emulator.admin import CountRequests, install_admin, read_limited
+from airflow_batchcode.emulator.admin import create_service_app
+from airflow_batchcode.emulator.common import json_body, read_limited
 from airflow_batchcode.emulator.config import EmulatorConfig
 from airflow_batchcode.emulator.contract import ApiError, json_response
-from airflow_batchcode.emulator.faults import FaultMiddleware
-from airflow_batchcode.emulator.files import FileSlice
+from airflow_batchcode.emulator.files import ranged_file
 from airflow_batchcode.emulator.refinery_service import RefineryService
-from airflow_batchcode.emulator.storage import parse_range
 
 __all__ = ["RefineryService", "create_app"]
 
 MAX_BODY = 64 << 10
 MSG_BAD_BODY = "invalid request body: expected a JSON object"
 MSG_INTERNAL = "internal error"
-
-_decode = msgspec.json.decode
 
 
 class ErrorBody(BaseModel):
@@ -116,24 +109,9 @@ def _tenant(request: Request) -> str:
     return _service(request).tenant(request.headers.get("authorization"))
 
 
-def _install_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def api_error(request: Request, exc: ApiError) -> Response:
-        return json_response({"error": exc.message}, exc.status, exc.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError) -> Response:
-        return json_response({"error": MSG_BAD_BODY}, 400)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        status = exc.status_code if exc.status_code < 500 else 500
-        message = str(exc.detail) if status < 500 else MSG_INTERNAL
-        return json_response({"error": message}, status, dict(exc.headers or {}))
-
-    @app.exception_handler(Exception)
-    async def internal(request: Request, exc: Exception) -> Response:
-        return json_response({"error": MSG_INTERNAL}, 500)
+def error_body(message: str) -> dict[str, str]:
+    """Refinery's error shape: ``{"error": ...}``."""
+    return {"error": message}
 
 
 def _install_api(app: FastAPI) -> None:
@@ -147,10 +125,7 @@ def _install_api(app: FastAPI) -> None:
     async def create_job(request: Request) -> Response:
         """Create a batch job from a JSONL manifest in S3 or GCS."""
         tenant = _tenant(request)
-        try:
-            body = _decode(await read_limited(request, MAX_BODY))
-        except (msgspec.DecodeError, RecursionError):
-            raise ApiError(400, MSG_BAD_BODY) from None
+        body = json_body(await read_limited(request, MAX_BODY), ApiError(400, MSG_BAD_BODY))
         return json_response(_service(request).create_job(tenant, body), 202)
 
     @app.get("/v1/jobs/{job_id}", tags=["jobs"], responses={200: {"model": JobBody}, **_ERRORS})
@@ -166,40 +141,30 @@ def _install_api(app: FastAPI) -> None:
         job = service.job_of(_tenant(request), job_id)
         path = service.export_path(job)
         try:
-            handle = open(path, "rb")  # noqa: SIM115 - FileSlice closes it
+            handle = open(path, "rb")  # noqa: SIM115 - the answer closes it
         except FileNotFoundError:
             raise ApiError(404, "export expired") from None
-        size = os.fstat(handle.fileno()).st_size
         headers = {
             "Content-Type": "application/x-ndjson",
             "Accept-Ranges": "bytes",
             "Last-Modified": formatdate(job.ready_at, usegmt=True),
         }
-        span = parse_range(request.headers.get("range"), size)
-        if span == (-1, -1):
-            handle.close()
-            raise ApiError(416, "requested range not satisfiable", {"Content-Range": f"bytes */{size}"})
-        if span is None:
-            start, length, status = 0, size, 200
-        else:
-            start, length, status = span[0], span[1] - span[0] + 1, 206
-            headers["Content-Range"] = f"bytes {span[0]}-{span[1]}/{size}"
-        headers["Content-Length"] = str(length)
-        return FileSlice(handle, start, length, status, headers)
+        return ranged_file(
+            handle,
+            request.headers.get("range"),
+            headers,
+            lambda extra: ApiError(416, "requested range not satisfiable", extra),
+        )
 
 
 def create_app(config: EmulatorConfig | None = None) -> FastAPI:
     """Build the Refinery emulator app; ``app.state.service`` is its :class:`RefineryService`."""
-    service = RefineryService(config or EmulatorConfig())
-    app = FastAPI(
+    return create_service_app(
+        RefineryService(config or EmulatorConfig()),
         title="ASG Refinery batch jobs (emulator)",
-        version="1.0",
         description="Batch jobs from JSONL manifests in object storage, with consensus labels, as ASG documents them.",
+        install=(_install_api,),
+        error_body=error_body,
+        bad_request=MSG_BAD_BODY,
+        internal=MSG_INTERNAL,
     )
-    app.state.service = service
-    _install_handlers(app)
-    _install_api(app)
-    install_admin(app, _service)
-    app.add_middleware(CountRequests, counter=service.counters["requests"])
-    app.add_middleware(FaultMiddleware, injector=service.faults)
-    return app

@@ -31,235 +31,76 @@ Assumed (the documentation is silent):
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import hmac
 import logging
 import random
-import re
 import shutil
-import tempfile
-import threading
-import uuid
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
-from urllib.parse import unquote_to_bytes, urlsplit
+from typing import Any
 
 import msgspec
 
-from airflow_batchcode.emulator.abs_service import Clock
-from airflow_batchcode.emulator.coding_model import CodingModel, load_models
+from airflow_batchcode.emulator.coding_model import load_models
+from airflow_batchcode.emulator.common import EmulatedService
 from airflow_batchcode.emulator.config import EmulatorConfig
 from airflow_batchcode.emulator.contract import ApiError, iso_time
-from airflow_batchcode.emulator.faults import FaultInjector, settings_from
 from airflow_batchcode.emulator.files import FileSink
+from airflow_batchcode.emulator.refinery_coding import TaskCoder, decode_data_url, lines_of
+from airflow_batchcode.emulator.refinery_jobs import (
+    DELIVERY_KEY,
+    Job,
+    JobFailure,
+    ManifestLocation,
+    job_from_request,
+    parse_manifest_url,
+)
+
+__all__ = [
+    "DELIVERY_KEY",
+    "Job",
+    "JobFailure",
+    "ManifestLocation",
+    "RefineryService",
+    "TaskCoder",
+    "decode_data_url",
+    "parse_manifest_url",
+]
 
 log = logging.getLogger(__name__)
 
 MSG_BAD_KEY = "invalid API key"
+
 MSG_QUOTA = "quota exhausted"
+
 MSG_NOT_FOUND = "job not found"
+
 MSG_NOT_COMPLETED = "job is not completed yet"
+
 MSG_GCS = "GCS not reachable from the emulator"
+
 MSG_ACCEPTED = "Job accepted. Manifest will be processed asynchronously."
-DELIVERY_KEY = "refinery/{job_id}/results.jsonl"
-MAX_LINE = 1 << 20
+
 SHUFFLE_BLOCK = 64
 
 _encode = msgspec.json.encode
-_decode = msgspec.json.decode
-_LEADING_CODE = re.compile(r"^\s*([0-9]+)")
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-_VIRTUAL_HOST = re.compile(r"^(?P<bucket>[a-z0-9][a-z0-9.-]*[a-z0-9])\.s3(?:[.-][a-z0-9-]+)?\.amazonaws\.com$")
-_PATH_HOST = re.compile(r"^s3(?:[.-][a-z0-9-]+)?\.amazonaws\.com$")
-
-JobState = Literal["accepted", "processing", "completed", "failed"]
 
 
-class JobFailure(Exception):
-    """The job as a whole cannot go on: it fails with this message."""
-
-
-@dataclass(frozen=True)
-class ManifestLocation:
-    """Where a job's manifest is: ``scheme`` is ``s3`` or ``gs``."""
-
-    scheme: str
-    bucket: str
-    key: str
-
-    @property
-    def url(self) -> str:
-        return f"{self.scheme}://{self.bucket}/{self.key}"
-
-
-def parse_manifest_url(value: Any) -> ManifestLocation:
-    """``s3://b/k``, ``gs://b/k`` or an https S3 URL (virtual-hosted or path style), or a 400."""
-    problem = ApiError(400, "manifest_url must be an s3://, gs:// or https S3 URL of the manifest object")
-    if not isinstance(value, str) or len(value) > 2048:
-        raise problem
-    try:
-        parts = urlsplit(value)
-    except ValueError:
-        raise problem from None
-    host = (parts.hostname or "").lower()
-    path = parts.path.lstrip("/")
-    if parts.scheme in ("s3", "gs"):
-        bucket, key = parts.netloc, path
-    elif parts.scheme == "https" and (match := _VIRTUAL_HOST.match(host)):
-        bucket, key = match.group("bucket"), path
-    elif parts.scheme == "https" and _PATH_HOST.match(host):
-        bucket, _, key = path.partition("/")
-    else:
-        raise problem
-    if not bucket or not key or not _BUCKET.match(bucket):
-        raise problem
-    return ManifestLocation("gs" if parts.scheme == "gs" else "s3", bucket, key)
-
-
-@dataclass
-class Job:
-    """One batch job. Its visible status is computed from these facts and the clock."""
-
-    id: str
-    tenant: str
-    location: ManifestLocation
-    label_spec: dict[str, Any]
-    threshold: int
-    task_type: str
-    created_at: float
-    credentials: dict[str, str] | None = field(default=None, repr=False)
-    callback_url: str | None = None
-    delivery_bucket: str | None = None
-    started_at: float | None = None
-    outcome: Literal["completed", "failed"] | None = None
-    ready_at: float = 0.0
-    error: str | None = None
-    total: int = 0
-    done: int = 0
-    failed: int = 0
-    export_deleted: bool = False
-
-    def state(self, now: float, pickup: float) -> JobState:
-        """The status at time ``now``; a job stays ``accepted`` at least ``pickup`` seconds."""
-        if self.started_at is None or now < self.created_at + pickup:
-            return "accepted"
-        if self.outcome is None or now < self.ready_at:
-            return "processing"
-        return self.outcome
-
-    @property
-    def delivery_key(self) -> str:
-        return DELIVERY_KEY.format(job_id=self.id)
-
-
-def _text(body: dict[str, Any], name: str, *, required: bool = False, default: str | None = None) -> str | None:
-    value = body.get(name)
-    if value is None:
-        if required:
-            raise ApiError(400, f"{name} is required")
-        return default
-    if not isinstance(value, str) or not value.strip():
-        raise ApiError(400, f"{name} must be a non-empty string")
-    return value
-
-
-def _label_spec(value: Any) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ApiError(400, "label_spec is required: an object with question and options")
-    question, options = value.get("question"), value.get("options")
-    if not isinstance(question, str) or not question.strip():
-        raise ApiError(400, "label_spec.question must be a non-empty string")
-    if (
-        not isinstance(options, list)
-        or len(options) < 2
-        or not all(isinstance(o, str) and o.strip() for o in options)
-        or len(set(options)) != len(options)
-    ):
-        raise ApiError(400, "label_spec.options must hold at least 2 distinct non-empty strings")
-    return {"question": question, "options": list(options)}
-
-
-def _threshold(value: Any) -> int:
-    if value is None:
-        return 3
-    if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= 10:
-        raise ApiError(400, "consensus_threshold must be an integer from 2 to 10")
-    return value
-
-
-def _credentials(value: Any, scheme: str) -> dict[str, str]:
-    if scheme == "gs":
-        if not isinstance(value, dict) or not isinstance(value.get("service_account_json"), str):
-            raise ApiError(400, "credentials.service_account_json is required for gs:// manifests")
-        return {"service_account_json": value["service_account_json"]}
-    names = ("access_key_id", "secret_access_key")
-    if not isinstance(value, dict) or not all(isinstance(value.get(n), str) and value[n] for n in names):
-        raise ApiError(400, "credentials with access_key_id, secret_access_key and region are required for S3")
-    for optional in ("region", "session_token"):
-        if value.get(optional) is not None and not isinstance(value[optional], str):
-            raise ApiError(400, f"credentials.{optional} must be a string")
-    return {k: value[k] for k in (*names, "region", "session_token") if value.get(k)}
-
-
-def _delivery(value: Any) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, dict) or value.get("type") != "s3":
-        raise ApiError(400, 'delivery must be {"type": "s3", "bucket": "..."}')
-    bucket = value.get("bucket")
-    if not isinstance(bucket, str) or not _BUCKET.match(bucket):
-        raise ApiError(400, "delivery.bucket must be a valid S3 bucket name")
-    return bucket
-
-
-def _callback(value: Any) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or urlsplit(value).scheme not in ("http", "https") or len(value) > 2048:
-        raise ApiError(400, "callback_url must be an http(s) URL")
-    return value
-
-
-class RefineryService:
+class RefineryService(EmulatedService):
     """Everything the Refinery emulator remembers. Handlers run on the event loop; jobs are processed
     on a thread pool and touch shared state only under ``lock``.
 
     :param config: the emulator's settings.
     """
 
+    name = "refinery"
+    counter_names = ("jobs_created", "requests", "exports", "deliveries", "manifests_read", "throttled")
+
     def __init__(self, config: EmulatorConfig) -> None:
-        self.config = config
-        self.clock = Clock()
-        self.faults = FaultInjector(settings_from(config), seed=config.seed)
+        super().__init__(config)
         self.models = load_models()
-        self.owns_data_dir = config.data_dir is None
-        self.data_dir = (
-            Path(tempfile.mkdtemp(prefix="refinery-emulator-"))
-            if config.data_dir is None
-            else Path(config.data_dir) / "refinery"
-        )
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.lock = threading.Lock()
+        self.data_dir = self._data_dir("refinery")
         self.jobs: dict[str, Job] = {}
-        self._quota: dict[str, tuple[int, int]] = {}
-        self._cancelled = threading.Event()
-        self._pool = ThreadPoolExecutor(max(1, config.processing_workers), thread_name_prefix="refinery-emulator")
-        self.counters: dict[str, Counter[str]] = {
-            name: Counter() for name in ("jobs_created", "requests", "exports", "deliveries", "manifests", "throttled")
-        }
-
-    # -- lifecycle -------------------------------------------------------------------------------
-
-    def close(self) -> None:
-        """Stop the workers and delete the data directory if the service created it."""
-        self._cancelled.set()
-        self._pool.shutdown(wait=True, cancel_futures=True)
-        if self.owns_data_dir:
-            shutil.rmtree(self.data_dir, ignore_errors=True)
 
     @property
     def pickup(self) -> float:
@@ -279,14 +120,7 @@ class RefineryService:
                     tenant = owner
         if tenant is None:
             raise ApiError(401, MSG_BAD_KEY)
-        if self.config.daily_quota > 0:
-            day = int(self.clock.now() // 86400)
-            seen, used = self._quota.get(tenant, (day, 0))
-            used = used if seen == day else 0
-            if used >= self.config.daily_quota:
-                self.counters["throttled"]["daily_quota"] += 1
-                raise ApiError(403, MSG_QUOTA)
-            self._quota[tenant] = (day, used + 1)
+        self.spend_quota(tenant, self.clock.now(), ApiError(403, MSG_QUOTA))
         return tenant
 
     def job_of(self, tenant: str, job_id: str) -> Job:
@@ -300,28 +134,7 @@ class RefineryService:
 
     def create_job(self, tenant: str, body: Any) -> dict[str, Any]:
         """Validate a ``POST /v1/jobs`` body, queue the job and return the 202 body."""
-        if not isinstance(body, dict):
-            raise ApiError(400, "the request body must be a JSON object")
-        location = parse_manifest_url(body.get("manifest_url"))
-        spec = _label_spec(body.get("label_spec"))
-        threshold = _threshold(body.get("consensus_threshold"))
-        task_type = _text(body, "task_type", default="text_classification") or "text_classification"
-        credentials = _credentials(body.get("credentials"), location.scheme)
-        delivery = _delivery(body.get("delivery"))
-        if delivery and "secret_access_key" not in credentials:
-            raise ApiError(400, "delivery to S3 needs S3 credentials")
-        job = Job(
-            id=f"job_{uuid.uuid4().hex}",
-            tenant=tenant,
-            location=location,
-            label_spec=spec,
-            threshold=threshold,
-            task_type=task_type,
-            created_at=self.clock.now(),
-            credentials=credentials,
-            callback_url=_callback(body.get("callback_url")),
-            delivery_bucket=delivery,
-        )
+        job = job_from_request(tenant, body, self.clock.now())
         with self.lock:
             self.jobs[job.id] = job
         self.counters["jobs_created"][tenant] += 1
@@ -374,9 +187,7 @@ class RefineryService:
     def states(self) -> Counter[str]:
         """How many jobs are in each state now."""
         now = self.clock.now()
-        with self.lock:
-            jobs = list(self.jobs.values())
-        return Counter(job.state(now, self.pickup) for job in jobs)
+        return self.tally(self.jobs.values(), lambda job: job.state(now, self.pickup))
 
     # -- processing (worker threads) ---------------------------------------------------------
 
@@ -391,7 +202,7 @@ class RefineryService:
             client = self._s3(job)
             manifest = folder / "manifest.jsonl"
             self._fetch(client, job, manifest)
-            self.counters["manifests"][job.tenant] += 1
+            self.counters["manifests_read"][job.tenant] += 1
             counts = self._code(job, manifest, folder / "results.jsonl")
             manifest.unlink(missing_ok=True)
             if counts[0] == 0:
@@ -461,7 +272,7 @@ class RefineryService:
         total = done = failed = 0
         block: list[bytes] = []
         with manifest.open("rb") as source, FileSink(target) as sink:
-            for raw in _lines(source):
+            for raw in lines_of(source):
                 if not raw.strip():
                     continue
                 result = coder.task(raw, total)
@@ -483,30 +294,9 @@ class RefineryService:
 
     # -- admin -------------------------------------------------------------------------------
 
-    def stats(self) -> dict[str, Any]:
-        """Counters for ``GET /_emulator/stats``."""
-        c = self.counters
-        return {
-            "jobs_created": dict(c["jobs_created"]),
-            "jobs_by_state": dict(self.states()),
-            "requests": dict(c["requests"]),
-            "faults": dict(self.faults.injected),
-            "manifests_read": dict(c["manifests"]),
-            "exports": dict(c["exports"]),
-            "deliveries": dict(c["deliveries"]),
-            "throttled": dict(c["throttled"]),
-            "clock_offset": self.clock.offset,
-        }
-
-
-def _lines(source: Any) -> Any:
-    """Lines of a binary file, each at most :data:`MAX_LINE` bytes (a longer one is cut, the rest skipped)."""
-    while raw := source.readline(MAX_LINE):
-        if len(raw) == MAX_LINE and not raw.endswith(b"\n"):
-            rest = raw
-            while rest and not rest.endswith(b"\n"):
-                rest = source.readline(MAX_LINE)
-        yield raw
+    def figures(self) -> dict[str, Any]:
+        """Jobs by state."""
+        return {"jobs_by_state": dict(self.states())}
 
 
 def _s3_reason(exc: Exception, doing: str) -> str:
@@ -528,118 +318,3 @@ def _s3_reason(exc: Exception, doing: str) -> str:
     if type(exc).__name__ == "S3UploadFailedError" and isinstance(exc.__cause__ or exc.__context__, ClientError):
         return _s3_reason(exc.__cause__ or exc.__context__, doing)  # type: ignore[arg-type]
     return f"{doing}: {type(exc).__name__}"
-
-
-class TaskCoder:
-    """Turns one manifest line into one export line: decode the ``data_url``, code it, simulate workers.
-
-    :param job: the job (label spec, threshold, id).
-    :param models: topic → models, as :func:`load_models` returns.
-    :param failure_rate: share of tasks failed on purpose, chosen by a hash of the line.
-    :param seed: mixes into that hash.
-    """
-
-    def __init__(self, job: Job, models: dict[str, list[CodingModel]], failure_rate: float, seed: int) -> None:
-        question = str(job.label_spec["question"]).lower()
-        topic = "osca" if "osca" in question else "anzsco"
-        self.model = models[topic][-1]
-        self.options: list[str] = job.label_spec["options"]
-        self.by_code: dict[str, str] = {}
-        for option in self.options:
-            match = _LEADING_CODE.match(option)
-            if match:
-                self.by_code.setdefault(match.group(1), option)
-        self.job = job
-        self.failure_rate = failure_rate
-        self.seed = seed
-
-    def task(self, raw: bytes, number: int) -> dict[str, Any]:
-        """The export line of manifest line ``number``."""
-        task_id = "task_" + hashlib.sha256(f"{self.job.id}:{number}".encode()).hexdigest()[:20]
-        try:
-            line = _decode(raw)
-        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
-            line = None
-        if not isinstance(line, dict):
-            return _failed(task_id, {}, None, f"manifest line {number + 1} is not a JSON object")
-        metadata = line.get("metadata", {})
-        url = line.get("data_url")
-        if not isinstance(url, str) or not url:
-            return _failed(task_id, metadata, None, "data_url is required")
-        try:
-            occp, tasks = decode_data_url(url)
-        except ValueError as exc:
-            return _failed(task_id, metadata, url, str(exc))
-        digest = hashlib.sha256(b"%d:" % self.seed + raw.strip()).digest()
-        if int.from_bytes(digest[:4], "big") / 2**32 < self.failure_rate:
-            return _failed(task_id, metadata, url, "no worker could complete the task")
-        return {
-            "task_id": task_id,
-            "status": "completed",
-            "data_url": url,
-            "metadata": metadata,
-            **self.label(occp, tasks),
-        }
-
-    def label(self, occp: str, tasks: str) -> dict[str, Any]:
-        """Consensus fields for a record: the label, confidence and the simulated workers."""
-        outcome = self.model.code(occp, tasks)
-        best = outcome.result or (outcome.suggestions[0] if outcome.suggestions else None)
-        confidence = best.confidence if best else 0.0
-        spread = int.from_bytes(hashlib.sha256(f"{occp}\x00{tasks}".encode()).digest()[:4], "big")
-        workers = self.job.threshold + (1 if spread % 4 == 0 else 0)
-        if outcome.status == "successful" and confidence >= 0.5:
-            agreement = workers
-        elif outcome.status == "successful":
-            agreement = workers - 1
-        else:
-            agreement = max(1, self.job.threshold - 1 - spread % 2)
-        option = self.by_code.get(best.category[:1]) if best else None
-        if option is None:
-            option = self.options[spread % len(self.options)]
-        return {
-            "consensus_label": option if agreement >= self.job.threshold else None,
-            "confidence": round((agreement / workers) * (0.5 + 0.5 * confidence), 2),
-            "worker_count": workers,
-            "agreement_count": agreement,
-        }
-
-
-def _failed(task_id: str, metadata: Any, url: str | None, error: str) -> dict[str, Any]:
-    line: dict[str, Any] = {"task_id": task_id, "status": "failed"}
-    if url is not None:
-        line["data_url"] = url[:4096]
-    line.update(
-        metadata=metadata, consensus_label=None, confidence=None, worker_count=0, agreement_count=0, error=error
-    )
-    return line
-
-
-def decode_data_url(url: str) -> tuple[str, str]:
-    """``(occp_text, tasks_text)`` from a ``data:`` URL; ``ValueError`` says what is wrong."""
-    if url.startswith(("http://", "https://")):
-        raise ValueError("data_url could not be fetched: the emulator only reads data: URLs")
-    if not url.startswith("data:"):
-        raise ValueError("data_url must be a data: or http(s) URL")
-    header, sep, payload = url[5:].partition(",")
-    if not sep:
-        raise ValueError("data_url is not a valid data: URL")
-    try:
-        data = base64.b64decode(payload, validate=True) if header.endswith(";base64") else unquote_to_bytes(payload)
-        text = data.decode("utf-8")
-    except ValueError:
-        raise ValueError("data_url content could not be decoded") from None
-    media = header.split(";", 1)[0].strip().lower() or "text/plain"
-    if media == "text/plain":
-        return text.strip(), ""
-    try:
-        record = _decode(text)
-    except (msgspec.DecodeError, RecursionError):
-        record = None
-    if (
-        not isinstance(record, dict)
-        or not isinstance(record.get("occp_text"), str)
-        or not isinstance(record.get("tasks_text"), str)
-    ):
-        raise ValueError("data_url content must be a JSON object with string occp_text and tasks_text")
-    return record["occp_text"], record["tasks_text"]

@@ -6,7 +6,6 @@ streamed to disk and then handed to the service's coders; downloads honour one `
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
 from email.utils import formatdate
@@ -18,7 +17,7 @@ from starlette.responses import Response
 
 from airflow_batchcode.emulator.abs_service import AbsService, Operation
 from airflow_batchcode.emulator.contract import INPUT_BUCKET, KMS_HEADER, OUTPUT_BUCKET, SSE_HEADER, StorageError
-from airflow_batchcode.emulator.files import FileSink, FileSlice
+from airflow_batchcode.emulator.files import FileSink, invalid_range, ranged_file
 from airflow_batchcode.emulator.signing import SignatureError
 
 _OP_KEY = re.compile(r"^([0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12})/([a-z.]+)$")
@@ -52,7 +51,6 @@ async def download(service: AbsService, request: Request, bucket: str, key: str)
         handle = open(service.data_dir / OUTPUT_BUCKET / op.id / name, "rb")  # noqa: SIM115
     except FileNotFoundError:
         raise StorageError(404, "NoSuchKey", "The specified key does not exist.") from None
-    size = os.fstat(handle.fileno()).st_size
     headers = {
         "Content-Type": "application/octet-stream",
         "ETag": op.etags.get(name, '""'),
@@ -60,46 +58,10 @@ async def download(service: AbsService, request: Request, bucket: str, key: str)
         "Accept-Ranges": "bytes",
         "Server": "AmazonS3",
     }
-    span = parse_range(request.headers.get("range"), size)
-    if span is None:
-        start, length, status = 0, size, 200
-    elif span == (-1, -1):
-        handle.close()
-        raise StorageError(
-            416, "InvalidRange", "The requested range is not satisfiable", {"Content-Range": f"bytes */{size}"}
-        )
-    else:
-        start, length, status = span[0], span[1] - span[0] + 1, 206
-        headers["Content-Range"] = f"bytes {span[0]}-{span[1]}/{size}"
-    headers["Content-Length"] = str(length)
+    response = ranged_file(handle, request.headers.get("range"), headers, invalid_range)
     if request.method == "GET":
         service.counters["downloads"][name] += 1
-    return FileSlice(handle, start, length, status, headers)
-
-
-_RANGE = re.compile(r"([0-9]*)-([0-9]*)")
-"""A single byte range; ASCII digits only (``str.isdigit`` also accepts ``²``)."""
-
-
-def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
-    """One ``bytes=`` range → (first, last) inclusive; ``None`` to send everything; (-1, -1) if
-    unsatisfiable. Malformed and multi-part ranges are ignored, as S3 does."""
-    if not header or not header.startswith("bytes=") or "," in header:
-        return None
-    match = _RANGE.fullmatch(header[6:].strip())
-    if match is None or not (match.group(1) or match.group(2)):
-        return None
-    first, last = match.group(1), match.group(2)
-    if not first:
-        suffix = int(last)
-        if suffix == 0:
-            return (-1, -1)
-        return (max(0, size - suffix), size - 1)
-    start = int(first)
-    end = min(int(last), size - 1) if last else size - 1
-    if start >= size or end < start:
-        return (-1, -1)
-    return (start, end)
+    return response
 
 
 def _operation_for(service: AbsService, bucket: str, key: str) -> tuple[Operation | None, str]:

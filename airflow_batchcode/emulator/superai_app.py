@@ -50,16 +50,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgspec
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from airflow_batchcode.emulator.admin import CountRequests, install_admin
+from airflow_batchcode.emulator.admin import create_service_app
+from airflow_batchcode.emulator.common import json_body, read_limited
 from airflow_batchcode.emulator.config import EmulatorConfig
 from airflow_batchcode.emulator.contract import ApiError, json_response
-from airflow_batchcode.emulator.faults import FaultMiddleware
 from airflow_batchcode.emulator.superai_service import (
     JOB_STATES,
     MAX_INPUTS_BYTES,
@@ -73,7 +70,6 @@ MSG_BAD_BODY = "Invalid request body"
 MSG_INTERNAL = "Internal server error"
 _DRAIN_LIMIT = 64 << 20
 """An oversized body is read (and dropped) up to this size so the client gets the 413 instead of a reset."""
-_decode = msgspec.json.decode
 
 
 def _service(request: Request) -> SuperAiService:
@@ -90,32 +86,11 @@ def _too_large(size: int, limit: int) -> ApiError:
     return ApiError(413, f"Inputs size exceeds the maximum size allowed: {size} > {shown}")
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The request body, or a 413 naming its size when it passes ``limit``."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > _DRAIN_LIMIT:
-        raise _too_large(int(declared), limit)
-    parts: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > _DRAIN_LIMIT:
-            raise _too_large(size, limit)
-        if size <= limit:
-            parts.append(chunk)
-    if size > limit:
-        raise _too_large(size, limit)
-    return b"".join(parts)
-
-
 def _create_body(raw: bytes) -> dict[str, Any]:
     """The create call's body, shape-checked (each input is checked later, during ingestion)."""
-    try:
-        body = _decode(raw)
-    except (msgspec.DecodeError, RecursionError):
-        raise ApiError(400, f"{MSG_BAD_BODY}: not JSON") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, f"{MSG_BAD_BODY}: expected a JSON object")
+    body: dict[str, Any] = json_body(
+        raw, ApiError(400, f"{MSG_BAD_BODY}: not JSON"), ApiError(400, f"{MSG_BAD_BODY}: expected a JSON object")
+    )
     has_inputs, has_url = body.get("inputs") is not None, body.get("inputsFileUrl") is not None
     if has_inputs == has_url:
         raise ApiError(400, f"{MSG_BAD_BODY}: send exactly one of inputs and inputsFileUrl")
@@ -153,26 +128,6 @@ def _states(request: Request) -> frozenset[str] | None:
     return frozenset(given)
 
 
-def _install_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def api_error(request: Request, exc: ApiError) -> Response:
-        return json_response({"message": exc.message}, exc.status, exc.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError) -> Response:
-        return json_response({"message": MSG_BAD_BODY}, 400)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        status = exc.status_code if exc.status_code < 500 else 500
-        message = str(exc.detail) if status < 500 else MSG_INTERNAL
-        return json_response({"message": message}, status, dict(exc.headers or {}))
-
-    @app.exception_handler(Exception)
-    async def internal(request: Request, exc: Exception) -> Response:
-        return json_response({"message": MSG_INTERNAL}, 500)
-
-
 def _install_api(app: FastAPI) -> None:
     @app.post("/v1/apps/{app_uuid}/jobs", status_code=202, tags=["jobs"])
     async def create_jobs(request: Request, app_uuid: str) -> Response:
@@ -180,7 +135,11 @@ def _install_api(app: FastAPI) -> None:
         service = _service(request)
         tenant = _tenant(request)
         app_id = service.app(app_uuid)
-        body = _create_body(await _read_body(request, service.body_limit))
+        body = _create_body(
+            await read_limited(
+                request, service.body_limit, lambda size: _too_large(size, service.body_limit), drain=_DRAIN_LIMIT
+            )
+        )
         return json_response(service.create_batch(tenant, app_id, body), 202)
 
     @app.get("/v1/apps/{app_uuid}/batches/{batch_id}", tags=["batches"])
@@ -220,16 +179,11 @@ def _install_api(app: FastAPI) -> None:
 
 def create_app(config: EmulatorConfig | None = None) -> FastAPI:
     """Build the super.ai emulator app; ``app.state.service`` is its :class:`SuperAiService` (call ``close()``)."""
-    service = SuperAiService(config or EmulatorConfig())
-    app = FastAPI(
+    return create_service_app(
+        SuperAiService(config or EmulatorConfig()),
         title="super.ai job batches (emulator)",
-        version="1.0",
         description="Job batches of one data program (the occupation coder), as super.ai documents them.",
+        install=(_install_api,),
+        bad_request=MSG_BAD_BODY,
+        internal=MSG_INTERNAL,
     )
-    app.state.service = service
-    _install_handlers(app)
-    _install_api(app)
-    install_admin(app, _service)
-    app.add_middleware(CountRequests, counter=service.counters["requests"])
-    app.add_middleware(FaultMiddleware, injector=service.faults)
-    return app

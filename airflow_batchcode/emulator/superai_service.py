@@ -13,19 +13,15 @@ import hashlib
 import hmac
 import io
 import math
-import threading
 import uuid
-from collections import Counter
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from airflow_batchcode.emulator.abs_service import Clock
 from airflow_batchcode.emulator.coding_model import CodingModel, load_models
+from airflow_batchcode.emulator.common import EmulatedService
 from airflow_batchcode.emulator.config import EmulatorConfig
 from airflow_batchcode.emulator.contract import ApiError, iso_time
-from airflow_batchcode.emulator.faults import FaultInjector, settings_from
 
 MAX_INPUTS_BYTES = 4 * 1024 * 1024
 """Largest create request body (the documented 4 MB of inline inputs, read as MiB: lenient on input)."""
@@ -172,25 +168,21 @@ class Batch:
         }
 
 
-class SuperAiService:
+class SuperAiService(EmulatedService):
     """Everything the super.ai emulator remembers.
 
     :param config: the emulator's settings (``api_keys``, ``processing_delay``, ``retention``,
         ``record_failure_rate``, ``max_upload_bytes``, ``processing_workers``, fault flags, ``seed``).
     """
 
+    name = "superai"
+    counter_names = ("batches_created", "jobs_created", "invalid_inputs", "requests", "responses")
+
     def __init__(self, config: EmulatorConfig) -> None:
-        self.config = config
-        self.clock = Clock()
-        self.faults = FaultInjector(settings_from(config), seed=config.seed)
+        super().__init__(config)
         self.models: dict[str, CodingModel] = {topic: models[-1] for topic, models in load_models().items()}
-        self.lock = threading.Lock()
         self.batches: dict[str, Batch] = {}
         self.jobs: dict[str, Job] = {}
-        self.counters: dict[str, Counter[str]] = {
-            name: Counter() for name in ("batches_created", "jobs_created", "invalid_inputs", "requests", "responses")
-        }
-        self._pool = ThreadPoolExecutor(max(1, config.processing_workers), thread_name_prefix="superai-emulator")
 
     @property
     def delay(self) -> float:
@@ -200,10 +192,6 @@ class SuperAiService:
     def body_limit(self) -> int:
         """Largest create request body accepted."""
         return min(MAX_INPUTS_BYTES, self.config.max_upload_bytes)
-
-    def close(self) -> None:
-        """Stop the ingestion workers."""
-        self._pool.shutdown(wait=True, cancel_futures=True)
 
     # -- auth ------------------------------------------------------------------------------------
 
@@ -354,19 +342,7 @@ class SuperAiService:
 
     # -- admin -----------------------------------------------------------------------------------
 
-    def stats(self) -> dict[str, Any]:
-        """Counters for ``GET /_emulator/stats``."""
+    def figures(self) -> dict[str, Any]:
+        """Jobs by state."""
         now = self.clock.now()
-        with self.lock:
-            jobs = list(self.jobs.values())
-        c = self.counters
-        return {
-            "batches_created": dict(c["batches_created"]),
-            "jobs_created": dict(c["jobs_created"]),
-            "invalid_inputs": dict(c["invalid_inputs"]),
-            "jobs_by_state": dict(Counter(job.state(now, self.delay) for job in jobs)),
-            "responses": dict(c["responses"]),
-            "requests": dict(c["requests"]),
-            "faults": dict(self.faults.injected),
-            "clock_offset": self.clock.offset,
-        }
+        return {"jobs_by_state": dict(self.tally(self.jobs.values(), lambda job: job.state(now, self.delay)))}

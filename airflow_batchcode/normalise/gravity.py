@@ -10,7 +10,7 @@ non-empty ``defaultValue`` counts as empty (it is what the service fills in when
 Outcome of a row: a ``code`` → ``successful`` (an ``error`` beside it is kept in ``details``); else an
 ``error`` → ``error``; else ``unsuccessful``. The model's other output columns, if any, go into
 ``details`` as JSON. The file is read twice, streamed: once to index where each line's row starts
-(8 bytes per manifest line), then in manifest order.
+(a :class:`LineIndex`), then in manifest order.
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ from __future__ import annotations
 import csv
 import json
 import math
-from array import array
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import IO, Any
 
 from airflow_batchcode.exceptions import ConfigurationError, UnexpectedResponseError
 from airflow_batchcode.normalise import Coded, missing
+from airflow_batchcode.normalise.index import LineIndex
 from airflow_batchcode.services.gravity import CSV_HEADER, DEFAULT_MAPPING, ColumnMapping, parse_mapping
 
 OUTPUTS = ("code", "label", "confidence", "error")
@@ -118,9 +118,9 @@ def _line_number(row: list[str], columns: Columns, lines: int) -> int:
     return line
 
 
-def _index(output: IO[bytes], metadata: Mapping[str, Any], lines: int) -> tuple[Columns | None, array[int]]:
-    """Pass one: the columns, and where each manifest line's row starts (-1: no row)."""
-    starts = array("q", [-1]) * lines
+def _index(output: IO[bytes], metadata: Mapping[str, Any], lines: int) -> tuple[Columns | None, LineIndex]:
+    """Pass one: the columns, and where each manifest line's row starts."""
+    index = LineIndex(lines)
     records = _Records(output, 0)
     columns: Columns | None = None
     while (item := records.next()) is not None:
@@ -131,10 +131,10 @@ def _index(output: IO[bytes], metadata: Mapping[str, Any], lines: int) -> tuple[
             columns = Columns.resolve(row, metadata)
             continue
         line = _line_number(row, columns, lines)
-        if starts[line] != -1:
+        if line in index:
             raise UnexpectedResponseError(f"Gravity output has two rows for manifest line {line}")
-        starts[line] = start
-    return columns, starts
+        index[line] = start
+    return columns, index
 
 
 def _value(row: list[str], columns: Columns, name: str) -> str | None:
@@ -176,19 +176,21 @@ def to_coded(row: list[str], columns: Columns) -> Coded:
 
 def coded(output: IO[bytes], metadata: Mapping[str, Any], lines: int) -> Iterator[Coded]:
     """Exactly ``lines`` outcomes, in manifest line order, from Gravity's output CSV."""
-    columns, starts = _index(output, metadata, lines)
+    columns, index = _index(output, metadata, lines)
     records: _Records | None = None
-    for line in range(lines):
-        start = starts[line]
-        if columns is None or start < 0:
-            yield missing(line)
-            continue
+
+    def read(line: int, start: int) -> Coded:
+        nonlocal records
+        if columns is None:  # no header, so no rows were indexed either
+            return missing(line)
         if records is None or records.offset != start:
             records = _Records(output, start)
         item = records.next()
         if item is None:  # the file changed between the passes
             raise UnexpectedResponseError(f"Gravity output: the row of manifest line {line} could not be re-read")
-        yield to_coded(item[1], columns)
+        return to_coded(item[1], columns)
+
+    yield from index.in_order(read, missing)
 
 
 def usage(metadata: Mapping[str, Any]) -> dict[str, float]:

@@ -1,8 +1,8 @@
 """ASG Refinery exports → :class:`Coded` rows, joined to manifest lines by ``metadata.line``.
 
 An export holds one JSON line per settled task, in no particular order. A first pass records
-where each manifest line's task starts (one 8-byte offset per line); a second pass reads the
-tasks back in manifest order. Outcomes:
+where each manifest line's task starts (a :class:`LineIndex`); a second pass reads the tasks back
+in manifest order. Outcomes:
 
 * ``completed`` with a ``consensus_label`` → ``successful``: ``"2 Professionals"`` gives
   ``code_category`` ``"2"`` and ``code_label`` ``"Professionals"`` (a label without a leading code
@@ -20,15 +20,14 @@ from __future__ import annotations
 
 import json
 import re
-from array import array
 from collections.abc import Iterator, Mapping
 from typing import IO, Any
 
 from airflow_batchcode.exceptions import UnexpectedResponseError
 from airflow_batchcode.normalise import Coded, missing
+from airflow_batchcode.normalise.index import LineIndex, line_at, nonblank_lines
 
 _LABEL = re.compile(r"^\s*([0-9]+)(?:\s*[-:.)]\s*|\s+|$)(.*)$", re.DOTALL)
-_NONE = -1
 
 
 def split_label(label: str) -> tuple[str | None, str | None]:
@@ -65,25 +64,19 @@ def _task(raw: bytes, where: int) -> dict[str, Any]:
     return task
 
 
-def _index(output: IO[bytes], lines: int) -> array[int]:
-    """Offset of each manifest line's task in the export (``-1`` when none)."""
-    offsets = array("q", [_NONE]) * lines
+def _index(output: IO[bytes], lines: int) -> LineIndex:
+    """Where each manifest line's task is in the export; a completed task wins over a failed one."""
+    index = LineIndex(lines)
     completed = bytearray(lines)
-    output.seek(0)
-    offset = 0
-    where = 0
-    for raw in iter(output.readline, b""):
-        if raw.strip():
-            task = _task(raw, where)
-            line = _line_number(task, lines, where)
-            if line is not None:
-                done = task.get("status") == "completed"
-                if offsets[line] == _NONE or (done and not completed[line]):
-                    offsets[line] = offset
-                    completed[line] = done
-            where += 1
-        offset += len(raw)
-    return offsets
+    for where, (offset, _, raw) in enumerate(nonblank_lines(output)):
+        task = _task(raw, where)
+        line = _line_number(task, lines, where)
+        if line is not None:
+            done = task.get("status") == "completed"
+            if line not in index or (done and not completed[line]):
+                index[line] = offset
+                completed[line] = done
+    return index
 
 
 def _number(value: Any) -> float | None:
@@ -137,14 +130,8 @@ def outcome(task: Mapping[str, Any]) -> Coded:
 
 def coded(output: IO[bytes], metadata: Mapping[str, Any], lines: int) -> Iterator[Coded]:
     """One :class:`Coded` per manifest line, in line order, from a Refinery export."""
-    offsets = _index(output, lines)
-    for line in range(lines):
-        offset = offsets[line]
-        if offset == _NONE:
-            yield missing(line)
-            continue
-        output.seek(offset)
-        yield outcome(_task(output.readline(), line))
+    index = _index(output, lines)
+    yield from index.in_order(lambda line, offset: outcome(_task(line_at(output, offset), line)), missing)
 
 
 def usage(metadata: Mapping[str, Any]) -> dict[str, float]:

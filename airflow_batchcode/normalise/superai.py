@@ -15,12 +15,12 @@ from __future__ import annotations
 import csv
 import json
 import re
-from array import array
 from collections.abc import Iterator, Mapping
 from typing import IO, Any
 
 from airflow_batchcode.exceptions import UnexpectedResponseError
 from airflow_batchcode.normalise import Coded, missing
+from airflow_batchcode.normalise.index import LineIndex, line_at, nonblank_lines
 
 _INDEXED = re.compile(r"^(?:inputs?\s*\[\s*(\d+)\s*\]|(?:line|input|index)?\s*#?\s*(\d+))$", re.IGNORECASE)
 
@@ -141,19 +141,10 @@ def _line_of(data: Any, number: int) -> int:
     return line
 
 
-def _index(output: IO[bytes], lines: int) -> array[int]:
-    """Byte offset of each manifest line's output line (-1 where there is none)."""
-    offsets = array("q", [-1]) * lines
-    output.seek(0)
-    number = 0
-    while True:
-        offset = output.tell()
-        raw = output.readline()
-        if not raw:
-            return offsets
-        number += 1
-        if not raw.strip():
-            continue
+def _index(output: IO[bytes], lines: int) -> LineIndex:
+    """Where each manifest line's output line is; two for one line is an error."""
+    index = LineIndex(lines)
+    for offset, number, raw in nonblank_lines(output):
         try:
             data = json.loads(raw)
         except ValueError:
@@ -163,28 +154,23 @@ def _index(output: IO[bytes], lines: int) -> array[int]:
             raise UnexpectedResponseError(
                 f"super.ai output line {number} codes manifest line {line}, outside the chunk's {lines} lines"
             )
-        if offsets[line] >= 0:
+        if line in index:
             raise UnexpectedResponseError(f"super.ai output holds two jobs for manifest line {line}")
-        offsets[line] = offset
+        index[line] = offset
+    return index
 
 
 def coded(output: IO[bytes], metadata: Mapping[str, Any], lines: int) -> Iterator[Coded]:
     """Exactly ``lines`` rows in manifest order: each job's outcome, the service's reason for inputs it
     rejected, or :func:`missing`."""
-    offsets = _index(output, lines)
+    index = _index(output, lines)
     rejected = rejected_lines(metadata, lines)
-    for line in range(lines):
-        offset = offsets[line]
-        if offset < 0:
-            reason = rejected.get(line)
-            yield (
-                missing(line)
-                if reason is None
-                else Coded(None, "error", error=f"super.ai rejected the input: {reason}")
-            )
-            continue
-        output.seek(offset)
-        yield _row(json.loads(output.readline()))
+
+    def absent(line: int) -> Coded:
+        reason = rejected.get(line)
+        return missing(line) if reason is None else Coded(None, "error", error=f"super.ai rejected the input: {reason}")
+
+    yield from index.in_order(lambda line, offset: _row(json.loads(line_at(output, offset))), absent)
 
 
 def usage(metadata: Mapping[str, Any]) -> dict[str, float]:

@@ -10,7 +10,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import IO, Any, Protocol, runtime_checkable
+from typing import IO, Any, Protocol, Self, runtime_checkable
 
 
 class OperationState(StrEnum):
@@ -126,6 +126,19 @@ class ObjectStore(Protocol):
     def open(self, url: str) -> AbstractContextManager[IO[bytes]]:
         """Open an object of the store (``s3://bucket/key``) for streaming reads."""
         ...
+
+
+class Closing:
+    """Lets a client be used in ``with``: leaving the block calls its :meth:`close`."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release connections."""
 
 
 @runtime_checkable

@@ -95,7 +95,7 @@ def _abs_factory() -> ServiceFactory:
 
 
 def _module_factory(service: str) -> Callable[[], ServiceFactory]:
-    """The factory of a service whose module ``services/<service>.py`` defines ``service_factory()``."""
+    """The factory of a service whose module (or package) ``services/<service>`` defines ``service_factory()``."""
 
     def load() -> ServiceFactory:
         module = importlib.import_module(f"airflow_batchcode.services.{service}")

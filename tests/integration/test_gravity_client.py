@@ -6,7 +6,6 @@ import asyncio
 import io
 import json
 import logging
-import time
 from typing import Any
 
 import pytest
@@ -27,7 +26,7 @@ from airflow_batchcode.services.gravity import AsyncGravityClient, ColumnMapping
 from airflow_batchcode.services.registry import ServiceConfig, build_client
 from airflow_batchcode.services.retry import RetryPolicy
 from airflow_batchcode.services.transport import HttpSettings
-from tests.support import SIGNATURE_MARKERS, admin, emulator
+from tests.support import SIGNATURE_MARKERS, admin, emulator, jsonl_manifest, wait_terminal
 
 FAST = RetryPolicy(max_attempts=5, backoff_base=0.02, backoff_max=0.1)
 TITLES = [
@@ -58,21 +57,8 @@ def gravity(
     return GravityClient(settings, on_secret=secrets.append if secrets is not None else None)
 
 
-def manifest(records: list[dict[str, Any]]) -> io.BytesIO:
-    return io.BytesIO("".join(json.dumps(r) + "\n" for r in records).encode())
-
-
-def wait_terminal(client: GravityClient, job_id: str) -> Operation:
-    for _ in range(200):
-        operation = client.get_operation(job_id, "anzsco")
-        if operation.state.is_terminal():
-            return operation
-        time.sleep(0.05)
-    raise AssertionError("job never finished")
-
-
 def run_job(client: GravityClient, records: list[dict[str, Any]], name: str) -> tuple[Operation, bytes, dict[str, Any]]:
-    target = client.create_operation("anzsco", manifest=manifest(records), name=name)
+    target = client.create_operation("anzsco", manifest=jsonl_manifest(records), name=name)
     operation = wait_terminal(client, target.operation_id)
     out, meta = io.BytesIO(), io.BytesIO()
     client.download_results(target.operation_id, "anzsco", out, meta)
@@ -86,7 +72,7 @@ def api(server: EmulatorServer, method: str, path: str, key: str | None = "demo-
 
 def test_create_poll_download_normalise_with_partial_failures() -> None:
     with emulator("gravity", processing_delay=0.3, record_failure_rate=0.3) as server, gravity(server) as client:
-        target = client.create_operation("anzsco", manifest=manifest(RECORDS), name="chunk-e2e")
+        target = client.create_operation("anzsco", manifest=jsonl_manifest(RECORDS), name="chunk-e2e")
         assert target.upload_url == ""
         first = client.get_operation(target.operation_id, "anzsco")
         assert first.state is OperationState.IN_PROGRESS and first.raw_status == "incomplete"
@@ -126,7 +112,7 @@ def test_a_job_is_already_complete_when_the_post_returns_and_the_registry_builds
         )
         client = build_client(config)
         try:
-            target = client.create_operation("anzsco", manifest=manifest(RECORDS[:3]), name="instant")
+            target = client.create_operation("anzsco", manifest=jsonl_manifest(RECORDS[:3]), name="instant")
             operation = client.get_operation(target.operation_id, "anzsco")
             assert operation.state is OperationState.COMPLETE
             out = io.BytesIO()
@@ -147,10 +133,10 @@ def test_version_and_output_mapping_from_the_settings_reach_the_normaliser() -> 
         results = list(coded(io.BytesIO(output), metadata, 10))
         assert results[0].code_status == "successful" and results[0].code_category
         assert results[9].error == "job_title and duties are both empty"
-        older = client.create_operation("anzsco", "1.0.0", manifest=manifest(RECORDS[:2]), name="old-model")
+        older = client.create_operation("anzsco", "1.0.0", manifest=jsonl_manifest(RECORDS[:2]), name="old-model")
         assert client.get_operation(older.operation_id, "anzsco").state is OperationState.COMPLETE
         with pytest.raises(NotFoundError, match="Project version '9.9.9' was not found"):
-            client.create_operation("anzsco", "9.9.9", manifest=manifest(RECORDS[:2]), name="no-such-version")
+            client.create_operation("anzsco", "9.9.9", manifest=jsonl_manifest(RECORDS[:2]), name="no-such-version")
         raw = api(
             server,
             "POST",
@@ -162,17 +148,17 @@ def test_version_and_output_mapping_from_the_settings_reach_the_normaliser() -> 
 
 def test_re_creating_under_the_same_name_re_attaches_unless_the_job_failed() -> None:
     with emulator("gravity", processing_delay=0) as server, gravity(server) as client:
-        first = client.create_operation("anzsco", manifest=manifest(RECORDS[:4]), name="chunk-a")
-        again = client.create_operation("anzsco", manifest=manifest(RECORDS[:4]), name="chunk-a")
+        first = client.create_operation("anzsco", manifest=jsonl_manifest(RECORDS[:4]), name="chunk-a")
+        again = client.create_operation("anzsco", manifest=jsonl_manifest(RECORDS[:4]), name="chunk-a")
         assert again.operation_id == first.operation_id
-        other = client.create_operation("anzsco", manifest=manifest(RECORDS[:4]), name="chunk-b")
+        other = client.create_operation("anzsco", manifest=jsonl_manifest(RECORDS[:4]), name="chunk-b")
         assert other.operation_id != first.operation_id
         with gravity(server, mapping=()) as unmapped:
-            broken = unmapped.create_operation("anzsco", manifest=manifest(RECORDS[:4]), name="chunk-c")
+            broken = unmapped.create_operation("anzsco", manifest=jsonl_manifest(RECORDS[:4]), name="chunk-c")
             failed = unmapped.get_operation(broken.operation_id, "anzsco")
         assert failed.state is OperationState.FAILED and "job_title, duties" in (failed.error or "")
         assert failed.progress["billedUsage"] == 0
-        retried = client.create_operation("anzsco", manifest=manifest(RECORDS[:4]), name="chunk-c")
+        retried = client.create_operation("anzsco", manifest=jsonl_manifest(RECORDS[:4]), name="chunk-c")
         assert retried.operation_id != broken.operation_id
         assert client.get_operation(retried.operation_id, "anzsco").state is OperationState.COMPLETE
         assert admin(server, "stats")["jobs_created"] == {"demo-tenant": 4}
@@ -183,7 +169,7 @@ def test_a_lost_post_answer_is_resolved_by_name_without_a_second_job() -> None:
         "gravity", processing_delay=0, fault_lost_response_rate=1.0, fault_only="^POST /api/v1/jobs$"
     ) as server:
         with gravity(server) as client:
-            target = client.create_operation("anzsco", manifest=manifest(RECORDS[:5]), name="lost-answer")
+            target = client.create_operation("anzsco", manifest=jsonl_manifest(RECORDS[:5]), name="lost-answer")
             assert client.get_operation(target.operation_id, "anzsco").state is OperationState.COMPLETE
         stats = admin(server, "stats")
     assert stats["jobs_created"] == {"demo-tenant": 1}
@@ -218,9 +204,9 @@ def test_truncated_downloads_are_resumed_to_the_exact_file() -> None:
 def test_rename_and_latest_newest_first_for_this_tenant_only() -> None:
     with emulator("gravity", processing_delay=0) as server, gravity(server) as client:
         with gravity(server, key="other-key") as other:
-            other.create_operation("anzsco", manifest=manifest(RECORDS[:1]), name="theirs")
+            other.create_operation("anzsco", manifest=jsonl_manifest(RECORDS[:1]), name="theirs")
         ids = [
-            client.create_operation("anzsco", manifest=manifest(RECORDS[:2]), name=f"job-{i}").operation_id
+            client.create_operation("anzsco", manifest=jsonl_manifest(RECORDS[:2]), name=f"job-{i}").operation_id
             for i in range(3)
         ]
         renamed = client.rename_job(ids[0], "renamed first")
@@ -265,7 +251,7 @@ def test_result_links_are_ranged_and_signed_for_get_only() -> None:
 
 def test_outputs_are_deleted_after_retention() -> None:
     with emulator("gravity", processing_delay=0, retention=100) as server, gravity(server) as client:
-        target = client.create_operation("anzsco", manifest=manifest(RECORDS[:3]), name="old")
+        target = client.create_operation("anzsco", manifest=jsonl_manifest(RECORDS[:3]), name="old")
         operation = client.get_operation(target.operation_id, "anzsco")
         assert client.results_available(operation)
         admin(server, "clock", {"advance": 101})
@@ -278,7 +264,7 @@ def test_outputs_are_deleted_after_retention() -> None:
 
 def test_a_result_link_before_completion_is_an_error_inside_a_200() -> None:
     with emulator("gravity", processing_delay=30) as server, gravity(server) as client:
-        target = client.create_operation("anzsco", manifest=manifest(RECORDS[:3]), name="slow")
+        target = client.create_operation("anzsco", manifest=jsonl_manifest(RECORDS[:3]), name="slow")
         raw = api(server, "GET", f"/api/v1/jobs/result-link/{target.operation_id}")
         assert raw.status_code == 200
         assert raw.json() == {"data": None, "isError": True, "errorMessage": raw.json()["errorMessage"]}
@@ -294,7 +280,7 @@ def test_a_result_link_before_completion_is_an_error_inside_a_200() -> None:
 def test_a_bad_key_is_refused_with_the_envelope_and_creates_nothing() -> None:
     with emulator("gravity", processing_delay=0) as server, gravity(server, key="not-a-key-123456") as client:
         with pytest.raises(AuthenticationError, match="Invalid API key"):
-            client.create_operation("anzsco", manifest=manifest(RECORDS[:2]), name="nope")
+            client.create_operation("anzsco", manifest=jsonl_manifest(RECORDS[:2]), name="nope")
         with pytest.raises(AuthenticationError):
             client.get_operation("59015703-de7f-4e92-9451-6b08210fbb16", "anzsco")
         missing = api(server, "GET", "/api/v1/jobs/latest", key=None)
@@ -306,7 +292,7 @@ def test_a_bad_key_is_refused_with_the_envelope_and_creates_nothing() -> None:
 
 def test_another_tenants_job_is_a_404() -> None:
     with emulator("gravity", processing_delay=0) as server, gravity(server) as client:
-        target = client.create_operation("anzsco", manifest=manifest(RECORDS[:2]), name="mine")
+        target = client.create_operation("anzsco", manifest=jsonl_manifest(RECORDS[:2]), name="mine")
         with gravity(server, key="other-key") as other:
             for call in (
                 lambda: other.get_operation(target.operation_id, "anzsco"),
@@ -323,7 +309,7 @@ def test_another_tenants_job_is_a_404() -> None:
 
 def test_the_async_client_reads_status_without_blocking() -> None:
     with emulator("gravity", processing_delay=0.3) as server, gravity(server) as client:
-        target = client.create_operation("anzsco", manifest=manifest(RECORDS[:3]), name="async")
+        target = client.create_operation("anzsco", manifest=jsonl_manifest(RECORDS[:3]), name="async")
         settings = client.settings
 
         async def poll() -> list[Operation]:

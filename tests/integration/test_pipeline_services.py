@@ -2,7 +2,8 @@
 
 The same DAG and operators as for ABS; each service takes its input with the create call, and
 some records fail at the service (``record_failure_rate``): those come out as per-record errors,
-every extracted record exactly once, one remote operation per chunk.
+every extracted record exactly once, one remote operation per chunk. Each emulator's injected faults
+come in that service's documented error shape, which its client reads.
 """
 
 from __future__ import annotations
@@ -110,3 +111,41 @@ def gravity_jobs_through_the_hook() -> list[dict[str, Any]]:
         return hook.latest_jobs()
     finally:
         hook.close()
+
+
+@pytest.mark.parametrize(
+    ("service", "shape"),
+    [
+        ("refinery", lambda message: {"error": message}),
+        ("superai", lambda message: {"message": message}),
+        ("gravity", lambda message: {"data": None, "isError": True, "errorMessage": message}),
+    ],
+)
+def test_injected_errors_have_each_services_documented_shape_and_its_client_reads_them(
+    service: str, shape: Any
+) -> None:
+    import requests
+
+    from airflow_batchcode.exceptions import RateLimitedError, ServerError
+    from airflow_batchcode.services.registry import ServiceConfig, build_client
+
+    app_uuid = "0b7e3a2c-5d1f-4e8a-9c6b-2f4d8e1a7b3c"
+    cases = (
+        (1.0, 0.0, 500, "Error performing request", ServerError),
+        (0.0, 1.0, 429, "Too Many Requests", RateLimitedError),
+    )
+    for rate_5xx, rate_429, status, message, error in cases:
+        with emulator(service, fault_5xx_rate=rate_5xx, fault_429_rate=rate_429, fault_retry_after=0) as server:
+            path = {"refinery": "/v1/jobs/job_1", "superai": f"/v1/apps/{app_uuid}/batches/b-1"}.get(
+                service, "/api/v1/jobs/job-1"
+            )
+            raw = requests.get(server.base_url + path, timeout=5)
+            assert (raw.status_code, raw.json()) == (status, shape(message))
+            extra = {"rate_limit": 0, "max_attempts": 1, "app_uuid": app_uuid}
+            client = build_client(ServiceConfig(service, server.base_url, password="demo-key", extra=extra))
+            try:
+                with pytest.raises(error) as caught:
+                    client.get_operation("job_1", "anzsco")
+            finally:
+                client.close()
+            assert caught.value.status_code == status and caught.value.service_message == message

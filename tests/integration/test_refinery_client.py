@@ -11,7 +11,6 @@ import asyncio
 import io
 import json
 import logging
-import time
 from collections.abc import Iterator
 from contextlib import closing
 from typing import Any
@@ -35,7 +34,7 @@ from airflow_batchcode.services.base import Operation, OperationState
 from airflow_batchcode.services.refinery import AsyncRefineryClient, RefineryClient, RefinerySettings
 from airflow_batchcode.services.registry import ServiceConfig, build_async_client, build_client
 from tests.s3 import S3Sandbox, s3_sandbox
-from tests.support import admin, emulator
+from tests.support import admin, emulator, jsonl_manifest, wait_terminal
 
 RECORDS: list[dict[str, Any]] = [
     {"recordId": "r1", "occp_text": "software developer", "tasks_text": "writing code and unit tests"},
@@ -82,27 +81,14 @@ def client_for(
     return client
 
 
-def manifest(records: list[dict[str, Any]]) -> io.BytesIO:
-    return io.BytesIO(b"".join(json.dumps(r).encode() + b"\n" for r in records))
-
-
 def refinery(storage: S3Sandbox, **overrides: Any) -> Any:
     return emulator(service="refinery", s3_endpoint_url=storage.endpoint_url, **overrides)
-
-
-def wait_terminal(client: RefineryClient, job_id: str) -> Operation:
-    for _ in range(300):
-        operation = client.get_operation(job_id, "anzsco")
-        if operation.state.is_terminal():
-            return operation
-        time.sleep(0.03)
-    raise AssertionError(f"job {job_id} never finished")
 
 
 def run_job(
     client: RefineryClient, records: list[dict[str, Any]], *, name: str | None = None, topic: str = "anzsco"
 ) -> tuple[str, bytes, dict[str, Any], list[Coded]]:
-    target = client.create_operation(topic, manifest=manifest(records), name=name)
+    target = client.create_operation(topic, manifest=jsonl_manifest(records), name=name)
     assert target.upload_url == ""
     done = wait_terminal(client, target.operation_id)
     assert done.state is OperationState.COMPLETE, done.describe()
@@ -178,7 +164,7 @@ def test_a_job_runs_end_to_end_and_joins_back_in_manifest_order(storage: S3Sandb
 
 def test_status_reports_progress_and_the_async_client_agrees(storage: S3Sandbox, secrets: list[str]) -> None:
     with refinery(storage, processing_delay=1.0) as server, client_for(server, storage, secrets) as client:
-        target = client.create_operation("osca", manifest=manifest(RECORDS[:4]))
+        target = client.create_operation("osca", manifest=jsonl_manifest(RECORDS[:4]))
         first = client.get_operation(target.operation_id, "osca")
         assert first.state is OperationState.IN_PROGRESS and first.raw_status in ("accepted", "processing")
         assert set(first.progress) == {"progress_percent", "tasks_done", "tasks_failed", "total_tasks"}
@@ -248,10 +234,10 @@ def test_bad_manifest_lines_fail_their_tasks_not_the_job(storage: S3Sandbox, sec
 def test_a_bad_api_key_and_another_tenants_job(storage: S3Sandbox, secrets: list[str]) -> None:
     with refinery(storage) as server:
         with client_for(server, storage, secrets) as client:
-            target = client.create_operation("anzsco", manifest=manifest(RECORDS[:2]))
+            target = client.create_operation("anzsco", manifest=jsonl_manifest(RECORDS[:2]))
         with client_for(server, storage, secrets, key="wrong-api-key-123") as stranger:
             with pytest.raises(AuthenticationError) as bad_key:
-                stranger.create_operation("anzsco", manifest=manifest(RECORDS[:2]))
+                stranger.create_operation("anzsco", manifest=jsonl_manifest(RECORDS[:2]))
             with pytest.raises(AuthenticationError):
                 stranger.get_operation(target.operation_id, "anzsco")
         with client_for(server, storage, secrets, key="other-key") as other:
@@ -269,7 +255,7 @@ def test_export_conflicts_until_the_job_completes(storage: S3Sandbox, secrets: l
         refinery(storage, processing_delay=30.0) as server,
         client_for(server, storage, secrets, export_wait_attempts=2) as client,
     ):
-        target = client.create_operation("anzsco", manifest=manifest(RECORDS[:3]))
+        target = client.create_operation("anzsco", manifest=jsonl_manifest(RECORDS[:3]))
         raw = requests.get(
             f"{server.base_url}/v1/jobs/{target.operation_id}/export",
             headers={"Authorization": "Bearer demo-key"},
@@ -292,7 +278,7 @@ def test_export_conflicts_until_the_job_completes(storage: S3Sandbox, secrets: l
 
 def test_exports_expire_after_retention(storage: S3Sandbox, secrets: list[str]) -> None:
     with refinery(storage, retention=60) as server, client_for(server, storage, secrets) as client:
-        target = client.create_operation("anzsco", manifest=manifest(RECORDS[:2]))
+        target = client.create_operation("anzsco", manifest=jsonl_manifest(RECORDS[:2]))
         done = wait_terminal(client, target.operation_id)
         ranged = requests.get(
             f"{server.base_url}/v1/jobs/{target.operation_id}/export",
@@ -402,7 +388,7 @@ def test_https_s3_manifest_urls_are_accepted(storage: S3Sandbox, secrets: list[s
 
 def test_quota_exhaustion_is_a_403_the_client_does_not_retry(storage: S3Sandbox, secrets: list[str]) -> None:
     with refinery(storage, daily_quota=2) as server, client_for(server, storage, secrets) as client:
-        target = client.create_operation("anzsco", manifest=manifest(RECORDS[:1]))
+        target = client.create_operation("anzsco", manifest=jsonl_manifest(RECORDS[:1]))
         client.get_operation(target.operation_id, "anzsco")
         with pytest.raises(QuotaExceededError) as caught:
             client.get_operation(target.operation_id, "anzsco")
@@ -413,7 +399,7 @@ def test_quota_exhaustion_is_a_403_the_client_does_not_retry(storage: S3Sandbox,
 
 def test_faults_on_status_and_export_are_retried(storage: S3Sandbox, secrets: list[str]) -> None:
     with refinery(storage) as server, client_for(server, storage, secrets, max_attempts=8) as client:
-        target = client.create_operation("anzsco", manifest=manifest(RECORDS[:8]))
+        target = client.create_operation("anzsco", manifest=jsonl_manifest(RECORDS[:8]))
         wait_terminal(client, target.operation_id)
         admin(server, "faults", {"5xx_rate": 0.3, "lost_response_rate": 0.3, "only": "GET /v1/jobs", "seed": 7})
         for _ in range(5):
@@ -432,7 +418,7 @@ def test_secrets_stay_out_of_errors_reprs_logs_and_job_objects(
     with refinery(storage) as server:
         admin(server, "faults", {"5xx_rate": 0.5, "only": "^(GET|POST) /v1/jobs", "seed": 3})
         with client_for(server, storage, secrets, max_attempts=10) as client:
-            target = client.create_operation("anzsco", manifest=manifest(RECORDS[:2]))
+            target = client.create_operation("anzsco", manifest=jsonl_manifest(RECORDS[:2]))
             texts += [
                 repr(client),
                 repr(client.settings),
@@ -454,7 +440,7 @@ def test_secrets_stay_out_of_errors_reprs_logs_and_job_objects(
             "refinery", server.base_url, password="demo-key", extra=bad, object_store=object_store_for(bad)
         )
         with closing(build_client(config)) as unstaged, pytest.raises(BatchCodeError) as caught:
-            unstaged.create_operation("anzsco", manifest=manifest(RECORDS[:1]))
+            unstaged.create_operation("anzsco", manifest=jsonl_manifest(RECORDS[:1]))
         texts.append(str(caught.value))
         texts.append(repr(config))
         assert admin(server, "stats")["faults"].get("5xx", 0) > 0

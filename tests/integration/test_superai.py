@@ -6,7 +6,6 @@ import asyncio
 import io
 import json
 import logging
-import time
 from typing import Any
 
 import pytest
@@ -27,7 +26,7 @@ from airflow_batchcode.services.base import Operation, OperationState
 from airflow_batchcode.services.retry import RetryPolicy
 from airflow_batchcode.services.superai import AsyncSuperAiClient, SuperAiClient, SuperAiSettings
 from airflow_batchcode.services.transport import HttpSettings
-from tests.support import admin, batchcode_connection, emulator
+from tests.support import admin, batchcode_connection, emulator, jsonl_manifest, wait_terminal
 
 APP = "5f0c2a9e-7d41-4b8e-a3c6-91e2f4b7d058"
 FAST = RetryPolicy(max_attempts=5, backoff_base=0.02, backoff_max=0.2)
@@ -51,23 +50,10 @@ def client_for(server: EmulatorServer, key: str = "demo-key", on_secret: Any = N
     return SuperAiClient(settings(server, key, **kw), on_secret=on_secret)
 
 
-def manifest(records: list[dict[str, Any]]) -> io.BytesIO:
-    return io.BytesIO(("\n".join(json.dumps(r) for r in records) + "\n").encode())
-
-
-def wait_terminal(client: SuperAiClient, batch_id: str) -> Operation:
-    for _ in range(200):
-        operation = client.get_operation(batch_id, "anzsco")
-        if operation.state.is_terminal():
-            return operation
-        time.sleep(0.03)
-    raise AssertionError("the batch never settled")
-
-
 def run(
     client: SuperAiClient, records: list[dict[str, Any]], topic: str = "anzsco"
 ) -> tuple[str, bytes, dict[str, Any]]:
-    target = client.create_operation(topic, manifest=manifest(records), name="chunk-0001")
+    target = client.create_operation(topic, manifest=jsonl_manifest(records), name="chunk-0001")
     assert target.upload_url == ""
     operation = wait_terminal(client, target.operation_id)
     assert operation.state is OperationState.COMPLETE, operation.describe()
@@ -116,7 +102,7 @@ def test_codes_match_the_coding_model_for_both_topics_and_every_job_is_listed_on
 
 def test_sync_and_async_status_agree_while_running_and_when_done() -> None:
     with emulator("superai", processing_delay=20) as server, client_for(server) as client:
-        target = client.create_operation("anzsco", manifest=manifest(RECORDS[:3]))
+        target = client.create_operation("anzsco", manifest=jsonl_manifest(RECORDS[:3]))
 
         async def status() -> Operation:
             async_client = AsyncSuperAiClient(settings(server))
@@ -143,7 +129,7 @@ def test_sync_and_async_status_agree_while_running_and_when_done() -> None:
 def test_a_batch_without_a_valid_input_fails_with_the_services_message() -> None:
     bad = [{"occp_text": "", "tasks_text": "x"}, {"occp_text": "", "tasks_text": "y"}]
     with emulator("superai") as server, client_for(server) as client:
-        target = client.create_operation("anzsco", manifest=manifest(bad))
+        target = client.create_operation("anzsco", manifest=jsonl_manifest(bad))
         operation = wait_terminal(client, target.operation_id)
         with pytest.raises(UnexpectedResponseError, match="is failed, not complete"):
             client.download_results(target.operation_id, "anzsco", io.BytesIO())
@@ -166,7 +152,7 @@ def test_an_inputs_file_url_batch_fails_as_in_the_seed() -> None:
 def test_bad_and_missing_keys_are_refused_without_revealing_the_key() -> None:
     with emulator("superai") as server, client_for(server, key="wrong-key-0123456789") as client:
         with pytest.raises(AuthenticationError) as info:
-            client.create_operation("anzsco", manifest=manifest(RECORDS[:1]))
+            client.create_operation("anzsco", manifest=jsonl_manifest(RECORDS[:1]))
         assert "Invalid API key" in str(info.value) and "wrong-key-0123456789" not in str(info.value)
         with pytest.raises(AuthenticationError, match="connection's password"):
             client.get_operation("a1b2c3", "anzsco")
@@ -176,7 +162,7 @@ def test_bad_and_missing_keys_are_refused_without_revealing_the_key() -> None:
 
 def test_another_tenants_batch_and_jobs_are_not_found() -> None:
     with emulator("superai") as server, client_for(server) as mine, client_for(server, key="other-key") as theirs:
-        target = mine.create_operation("anzsco", manifest=manifest(RECORDS[:2]))
+        target = mine.create_operation("anzsco", manifest=jsonl_manifest(RECORDS[:2]))
         wait_terminal(mine, target.operation_id)
         job_id = mine.list_jobs(target.operation_id).jobs[0]["id"]
         with pytest.raises(NotFoundError, match="Batch not found") as info:
@@ -204,7 +190,7 @@ def test_another_tenants_batch_and_jobs_are_not_found() -> None:
 
 def test_jobs_can_be_cancelled_while_live_and_responses_expire_after_retention() -> None:
     with emulator("superai", processing_delay=30, retention=600) as server, client_for(server) as client:
-        target = client.create_operation("anzsco", manifest=manifest(RECORDS[2:5]))
+        target = client.create_operation("anzsco", manifest=jsonl_manifest(RECORDS[2:5]))
         admin(server, "clock", {"advance": 10})
         first = client.list_jobs(target.operation_id).jobs[0]
         assert first["state"] == "SCHEDULED"
@@ -230,7 +216,7 @@ def test_jobs_can_be_cancelled_while_live_and_responses_expire_after_retention()
 
 def test_cancel_batch_cancels_every_live_job() -> None:
     with emulator("superai", processing_delay=30) as server, client_for(server, page_size=2) as client:
-        target = client.create_operation("anzsco", manifest=manifest(RECORDS))
+        target = client.create_operation("anzsco", manifest=jsonl_manifest(RECORDS))
         admin(server, "clock", {"advance": 10})
         assert client.cancel_batch(target.operation_id) == 6
         assert client.get_operation(target.operation_id, "anzsco").state is OperationState.COMPLETE
@@ -274,7 +260,7 @@ def test_a_chunk_over_four_megabytes_is_refused_before_sending() -> None:
     records = [{"occp_text": "x" * 150, "tasks_text": "y" * 150} for _ in range(12_000)]
     with emulator("superai") as server, client_for(server) as client:
         with pytest.raises(ConfigurationError, match="set chunk_records to"):
-            client.create_operation("anzsco", manifest=manifest(records))
+            client.create_operation("anzsco", manifest=jsonl_manifest(records))
         assert admin(server, "stats")["batches_created"] == {}
 
 
@@ -282,14 +268,14 @@ def test_server_errors_on_create_are_retried_but_a_lost_answer_is_not() -> None:
     with emulator("superai", fault_5xx_rate=1.0, fault_only=r"^POST /v1/apps/") as server:
         with client_for(server) as client:
             with pytest.raises(BatchCodeError, match="service error"):
-                client.create_operation("anzsco", manifest=manifest(RECORDS[:1]))
+                client.create_operation("anzsco", manifest=jsonl_manifest(RECORDS[:1]))
             assert admin(server, "stats")["faults"]["5xx"] == FAST.max_attempts
             admin(server, "faults", {"fault_5xx_rate": 0.5, "seed": 3})
-            client.create_operation("anzsco", manifest=manifest(RECORDS[:1]))
+            client.create_operation("anzsco", manifest=jsonl_manifest(RECORDS[:1]))
             assert admin(server, "stats")["batches_created"] == {"demo-tenant": 1}
             admin(server, "faults", {"fault_5xx_rate": 0.0, "fault_lost_response_rate": 1.0})
             with pytest.raises(TransportError, match="may have been created all the same") as info:
-                client.create_operation("anzsco", manifest=manifest(RECORDS[:1]), name="chunk-7")
+                client.create_operation("anzsco", manifest=jsonl_manifest(RECORDS[:1]), name="chunk-7")
             assert "batchcode_name='chunk-7'" in str(info.value)
             assert admin(server, "stats")["batches_created"] == {"demo-tenant": 2}
 
@@ -338,7 +324,7 @@ def test_the_hook_builds_the_client_from_an_airflow_connection() -> None:
         try:
             client = hook.client
             assert isinstance(client, SuperAiClient) and client.settings.app_uuid == APP
-            target = client.create_operation("anzsco", manifest=manifest(RECORDS[:1]), name="hooked")
+            target = client.create_operation("anzsco", manifest=jsonl_manifest(RECORDS[:1]), name="hooked")
             assert wait_terminal(client, target.operation_id).state is OperationState.COMPLETE
         finally:
             hook.close()

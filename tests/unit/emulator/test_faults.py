@@ -55,7 +55,9 @@ class App:
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-def call(injector: FaultInjector, method: str, path: str, app: App | None = None) -> tuple[list[Message], App]:
+def call(
+    injector: FaultInjector, method: str, path: str, app: App | None = None, **options: Any
+) -> tuple[list[Message], App]:
     app = app or App()
     messages: list[Message] = []
 
@@ -66,7 +68,7 @@ def call(injector: FaultInjector, method: str, path: str, app: App | None = None
         messages.append(message)
 
     scope = {"type": "http", "method": method, "path": path, "headers": []}
-    asyncio.run(FaultMiddleware(app, injector)(scope, receive, send))  # type: ignore[arg-type]
+    asyncio.run(FaultMiddleware(app, injector, **options)(scope, receive, send))  # type: ignore[arg-type]
     return messages, app
 
 
@@ -273,3 +275,18 @@ def test_uvicorns_complaint_about_dropped_responses_is_silenced() -> None:
 
     assert not logger.filter(record("ASGI callable returned without completing response."))
     assert logger.filter(record("something else went wrong"))
+
+
+def test_injected_api_errors_take_the_services_error_shape() -> None:
+    def envelope(message: str) -> dict[str, Any]:
+        return {"data": None, "isError": True, "errorMessage": message}
+
+    for kind, status, message in (("5xx", 500, "Error performing request"), ("429", 429, "Too Many Requests")):
+        faults = injector(**{f"fault_{kind}_rate": 1.0})
+        messages, app = call(faults, "GET", "/api/v1/jobs/latest", error_body=envelope)
+        assert app.calls == 0 and messages[0]["status"] == status and completed(messages)
+        assert json.loads(body_of(messages)) == {"data": None, "isError": True, "errorMessage": message}
+        assert headers_of(messages)[b"content-type"] == b"application/json"
+        assert int(headers_of(messages)[b"content-length"]) == len(body_of(messages))
+        storage, _ = call(injector(**{f"fault_{kind}_rate": 1.0}), "GET", "/_storage/b/k", error_body=envelope)
+        assert headers_of(storage)[b"content-type"] == b"application/xml", "storage errors stay S3's"

@@ -294,7 +294,7 @@ def test_create_stages_the_manifest_and_posts_the_documented_body(monkeypatch: p
 def test_the_error_reader_strips_known_secrets() -> None:
     client = RefineryClient(settings())
     client._report_secret(SECRET)
-    reader = client._read_error()
+    reader = client._read_error
     body = json.dumps({"error": f"bad key {API_KEY} or secret {SECRET}"}).encode()
     assert reader(400, body, "application/json") == "bad key <redacted> or secret <redacted>"
     assert reader(500, b'{"message": "Error performing request"}', "application/json") == "Error performing request"

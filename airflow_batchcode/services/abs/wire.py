@@ -1,0 +1,123 @@
+"""ABS's answers, read: tokens, created operations, statuses, topics and models; and its API paths."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from airflow_batchcode.exceptions import UnexpectedResponseError
+from airflow_batchcode.services.base import Operation, OperationState, UploadTarget
+from airflow_batchcode.services.parsing import is_plain_id, json_kind, require_object, require_strings, segment
+from airflow_batchcode.services.tokens import Token
+from airflow_batchcode.services.transport import json_message_reader
+
+read_abs_error = json_message_reader("message", "error_description", "error")
+
+
+@dataclass(frozen=True)
+class Topic:
+    """A classification the service codes against."""
+
+    uri_name: str
+    full_name: str
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """One coding model of a topic, as ``GET /v1/topics/{topic}/models`` describes it."""
+
+    model_id: str
+    model_version: str = ""
+    release_date: str = ""
+    model_type: str = ""
+    input_format: tuple[str, ...] = ()
+    topic_standard: str = ""
+    topic_version: str = ""
+
+
+def topic_path(topic: str, model: str | None) -> str:
+    """``/v1/topics/{topic}`` or ``/v1/topics/{topic}/models/{model}``."""
+    path = f"/v1/topics/{segment(topic, 'topic')}"
+    if model:
+        path += f"/models/{segment(model, 'model')}"
+    return path
+
+
+def status_path(topic: str, model: str | None, operation_id: str) -> str:
+    """The status path of an operation."""
+    return f"{topic_path(topic, model)}/batch-code/operations/{segment(operation_id, 'operation id')}"
+
+
+def parse_token(body: Any) -> Token:
+    """Read an OAuth2 token response."""
+    what = "ABS token endpoint"
+    body = require_object(body, what)
+    require_strings(body, what, "access_token")
+    expires_in = body.get("expires_in", 3600)
+    if (
+        not isinstance(expires_in, int | float)
+        or isinstance(expires_in, bool)
+        or not math.isfinite(expires_in)
+        or expires_in <= 0
+    ):
+        raise UnexpectedResponseError(f"{what}: expires_in is {json_kind(expires_in)}, not a positive number")
+    return Token.from_lifetime(body["access_token"], float(expires_in))
+
+
+def parse_create(body: Any) -> UploadTarget:
+    """Read a batch-code create response."""
+    what = "ABS create operation"
+    values = require_object(body, what)
+    require_strings(values, what, "operationId", "requestUploadUrl", "bucketKmsKeyArn")
+    if not is_plain_id(values["operationId"]):
+        raise UnexpectedResponseError(
+            f"{what}: operationId {values['operationId'][:80]!r} is not a plain identifier "
+            "(letters, digits, '.', '_' or '-')"
+        )
+    return UploadTarget(
+        operation_id=str(values["operationId"]),
+        upload_url=str(values["requestUploadUrl"]),
+        kms_key_arn=str(values["bucketKmsKeyArn"]),
+    )
+
+
+def parse_status(body: Any, operation_id: str) -> Operation:
+    """Read an operation status response."""
+    what = f"ABS operation {operation_id}"
+    body = require_object(body, f"{what}: status")
+    if "operationStatus" not in body:
+        raise UnexpectedResponseError(f"{what}: status response has no operationStatus")
+    raw = body["operationStatus"]
+    if not isinstance(raw, str):
+        raise UnexpectedResponseError(f"{what}: operationStatus is {json_kind(raw)}, not a string")
+    try:
+        state = OperationState(raw)
+    except ValueError:
+        raise UnexpectedResponseError(f"{what}: unknown status {raw[:80]!r}") from None
+    error = body.get("error")
+    response_url, metadata_url = body.get("responseDownloadUrl"), body.get("metadataDownloadUrl")
+    for name, value in (
+        ("error", error),
+        ("responseDownloadUrl", response_url),
+        ("metadataDownloadUrl", metadata_url),
+    ):
+        if value is not None and not isinstance(value, str):
+            raise UnexpectedResponseError(f"{what}: {name} is {json_kind(value)}, not a string")
+    if state is OperationState.COMPLETE and not response_url:
+        raise UnexpectedResponseError(f"{what}: complete but no responseDownloadUrl")
+    return Operation(
+        operation_id=operation_id,
+        state=state,
+        error=error,
+        response_url=response_url,
+        metadata_url=metadata_url,
+        raw_status=raw,
+    )
+
+
+def string_tuple(value: Any) -> tuple[str, ...]:
+    """A list of values as strings, or a lone non-empty string as a one-item tuple."""
+    if isinstance(value, list):
+        return tuple(str(v) for v in value)
+    return (value,) if isinstance(value, str) and value else ()
