@@ -91,7 +91,7 @@ def test_outputs_deleted_before_download_fail_clearly_and_load_nothing(
         dag_run = run_pipeline(tmp_path)
     log = capfd.readouterr().out
     assert dag_run.state == "failed"
-    assert "result file is gone: the service deletes outputs within 24 hours" in log
+    assert "results are gone: the service deletes them some time after completion (ABS within 24 hours)" in log
     assert "Clear the whole chunk task group to code the chunk again" in log
     assert output(lambda: sqlite3.connect(path)) == [] if _table_exists(path) else True
 
