@@ -1,8 +1,9 @@
 """``batchcode demo``: the nightly pipeline, end to end, on a fresh machine with nothing else installed.
 
-Starts the ABS emulator on a free loopback port, makes a temporary ``AIRFLOW_HOME`` with a
-SQLite metadata DB, seeds a SQLite warehouse with realistic (and some messy) survey answers,
-runs the shipped nightly DAG with ``dag.test()`` and prints what came out.
+Starts the ABS emulator (or, with ``--service``, the super.ai, Gravity-AI or ASG Refinery one) on a
+free loopback port, makes a temporary ``AIRFLOW_HOME`` with a SQLite metadata DB, seeds a SQLite
+warehouse with realistic (and some messy) survey answers, runs the shipped nightly DAG with
+``dag.test()`` and prints what came out.
 """
 
 from __future__ import annotations
@@ -17,11 +18,17 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
 DEMO_DAY = "2026-01-15"
+SERVICES = {
+    "abs": "ABS emulator ({url}; 1 request/s, as the real service)",
+    "superai": "super.ai emulator ({url})",
+    "gravity": "Gravity-AI emulator ({url})",
+    "refinery": "ASG Refinery emulator ({url}; manifests staged on a local S3 server at {s3})",
+}
 DAG_FILE = '''"""The nightly pipeline, as `batchcode demo` runs it (fast polling, small chunks)."""
 from airflow_batchcode.nightly import nightly_dag
 
@@ -31,6 +38,9 @@ dag = nightly_dag(chunk_records={chunk_records}, poll_interval=1, staging={stagi
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The demo's command-line options."""
+    parser.add_argument(
+        "--service", choices=list(SERVICES), default="abs", help="which service's emulator codes the answers"
+    )
     parser.add_argument("--records", type=int, default=3000, help="survey answers to code (default 3000)")
     parser.add_argument("--chunk-records", type=int, default=1000, help="records per remote operation")
     parser.add_argument("--keep", action="store_true", help="keep the warehouse, outputs and logs")
@@ -70,8 +80,11 @@ def run(args: argparse.Namespace) -> int:
         )
         seed_sqlite(str(warehouse), args.records, days=1, start=DEMO_DAY)
         print(f"Seeded {args.records} survey answers for {DEMO_DAY} into {warehouse}")
-        with EmulatorServer(EmulatorConfig(processing_delay=2.0)) as emulator:
-            print(f"ABS emulator listening on {emulator.base_url} (1 request/s, as the real service)")
+        with ExitStack() as stack:
+            s3 = stack.enter_context(_local_s3()) if args.service == "refinery" else None
+            config = EmulatorConfig(processing_delay=2.0, s3_endpoint_url=s3)
+            emulator = stack.enter_context(EmulatorServer(config, service=args.service))
+            print(SERVICES[args.service].format(url=emulator.base_url, s3=s3))
             env = {
                 **os.environ,
                 "AIRFLOW_HOME": str(home),
@@ -79,15 +92,7 @@ def run(args: argparse.Namespace) -> int:
                 "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
                 "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
                 "AIRFLOW_CONN_BATCHCODE_WAREHOUSE": json.dumps({"conn_type": "sqlite", "host": str(warehouse)}),
-                "AIRFLOW_CONN_BATCHCODE_DEFAULT": json.dumps(
-                    {
-                        "conn_type": "batchcode",
-                        "host": emulator.base_url,
-                        "login": "demo-client",
-                        "password": "demo-secret",
-                        "extra": {"service": "abs", "topic": "anzsco"},
-                    }
-                ),
+                **_service_connections(args.service, emulator.base_url, s3),
             }
             print("Preparing a temporary Airflow (SQLite metadata DB) ...")
             _airflow(["db", "migrate"], env, work / "airflow-db-migrate.log")
@@ -99,9 +104,63 @@ def run(args: argparse.Namespace) -> int:
             print(log.read_text()[-4000:])
             return 1
         _print_summary(warehouse, home / "airflow.db", staging, args.records, time.monotonic() - started)
+        _print_usage(home / "airflow.db")
         if args.keep or args.output_dir:
             print(f"\nEverything is kept in {work} (dag-test.log has the task logs).")
     return 0
+
+
+def _service_connections(service: str, base_url: str, s3: str | None) -> dict[str, str]:
+    """``batchcode_default`` pointing at the emulator (and, for Refinery, an aws connection to local S3)."""
+    extra: dict[str, object] = {"service": service, "topic": "anzsco"}
+    connections: dict[str, str] = {}
+    if service == "superai":
+        # one request per job's response: no client-side limit against the local emulator
+        extra.update(app_uuid="6c1f4b1e-2a57-4d8e-9b3a-0d5e8f7a9c21", rate_limit=0)
+    if service == "refinery":
+        extra.update(manifest_location="s3://batchcode-demo/manifests", storage_conn_id="batchcode_demo_s3")
+        aws = {"conn_type": "aws", "login": "demo", "password": "demo", "extra": {"endpoint_url": s3}}
+        connections["AIRFLOW_CONN_BATCHCODE_DEMO_S3"] = json.dumps(aws)
+    login, password = ("demo-client", "demo-secret") if service == "abs" else ("", "demo-key")
+    connections["AIRFLOW_CONN_BATCHCODE_DEFAULT"] = json.dumps(
+        {"conn_type": "batchcode", "host": base_url, "login": login, "password": password, "extra": extra}
+    )
+    return connections
+
+
+@contextmanager
+def _local_s3() -> Iterator[str]:
+    """A local S3 server (moto, a development dependency) with the demo's bucket; yields its URL."""
+    try:
+        import boto3
+        from moto.server import ThreadedMotoServer
+    except ImportError:
+        raise SystemExit("The Refinery demo needs a local S3 server: pip install 'moto[server,s3]'") from None
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        url = f"http://{host}:{port}"
+        key = "demo"  # the local S3 server takes any key; a real deployment's never appears in code
+        s3 = boto3.client(
+            "s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id=key, aws_secret_access_key=key
+        )
+        s3.create_bucket(Bucket="batchcode-demo")
+        yield url
+    finally:
+        server.stop()
+
+
+def _print_usage(metadata_db: Path) -> None:
+    """What the service reported about usage (Gravity's billed dollars, super.ai's jobs), from the run summary."""
+    with sqlite3.connect(metadata_db) as conn:
+        row = conn.execute("SELECT value FROM xcom WHERE task_id = 'summary' AND key = 'return_value'").fetchone()
+    summary = json.loads(row[0]) if row and row[0] else {}
+    if isinstance(summary, str):
+        summary = json.loads(summary)
+    usage = summary.get("usage") if isinstance(summary, dict) else None
+    if usage:
+        print(f"{summary.get('service')} usage: " + ", ".join(f"{name} {value:g}" for name, value in usage.items()))
 
 
 def _airflow(arguments: list[str], env: dict[str, str], log: Path) -> None:
@@ -157,9 +216,9 @@ def _print_summary(warehouse: Path, metadata_db: Path, staging: Path, records: i
             if status == "successful":
                 detail = f"{category} {label_} ({confidence:.2f})"
             elif status == "unsuccessful":
-                detail = "suggests " + ", ".join(
-                    f"{s['codeCategory']} {s['codeLabel']}" for s in json.loads(suggestions)[:2]
-                )
+                offered = json.loads(suggestions) if suggestions else []
+                detail = "suggests " + ", ".join(f"{s['codeCategory']} {s['codeLabel']}" for s in offered[:2])
+                detail = detail if offered else "no code, no suggestions"
             else:
                 detail = error
             print(f"             e.g. {shown} -> {detail}")
