@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -31,6 +32,10 @@ _RANK = {
 """How far along each state is; a later poll may never report an earlier state."""
 PROGRESS_LOG_EVERY = 10
 """Log an unchanged state only every this many polls (state changes are always logged)."""
+START_SPREAD_SECONDS = 1.0
+"""Each run starts after a random wait of up to this (or its poll interval, if shorter), so a
+triggerer (re)starting many triggers at once spreads their connection look-ups and polls
+instead of running them all in one turn of its event loop."""
 
 
 def _transient(error: BatchCodeError) -> bool:
@@ -91,6 +96,7 @@ class OperationStatusTrigger(BaseTrigger):
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        await asyncio.sleep(random.uniform(0.0, min(self.poll_interval, START_SPREAD_SECONDS)))
         try:
             client = await BatchCodeHook(self.batchcode_conn_id).get_async_client()
         except Exception as exc:  # a missing connection is Airflow's error, not ours: still one clear event
