@@ -1,11 +1,12 @@
 """Warehouse extract → validated JSONL manifest chunks, streaming in constant memory.
 
 Rows come from any common-sql connection through ``fetchmany`` (server-side cursors where
-the driver has them), are checked against the service's input rules (or sanitised, when
-asked), and are written to the staging location in chunks that close at ``chunk_records``
-records or before ``max_chunk_bytes``. Each chunk has a sidecar index holding every line's
-position in the extract, so results map back one-to-one even when record ids repeat.
-Records the service would reject are not sent: they go to ``rejected.jsonl`` with the reason.
+the driver has them, psycopg 3's chunked stream where libpq allows), are checked against the
+service's input rules (or sanitised, when asked), and are written to the staging location in
+chunks that close at ``chunk_records`` records or before ``max_chunk_bytes``. Each chunk has
+a sidecar index holding every line's position in the extract, so results map back one-to-one
+even when record ids repeat. Records the service would reject are not sent: they go to
+``rejected.jsonl`` with the reason.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import hashlib
 import itertools
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from operator import itemgetter
@@ -260,14 +261,19 @@ def _column(values: list[Any]) -> tuple[list[str], str]:
     """A column as text (see :func:`as_text`; ``NULL``s are replaced in place) and its concatenation."""
     with contextlib.suppress(TypeError):
         return values, "".join(values)
-    if set(map(type, values)) <= {str, type(None)}:
-        index = -1
-        with contextlib.suppress(ValueError):
-            while True:
-                index = values.index(None, index + 1)
-                values[index] = ""
-    else:
-        values = [value if type(value) is str else as_text(value) for value in values]
+    index = -1
+    try:
+        while True:
+            index = values.index(None, index + 1)
+            if values[index] is not None:
+                raise TypeError("equal to None but not None: as_text says what it is")
+            values[index] = ""
+    except ValueError:  # every NULL replaced
+        with contextlib.suppress(TypeError):  # values other than text and NULL
+            return values, "".join(values)
+    except TypeError:
+        pass
+    values = [value if type(value) is str else as_text(value) for value in values]
     return values, "".join(values)
 
 
@@ -361,8 +367,9 @@ def write_chunks(
 def stream_query(conn_id: str, sql: str, *, fetch_rows: int = FETCH_ROWS) -> Iterator[tuple[list[str], Iterator[Any]]]:
     """Run ``sql`` on a common-sql connection; yield its column names and a row iterator.
 
-    Uses a server-side (named) cursor where the driver has one (PostgreSQL), and ``fetchmany``
-    everywhere: the result set is never held in memory whole. SQLite text that is not valid
+    PostgreSQL rows come from psycopg 3's chunked ``stream`` where libpq has it (17 and later),
+    else a server-side (named) cursor; other databases use ``fetchmany``: the result set is
+    never held in memory whole. SQLite text that is not valid
     UTF-8 is read with bad bytes shown as U+FFFD (the query is re-run in the same read
     transaction with a decoding text factory, only if such text turns up).
     """
@@ -379,10 +386,22 @@ def stream_query(conn_id: str, sql: str, *, fetch_rows: int = FETCH_ROWS) -> Ite
             columns = [d[0] for d in cursor.description or ()]
             yield columns, itertools.chain.from_iterable(_sqlite_batches(conn, cursor, sql, fetch_rows))
         else:
-            cursor = _server_side_cursor(conn, fetch_rows)
-            cursor.execute(sql)
-            columns = [d[0] for d in cursor.description or ()]
-            yield columns, itertools.chain.from_iterable(iter(partial(cursor.fetchmany, fetch_rows), []))
+            first = None
+            streamed = _chunked_stream(conn, sql, fetch_rows)
+            if streamed is not None:
+                cursor, stream = streamed
+                try:
+                    first = next(stream, None)  # runs the query; its columns are known from the first row
+                    if first is not None:
+                        columns = [d[0] for d in cursor.description or ()]
+                        yield columns, itertools.chain((first,), stream)
+                finally:
+                    stream.close()  # a stream left half read would hold the connection
+            if first is None:  # no chunked stream, or an empty result (whose columns a stream does not give)
+                cursor = _server_side_cursor(conn, fetch_rows)
+                cursor.execute(sql)
+                columns = [d[0] for d in cursor.description or ()]
+                yield columns, itertools.chain.from_iterable(iter(partial(cursor.fetchmany, fetch_rows), []))
         cursor.close()
     finally:
         with contextlib.suppress(Exception):
@@ -414,6 +433,26 @@ def _sqlite_batches(conn: Any, cursor: Any, sql: str, fetch_rows: int) -> Iterat
         skip = done
         while skip and (batch := cursor.fetchmany(min(skip, fetch_rows))):
             skip -= len(batch)
+
+
+def _chunked_stream(conn: Any, sql: str, fetch_rows: int) -> tuple[Any, Generator[Any, None, None]] | None:
+    """psycopg 3 over libpq 17 or later: a cursor and its ``stream`` of ``sql``'s rows in chunks of ``fetch_rows``.
+
+    The server sends the rows without waiting to be asked for each batch (as with ``COPY``),
+    and psycopg converts them a chunk at a time: half the time of a server-side cursor's
+    ``fetchmany`` round trips. ``None`` for other drivers and older libpq.
+    """
+    module = type(conn).__module__
+    if module != "psycopg" and not module.startswith("psycopg."):  # psycopg 3 (psycopg2 is another driver)
+        return None
+    try:
+        from psycopg import capabilities
+    except ImportError:
+        return None
+    if not capabilities.has_stream_chunked():
+        return None
+    cursor = conn.cursor()
+    return cursor, cursor.stream(sql, size=fetch_rows)
 
 
 def _server_side_cursor(conn: Any, fetch_rows: int) -> Any:

@@ -154,11 +154,14 @@ class _CopyTextStream(io.RawIOBase):
 
     def read(self, size: int = -1) -> bytes:
         while size < 0 or len(self._buffer) < size:
-            row = next(self._rows, None)
-            if row is None:
+            batch = list(itertools.islice(self._rows, BATCH_ROWS))
+            if not batch:
                 break
-            self._buffer += ("\t".join(_copy_text(value) for value in row) + "\n").encode()
-            self.count += 1
+            block = _copy_block(batch)
+            if block is None:
+                block = "".join("\t".join(map(_copy_text, row)) + "\n" for row in batch)
+            self._buffer += block.encode()
+            self.count += len(batch)
         if size < 0 or size >= len(self._buffer):
             out = bytes(self._buffer)
             self._buffer.clear()
@@ -177,3 +180,57 @@ def _copy_text(value: Any) -> str:
     if isinstance(value, datetime):
         return value.isoformat(sep=" ")
     return str(value).translate(_COPY_ESCAPES)
+
+
+_NULL_TEXT = "\\N"
+_CONSTANT_TYPES = (str, type(None), datetime)
+_NUMBER_TYPES = {int, float}
+
+
+def _copy_block(rows: list[Row]) -> str | None:
+    """``rows`` in COPY's text format, built a column at a time (as :func:`_copy_text` would, value by value).
+
+    A join of :func:`_copy_text` per row costs 10-12 µs for our 22 columns; here each column
+    is checked and converted whole with built-ins, columns with one value throughout (topic,
+    run, load time...) are written once, and a row is one ``str.join``: about 4 µs. (psycopg
+    3's own ``write_row``, in C, is faster still: that path keeps it.) ``None`` when a column
+    holds a type other than text, numbers, ``NULL`` or one repeated ``datetime``: those rows
+    are formatted value by value.
+    """
+    if len(set(map(len, rows))) != 1:
+        return None
+    columns: list[list[str]] = []
+    constant: str | None = None  # a run of columns with one value each, joined
+    for values in zip(*rows, strict=True):
+        first = values[0]
+        if type(first) in _CONSTANT_TYPES and values.count(first) == len(values):
+            text = _copy_text(first)
+            constant = text if constant is None else f"{constant}\t{text}"
+            continue
+        if constant is not None:
+            columns.append([constant] * len(rows))
+            constant = None
+        texts = _copy_column(values)
+        if texts is None:
+            return None
+        columns.append(texts)
+    if constant is not None:
+        columns.append([constant] * len(rows))
+    return "\n".join(map("\t".join, zip(*columns, strict=True))) + "\n"
+
+
+def _copy_column(values: tuple[Any, ...]) -> list[str] | None:
+    """One column of texts and NULLs, or of numbers and NULLs, in COPY's text format (else ``None``)."""
+    nulls = values.count(None)
+    texts = [_NULL_TEXT if value is None else value for value in values] if nulls else list(values)
+    try:
+        joined = "".join(texts)
+    except TypeError:
+        kinds = set(map(type, values)) - {type(None)}
+        if not kinds <= _NUMBER_TYPES:
+            return None
+        return [_NULL_TEXT if value is None else str(value) for value in values] if nulls else list(map(str, values))
+    # every NULL brings one backslash; any other, or a tab or line break, needs escaping
+    if joined.count("\\") != nulls or "\t" in joined or "\n" in joined or "\r" in joined:
+        return [_NULL_TEXT if value is None else value.translate(_COPY_ESCAPES) for value in values]
+    return texts
