@@ -51,7 +51,7 @@ def naive_code(**context: Any) -> None:
     service = BaseHook.get_connection("batchcode_default")
     token = requests.post(
         f"{service.host}/oauth2/token",
-        auth=(service.login, service.password),
+        auth=(service.login or "", service.password or ""),
         data={"grant_type": "client_credentials"},
         timeout=60,
     ).json()["access_token"]

@@ -42,7 +42,7 @@ def download(operation_id: str, destination: str, atomic: bool = True) -> dict[s
     from airflow_batchcode.hooks.batchcode import BatchCodeHook
     from airflow_batchcode.storage import write_atomically
 
-    client = BatchCodeHook("batchcode_default").client
+    client: Any = BatchCodeHook("batchcode_default").client  # the ABS client: ``download`` is its own
     url = str(client.get_operation(operation_id, TOPIC).response_url)
     started = time.perf_counter()
     if atomic:

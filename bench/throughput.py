@@ -201,6 +201,10 @@ def _baseline_rows(chunks: list[dict[str, Any]], rejects: str, run_id: str) -> A
                     model,
                     op,
                     index,
+                    "abs",  # service, then item_id, agreement, details (other services only)
+                    None,
+                    None,
+                    None,
                     "bench",
                     run_id,
                     loaded,
@@ -211,7 +215,7 @@ def _baseline_rows(chunks: list[dict[str, Any]], rejects: str, run_id: str) -> A
             j = decode_reject(line)
             yield (
                 *(j.recordId, j.position, "error", None, None, None, None, j.error, j.occp_text, j.tasks_text, j.note),
-                *(TOPIC, None, None, None, "bench", run_id, loaded),
+                *(TOPIC, None, None, None, None, None, None, None, "bench", run_id, loaded),
             )
 
 
