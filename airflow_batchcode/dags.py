@@ -226,6 +226,7 @@ def chunk_results(chunk: dict[str, Any], topic: str, run: RunSummary) -> Iterato
             metadata,
             chunk["manifest"],
             chunk["positions"],
+            lines=chunk["records"],
             chunk=chunk["index"],
             operation_id=operation["operation_id"],
             topic=topic,

@@ -222,20 +222,19 @@ def service_chunk_rows(
     manifest: str,
     positions: str,
     *,
+    lines: int,
     chunk: int,
     operation_id: str,
     topic: str,
     model_id: str | None,
 ) -> Iterator[Row]:
-    """Normalised rows of one chunk of a service other than ABS.
+    """Normalised rows of one chunk of a service other than ABS; ``lines`` is the manifest's record count.
 
     The service's normaliser (:mod:`airflow_batchcode.normalise`) yields one outcome per manifest
     line in order; each is joined, line by line, to the manifest (the record's texts and id) and
     to the positions sidecar. All three are streamed.
     """
     coded_reader, _ = reader_for(service)
-    with _open(positions) as pos_lines:
-        lines = sum(1 for _ in pos_lines)
     tail = (topic, model_id, operation_id, chunk, service)
     decode_input = _decode_input
     count = 0

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext, suppress
@@ -18,6 +17,8 @@ from typing import Any
 
 import boto3
 import requests
+
+from tests.support import env_connection
 
 REGION = "us-east-1"
 ALLOW_ALL = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
@@ -87,21 +88,6 @@ def s3_server() -> Iterator[str]:
         yield f"http://{host}:{port}"
     finally:
         server.stop()
-
-
-@contextmanager
-def env_connection(conn_id: str, value: dict[str, Any]) -> Iterator[None]:
-    """Set ``AIRFLOW_CONN_<ID>`` to ``value`` (JSON) for the block."""
-    name = f"AIRFLOW_CONN_{conn_id.upper()}"
-    previous = os.environ.get(name)
-    os.environ[name] = json.dumps(value)
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = previous
 
 
 def _iam_user(endpoint_url: str) -> tuple[str, str]:

@@ -49,6 +49,21 @@ def admin(server: EmulatorServer, path: str, body: dict[str, Any] | None = None)
 
 
 @contextmanager
+def env_connection(conn_id: str, value: dict[str, Any]) -> Iterator[None]:
+    """Set ``AIRFLOW_CONN_<ID>`` to ``value`` (JSON) for the block."""
+    name = f"AIRFLOW_CONN_{conn_id.upper()}"
+    previous = os.environ.get(name)
+    os.environ[name] = json.dumps(value)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
+
+
+@contextmanager
 def batchcode_connection(
     server: EmulatorServer,
     conn_id: str = "batchcode_default",
@@ -61,7 +76,6 @@ def batchcode_connection(
 
     For the API-key services the password is the API key: it defaults to the emulator's ``demo-key``.
     """
-    name = f"AIRFLOW_CONN_{conn_id.upper()}"
     service = getattr(server, "service_name", "abs")
     if service != "abs" and secret == "demo-secret":
         secret = "demo-key"
@@ -72,15 +86,8 @@ def batchcode_connection(
         "password": secret,
         "extra": {"service": service, "rate_limit": 0, "backoff_base": 0.05, **extra},
     }
-    previous = os.environ.get(name)
-    os.environ[name] = json.dumps(value)
-    try:
+    with env_connection(conn_id, value):
         yield
-    finally:
-        if previous is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = previous
 
 
 def jsonl_manifest(records: Iterable[dict[str, Any]]) -> io.BytesIO:

@@ -14,7 +14,8 @@ import pytest
 from airflow_batchcode.exceptions import AuthenticationError, ConfigurationError, NotFoundError
 from airflow_batchcode.hooks.object_store import GcsObjectStore, S3ObjectStore, object_store_for, parse_s3_url
 from airflow_batchcode.services.base import ObjectStore
-from tests.s3 import S3Sandbox, env_connection, s3_sandbox
+from tests.s3 import S3Sandbox, s3_sandbox
+from tests.support import env_connection
 
 
 @pytest.fixture(scope="module")
