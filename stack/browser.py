@@ -32,6 +32,10 @@ def find_chromium() -> str | None:
     return None
 
 
+_NAVIGATING = ("Inspected target navigated or closed", "Execution context was destroyed", "Cannot find context")
+"""DevTools errors of an evaluation cut short by a navigation."""
+
+
 class BrowserError(RuntimeError):
     """A DevTools command failed or the browser went away."""
 
@@ -185,7 +189,13 @@ class Browser:
         probe = f"(() => {{ const value = ({expression}); return value instanceof Node ? true : value; }})()"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            value = self.evaluate(probe)
+            try:
+                value = self.evaluate(probe)
+            except BrowserError as exc:
+                # the page navigated (a redirect, say) while the probe ran: not there yet, look again
+                if not any(sign in str(exc) for sign in _NAVIGATING):
+                    raise
+                value = None
             if value:
                 return value
             time.sleep(interval)
