@@ -1,22 +1,31 @@
-# The two commands a newcomer runs: `make demo` and `make test`. Each builds .venv itself.
+# The two commands a newcomer runs: `make demo` and `make test`. Each builds .venv itself, with the extras it needs:
+# `demo` the [demo] extra (emulator + SQLite provider), everything else [dev] (which includes [demo]).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
-PROCESS_FAULTS := tests/reliability/test_process_faults.py
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt 2>/dev/null | cksum | cut -d' ' -f1)
+CKSUM := $(shell cat pyproject.toml constraints.txt 2>/dev/null | cksum | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-dev-$(CKSUM)
+DEMO_STAMP := $(VENV)/.installed-demo-$(CKSUM)
 PIP_FLAGS := --disable-pip-version-check --no-input -q
 CONSTRAINTS := $(if $(wildcard constraints.txt),-c constraints.txt,)
+# Tests are selected by marker (pyproject.toml lists them; each tests/ folder has its own): `make test MARK=unit`.
+AND_MARK := $(if $(MARK), and ($(MARK)),)
 
 .PHONY: demo test lint typecheck unit venv clean reliability stack bench
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install $(PIP_FLAGS) $(CONSTRAINTS) -e ".[dev]"
-	rm -f $(VENV)/.installed-* && touch $@
+	rm -f $(VENV)/.installed-* && touch $@ $(DEMO_STAMP)
+
+$(DEMO_STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install $(PIP_FLAGS) $(CONSTRAINTS) -e ".[demo]"
+	rm -f $(VENV)/.installed-demo-* && touch $@
 
 venv: $(STAMP)
 
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(BIN)/batchcode demo $(DEMO_ARGS)
 
 lint: $(STAMP)
@@ -26,15 +35,18 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-# The process-fault tests run a multi-process Airflow on their own metadata DB, so in a second session
-# (exit code 5 = "no tests selected" by PYTEST_ARGS, which is fine).
+# The process-fault tests (marker process_faults) run a multi-process Airflow on their own metadata DB, so in a second
+# session (exit code 5 = "no tests selected", by MARK or PYTEST_ARGS, which is fine).
 test: lint typecheck
-	$(BIN)/python -m pytest --ignore=$(PROCESS_FAULTS) $(PYTEST_ARGS)
-	$(BIN)/python -m pytest $(PROCESS_FAULTS) $(PYTEST_ARGS) || test $$? -eq 5
+	$(BIN)/python -m pytest -m "not process_faults$(AND_MARK)" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "process_faults$(AND_MARK)" $(PYTEST_ARGS) || test $$? -eq 5
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -m unit $(PYTEST_ARGS)
 
 reliability: $(STAMP)
-	BATCHCODE_RELIABILITY_SCALE=full $(BIN)/python -m pytest tests/reliability --ignore=$(PROCESS_FAULTS) $(PYTEST_ARGS)
-	BATCHCODE_RELIABILITY_SCALE=full $(BIN)/python -m pytest $(PROCESS_FAULTS) $(PYTEST_ARGS)
+	BATCHCODE_RELIABILITY_SCALE=full $(BIN)/python -m pytest -m "reliability and not process_faults" $(PYTEST_ARGS)
+	BATCHCODE_RELIABILITY_SCALE=full $(BIN)/python -m pytest -m "reliability and process_faults" $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

@@ -9,9 +9,12 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from airflow_batchcode.exceptions import MissingExtraError
+from airflow_batchcode.extras import require
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "B": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4}
@@ -49,18 +52,22 @@ def _client(text: str) -> tuple[str, str]:
 # --- batchcode emulator ----------------------------------------------------------------------------
 
 
-def _add_emulator(subparsers: Any) -> None:
+def _add_emulator(subparsers: Any, summary: str) -> None:
     from airflow_batchcode.emulator.config import EmulatorConfig
     from airflow_batchcode.emulator.server import EMULATED_SERVICES
+    from airflow_batchcode.services.catalogue import DEFAULT_SERVICE, spec_for
 
     d = EmulatorConfig()
+    specs = [spec_for(name) for name in EMULATED_SERVICES]
     p = subparsers.add_parser(
         "emulator",
-        help="run a local emulator of a batch coding service",
-        description="Serve a faithful emulator of a batch coding service (ABS, ASG Refinery, super.ai, Gravity-AI).",
+        help=summary,
+        description=f"Serve a faithful emulator of a batch coding service ({', '.join(spec.label for spec in specs)}).",
         formatter_class=_Help,
     )
-    p.add_argument("--service", choices=list(EMULATED_SERVICES), default="abs", help="which service to emulate")
+    p.add_argument(
+        "--service", choices=list(EMULATED_SERVICES), default=DEFAULT_SERVICE, help="which service to emulate"
+    )
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on")
     p.add_argument("--port", type=int, default=0, help="TCP port (0 = any free port)")
     p.add_argument(
@@ -75,6 +82,7 @@ def _add_emulator(subparsers: Any) -> None:
     g.add_argument("--token-limit", type=int, default=d.token_limit, help="tokens per client per hour (0 = no limit)")
     g.add_argument("--rate-limit", type=float, default=d.rate_limit, help="API requests/s per client (0 = off)")
     g.add_argument("--daily-quota", type=int, default=d.daily_quota, help="API requests per client per day (0 = off)")
+    g.add_argument("--quota-window", type=float, default=d.quota_window, help="quota window (s; 86400 = UTC days)")
     g = p.add_argument_group("operations and storage")
     g.add_argument("--url-ttl", type=int, default=d.url_ttl, help="presigned URL lifetime (s)")
     g.add_argument("--awaiting-timeout", type=float, default=d.awaiting_timeout, help="wait for input (s)")
@@ -86,7 +94,7 @@ def _add_emulator(subparsers: Any) -> None:
         "--data-dir", type=Path, default=None, help="keep files here (default: a temporary dir, deleted on exit)"
     )
     g.add_argument("--public-url", default=None, help="origin put into presigned URLs (default: as called)")
-    g = p.add_argument_group("API-key services (refinery, superai, gravity)")
+    g = p.add_argument_group(f"API-key services ({', '.join(spec.name for spec in specs if not spec.uses_login)})")
     g.add_argument(
         "--api-key",
         action="append",
@@ -104,6 +112,12 @@ def _add_emulator(subparsers: Any) -> None:
         "--s3-endpoint-url", default=None, help="S3-compatible endpoint for manifests and delivery (default: AWS)"
     )
     g = p.add_argument_group("fault injection")
+    g.add_argument(
+        "--reorder-output-rate",
+        type=float,
+        default=d.reorder_output_rate,
+        help="share of ABS operations whose output lines come out of input order",
+    )
     g.add_argument("--seed", type=int, default=d.seed, help="random seed of the fault injector")
     g.add_argument("--fault-5xx-rate", type=float, default=d.fault_5xx_rate, help="share of 500 answers")
     g.add_argument("--fault-429-rate", type=float, default=d.fault_429_rate, help="share of 429 bursts")
@@ -154,12 +168,12 @@ def _run_emulator(args: argparse.Namespace) -> int:
 # --- batchcode demo ------------------------------------------------------------------------------
 
 
-def _add_demo(subparsers: Any) -> None:
+def _add_demo(subparsers: Any, summary: str) -> None:
     from airflow_batchcode import demo
 
     p = subparsers.add_parser(
         "demo",
-        help="run the nightly pipeline end to end on this machine",
+        help=summary,
         description=demo.__doc__,
         formatter_class=_Help,
     )
@@ -170,12 +184,35 @@ def _add_demo(subparsers: Any) -> None:
 # --- entry point ---------------------------------------------------------------------------------
 
 
+def _add_with_extra(subparsers: Any, add: Callable[[Any, str], None], name: str, extra: str, summary: str) -> None:
+    """``add(subparsers, summary)`` when ``extra`` is installed; else ``name`` only explains which extra to install.
+
+    The stand-in accepts any arguments (``--help`` too: it has no option prefix) and exits with 2.
+    """
+    try:
+        require(extra, f"batchcode {name}")
+    except MissingExtraError as exc:
+        message = str(exc)
+        p = subparsers.add_parser(
+            name, help=f"{summary} (needs the [{extra}] extra)", prefix_chars="\0", add_help=False
+        )
+        p.add_argument("ignored", nargs="*")
+
+        def explain(_args: argparse.Namespace) -> int:
+            print(f"batchcode {name}: {message}", file=sys.stderr)
+            return 2
+
+        p.set_defaults(handler=explain)
+    else:
+        add(subparsers, summary)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``batchcode`` parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="batchcode", description="airflow-batchcode tools")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_emulator(subparsers)
-    _add_demo(subparsers)
+    _add_with_extra(subparsers, _add_emulator, "emulator", "emulator", "run a local emulator of a batch coding service")
+    _add_with_extra(subparsers, _add_demo, "demo", "demo", "run the nightly pipeline end to end on this machine")
     return parser
 
 

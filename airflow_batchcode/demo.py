@@ -22,13 +22,9 @@ from contextlib import ExitStack, contextmanager
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
+from airflow_batchcode.services.catalogue import DEFAULT_SERVICE, SERVICES, ServiceSpec, spec_for
+
 DEMO_DAY = "2026-01-15"
-SERVICES = {
-    "abs": "ABS emulator ({url}; 1 request/s, as the real service)",
-    "superai": "super.ai emulator ({url})",
-    "gravity": "Gravity-AI emulator ({url})",
-    "refinery": "ASG Refinery emulator ({url}; manifests staged on a local S3 server at {s3})",
-}
 DAG_FILE = '''"""The nightly pipeline, as `batchcode demo` runs it (fast polling, small chunks)."""
 from airflow_batchcode.nightly import nightly_dag
 
@@ -39,7 +35,7 @@ dag = nightly_dag(chunk_records={chunk_records}, poll_interval=1, staging={stagi
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The demo's command-line options."""
     parser.add_argument(
-        "--service", choices=list(SERVICES), default="abs", help="which service's emulator codes the answers"
+        "--service", choices=list(SERVICES), default=DEFAULT_SERVICE, help="which service's emulator codes the answers"
     )
     parser.add_argument("--records", type=int, default=3000, help="survey answers to code (default 3000)")
     parser.add_argument("--chunk-records", type=int, default=1000, help="records per remote operation")
@@ -80,11 +76,13 @@ def run(args: argparse.Namespace) -> int:
         )
         seed_sqlite(str(warehouse), args.records, days=1, start=DEMO_DAY)
         print(f"Seeded {args.records} survey answers for {DEMO_DAY} into {warehouse}")
+        spec = spec_for(args.service)
         with ExitStack() as stack:
-            s3 = stack.enter_context(_local_s3()) if args.service == "refinery" else None
+            s3 = stack.enter_context(_local_s3()) if spec.object_storage else None
             config = EmulatorConfig(processing_delay=2.0, s3_endpoint_url=s3)
             emulator = stack.enter_context(EmulatorServer(config, service=args.service))
-            print(SERVICES[args.service].format(url=emulator.base_url, s3=s3))
+            staged = f"; manifests staged on a local S3 server at {s3}" if s3 else ""
+            print(f"{spec.label} emulator ({emulator.base_url}{staged})")
             env = {
                 **os.environ,
                 "AIRFLOW_HOME": str(home),
@@ -92,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
                 "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
                 "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
                 "AIRFLOW_CONN_BATCHCODE_WAREHOUSE": json.dumps({"conn_type": "sqlite", "host": str(warehouse)}),
-                **_service_connections(args.service, emulator.base_url, s3),
+                **_service_connections(spec, emulator.base_url, s3),
             }
             print("Preparing a temporary Airflow (SQLite metadata DB) ...")
             _airflow(["db", "migrate"], env, work / "airflow-db-migrate.log")
@@ -110,18 +108,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _service_connections(service: str, base_url: str, s3: str | None) -> dict[str, str]:
-    """``batchcode_default`` pointing at the emulator (and, for Refinery, an aws connection to local S3)."""
-    extra: dict[str, object] = {"service": service, "topic": "anzsco"}
+def _service_connections(spec: ServiceSpec, base_url: str, s3: str | None) -> dict[str, str]:
+    """``batchcode_default`` pointing at the emulator (and, for a service reading its manifests from object
+    storage, an aws connection to the local S3 server)."""
+    emulator = spec.emulator_connection
+    extra: dict[str, object] = {"service": spec.name, "topic": "anzsco", **emulator.get("extra", {})}
     connections: dict[str, str] = {}
-    if service == "superai":
-        # one request per job's response: no client-side limit against the local emulator
-        extra.update(app_uuid="6c1f4b1e-2a57-4d8e-9b3a-0d5e8f7a9c21", rate_limit=0)
-    if service == "refinery":
+    if spec.object_storage:
         extra.update(manifest_location="s3://batchcode-demo/manifests", storage_conn_id="batchcode_demo_s3")
         aws = {"conn_type": "aws", "login": "demo", "password": "demo", "extra": {"endpoint_url": s3}}
         connections["AIRFLOW_CONN_BATCHCODE_DEMO_S3"] = json.dumps(aws)
-    login, password = ("demo-client", "demo-secret") if service == "abs" else ("", "demo-key")
+    login, password = emulator.get("login", ""), emulator.get("password", "")
     connections["AIRFLOW_CONN_BATCHCODE_DEFAULT"] = json.dumps(
         {"conn_type": "batchcode", "host": base_url, "login": login, "password": password, "extra": extra}
     )
@@ -130,12 +127,12 @@ def _service_connections(service: str, base_url: str, s3: str | None) -> dict[st
 
 @contextmanager
 def _local_s3() -> Iterator[str]:
-    """A local S3 server (moto, a development dependency) with the demo's bucket; yields its URL."""
+    """A local S3 server (moto, from the ``[demo]`` extra) with the demo's bucket; yields its URL."""
     try:
         import boto3
         from moto.server import ThreadedMotoServer
     except ImportError:
-        raise SystemExit("The Refinery demo needs a local S3 server: pip install 'moto[server,s3]'") from None
+        raise SystemExit("The Refinery demo needs a local S3 server: pip install 'airflow-batchcode[demo]'") from None
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     try:
@@ -152,13 +149,23 @@ def _local_s3() -> Iterator[str]:
 
 
 def _print_usage(metadata_db: Path) -> None:
-    """What the service reported about usage (Gravity's billed dollars, super.ai's jobs), from the run summary."""
+    """What was sent and what was reused, and what the service reported about usage (Gravity's billed
+    dollars, super.ai's jobs), from the run summary."""
     with sqlite3.connect(metadata_db) as conn:
         row = conn.execute("SELECT value FROM xcom WHERE task_id = 'summary' AND key = 'return_value'").fetchone()
     summary = json.loads(row[0]) if row and row[0] else {}
     if isinstance(summary, str):
         summary = json.loads(summary)
-    usage = summary.get("usage") if isinstance(summary, dict) else None
+    if not isinstance(summary, dict):
+        return
+    texts = summary.get("texts")
+    if texts:
+        print(
+            f"Records in: {texts['records_in']}; distinct texts: {texts['distinct_texts']}; "
+            f"served from the cache: {texts['from_cache']}; sent in batch: {texts['sent_batch']}; "
+            f"sent in real time: {texts['sent_realtime']}"
+        )
+    usage = summary.get("usage")
     if usage:
         print(f"{summary.get('service')} usage: " + ", ".join(f"{name} {value:g}" for name, value in usage.items()))
 

@@ -4,23 +4,35 @@
 
     BatchCodeError
     ├── ConfigurationError            bad connection or operator settings
-    ├── TransportError                the request never got a usable answer (network, timeout)
+    │   └── MissingExtraError         an optional part's pip extra is not installed (also an ImportError)
+    ├── TransportError          [T]   the request never got a usable answer (network, timeout)
     │   └── IncompleteDownloadError   a body shorter or longer than its Content-Length
     ├── UnexpectedResponseError       the service answered something off-contract
+    │   └── OutputOrderError          output lines that cannot be joined to their rows with certainty
     ├── ServiceError                  the service answered with an error status
     │   ├── InvalidRequestError       400
     │   ├── AuthenticationError       401 / 403 from the API or the token endpoint
     │   ├── NotFoundError             404 (also another tenant's operation)
     │   ├── ConflictError             409
-    │   ├── RateLimitedError          429 "Too Many Requests"
+    │   ├── RateLimitedError    [T]   429 "Too Many Requests"
     │   │   └── QuotaExceededError    429 "Limit Exceeded" (daily quota: do not retry today)
-    │   ├── ServerError               5xx
+    │   ├── ServerError         [T]   500 / 502 / 503 / 504 (other 5xx are final)
     │   └── UploadRejectedError       the presigned upload was refused (expired, wrong key, too late)
     ├── OperationError                a remote operation ended badly
     │   ├── OperationFailedError      state ``failed``
-    │   └── OperationTimedOutError    state ``timed_out``: the operation never got its input
-    │       └── WaitTimedOutError     our own wait deadline passed; the operation may still finish
-    └── QualityGateError              the run's success rate is under ``min_success_rate``
+    │   ├── OperationTimedOutError    state ``timed_out``: it never got its input and cannot be reused
+    │   └── WaitTimedOutError         our own wait deadline passed; the operation may still finish
+    ├── PartialLoadError              fewer rows reached the output table than were extracted
+    ├── StagedFileMissingError        a staged file an earlier task wrote is not there (also a FileNotFoundError)
+    ├── QualityGateError              the run's success rate is under ``min_success_rate``
+    └── CreateOutcomeUnknownError     a paid create got no usable answer: check the service before retrying
+
+``[T]`` marks the transient errors: another try of the same request may succeed. Transience is
+decided here, once, by :attr:`BatchCodeError.transient`; the retry engine
+(:mod:`airflow_batchcode.services.http.retry`) and the trigger read it and decide nothing else
+about an error's kind. A :class:`TransportError` also means the answer may have been lost
+(:attr:`BatchCodeError.answer_lost`): the service may have done what was asked, so a call that is
+not safe to repeat (a create) is not tried again blindly.
 
 Messages never contain tokens, client secrets or presigned URLs: URLs are reported with
 their query string removed (see :func:`airflow_batchcode.services.redact.redact_url`).
@@ -28,17 +40,39 @@ their query string removed (see :func:`airflow_batchcode.services.redact.redact_
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class BatchCodeError(Exception):
     """Base class of every error raised by airflow-batchcode."""
+
+    transient: bool = False
+    """Whether the same request, tried again a little later, may succeed."""
+    answer_lost: bool = False
+    """Whether the service may have carried the request out although no answer reached us."""
 
 
 class ConfigurationError(BatchCodeError):
     """A connection, operator argument or client setting is missing or invalid."""
 
 
+class MissingExtraError(ConfigurationError, ImportError):
+    """An optional part (the emulator, the demo) is used without the ``pip install`` extra it needs.
+
+    :param message: what is missing and the ``pip install`` line that adds it.
+    :param extra: the extra's name (``emulator``, ``demo``).
+    """
+
+    def __init__(self, message: str, *, extra: str) -> None:
+        super().__init__(message)
+        self.extra = extra
+
+
 class TransportError(BatchCodeError):
     """The request got no usable answer: connection refused or reset, timeout, broken body."""
+
+    transient = True
+    answer_lost = True
 
 
 class IncompleteDownloadError(TransportError):
@@ -47,6 +81,10 @@ class IncompleteDownloadError(TransportError):
 
 class UnexpectedResponseError(BatchCodeError):
     """The service answered with something outside its documented contract."""
+
+
+class OutputOrderError(UnexpectedResponseError):
+    """Output lines do not answer the manifest lines in order and cannot be re-joined with certainty."""
 
 
 class ServiceError(BatchCodeError):
@@ -101,13 +139,28 @@ class ConflictError(ServiceError):
 class RateLimitedError(ServiceError):
     """429: too many requests per second; retried after ``Retry-After``."""
 
+    transient = True
+
 
 class QuotaExceededError(RateLimitedError):
     """429 "Limit Exceeded": the daily quota is spent; retrying today will not help."""
 
+    transient = False
+
+
+TRANSIENT_SERVER_STATUS = frozenset({500, 502, 503, 504})
+"""The 5xx statuses worth another try; the others (501 Not Implemented, 505, ...) will not change."""
+
 
 class ServerError(ServiceError):
-    """5xx: the service failed; retried with backoff."""
+    """5xx: the service failed; 500, 502, 503 and 504 are retried with backoff.
+
+    The service answered, so it did not carry the request out: a create is retried too.
+    """
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.transient = self.status_code is None or self.status_code in TRANSIENT_SERVER_STATUS
 
 
 class UploadRejectedError(ServiceError):
@@ -149,18 +202,42 @@ class OperationFailedError(OperationError):
 
 
 class OperationTimedOutError(OperationError):
-    """The operation ``timed_out`` waiting for input, or our own deadline passed."""
+    """The service reports the operation ``timed_out``: it waited too long for its input."""
 
     summary = "Batch coding operation timed out"
     advice = "A timed-out operation cannot be reused: clear the task group to create a new operation"
 
 
-class WaitTimedOutError(OperationTimedOutError):
-    """The sensor's own timeout passed before the operation finished."""
+class WaitTimedOutError(OperationError):
+    """The sensor's own timeout passed before the operation finished.
+
+    Not an :class:`OperationTimedOutError`: that one cannot be reused, this one may still finish.
+    """
 
     summary = "Gave up waiting for the batch coding operation"
     advice = "The operation may still finish: clear the wait task to wait again, or give the sensor a longer timeout"
 
 
+class PartialLoadError(BatchCodeError):
+    """The load wrote a different number of rows than the run extracted; the load was refused."""
+
+
+class StagedFileMissingError(BatchCodeError, FileNotFoundError):
+    """A manifest, positions or result file that an earlier task of the run staged is not visible to this task.
+
+    Almost always a deployment setting: a local staging folder under an executor that runs each
+    task on any worker (Celery, Kubernetes). The message names the file and the setting to
+    change. Also a :class:`FileNotFoundError`, so code that catches that keeps working.
+    """
+
+
 class QualityGateError(BatchCodeError):
     """The run's success rate fell below the configured ``min_success_rate``."""
+
+
+class CreateOutcomeUnknownError(BatchCodeError):
+    """A create call that starts paid work got no usable answer (lost answer, time-out, 5xx).
+
+    The job may exist all the same, so it is not retried: the message names what was submitted
+    (the manifest), for a person to check the service before running again.
+    """

@@ -5,37 +5,70 @@ from __future__ import annotations
 from typing import Any
 
 from airflow_batchcode import __version__
+from airflow_batchcode.services.catalogue import DEFAULT_SERVICE, SERVICES, all_specs, form_field
 
-_SERVICE_ENUM = ["abs", "refinery", "superai", "gravity"]
-_INTEGRATIONS = (
-    ("ABS Occupation Coding Service", "https://www.abs.gov.au/"),
-    ("ASG Refinery", "https://asgrefinery.io/"),
-    ("super.ai", "https://super.ai/"),
-    ("Gravity-AI", "https://www.gravity-ai.com/"),
-)
+_SHARED_FIELDS: dict[str, dict[str, Any]] = {
+    "service": {
+        "label": "Service",
+        "description": "Which batch coding service this connection talks to.",
+        "schema": {"type": ["string", "null"], "enum": [*SERVICES, None], "default": DEFAULT_SERVICE},
+    },
+    "topic": form_field("Default topic", "Classification used when a task names none (anzsco or osca for ABS)."),
+}
+_NETWORK_FIELDS: dict[str, dict[str, Any]] = {
+    "rate_limit": form_field(
+        "Requests per second", "Client-side limit shared by every task and trigger of this connection.", "number", 1
+    ),
+    "daily_quota": form_field(
+        "Requests per quota window",
+        "The account's quota (ABS: 10,000 a day; 0: none); a spent quota is waited out.",
+        "integer",
+    ),
+    "quota_window": form_field(
+        "Quota window (s)", "86400: UTC days; shorter windows start at multiples of their length.", "number", 86400
+    ),
+    "budget_url": form_field(
+        "Shared budget (Redis URL)", "redis://host:port/db: one request budget for every worker and triggerer."
+    ),
+    "read_timeout": form_field("Read timeout (s)", kind="number", default=60),
+    "allow_insecure_http": form_field(
+        "Allow plain http", "Accept http:// URLs to hosts other than loopback (never in production).", "boolean", False
+    ),
+}
+
+
+def _conn_fields() -> dict[str, Any]:
+    """The connection form's extras: the shared ones, then each service's own, in catalogue order."""
+    fields: dict[str, Any] = dict(_SHARED_FIELDS)
+    for spec in all_specs():
+        fields.update(spec.connection_fields)
+    fields.update(_NETWORK_FIELDS)
+    return fields
 
 
 def get_provider_info() -> dict[str, Any]:
-    """Describe the package, its hooks and the ``batchcode`` connection type's UI form."""
+    """Describe the package, its hooks and the ``batchcode`` connection type's UI form (from the catalogue)."""
+    specs = all_specs()
+    login_users = ", ".join(spec.label for spec in specs if spec.uses_login)
     return {
         "package-name": "airflow-batchcode",
         "name": "Batch Coding Services",
         "description": (
-            "Drive asynchronous batch coding services (ABS Occupation Coding Service, ASG Refinery, super.ai, "
-            "Gravity-AI) from Airflow: create an operation, upload a manifest, wait deferred, download and load "
-            "the coded results."
+            f"Drive asynchronous batch coding services ({', '.join(spec.title for spec in specs)}) from Airflow: "
+            "create an operation, upload a manifest, wait deferred, download and load the coded results."
         ),
         "versions": [__version__],
         "integrations": [
-            {"integration-name": name, "external-doc-url": url, "tags": ["service"]} for name, url in _INTEGRATIONS
+            {"integration-name": spec.title, "external-doc-url": spec.doc_url, "tags": ["service"]} for spec in specs
         ],
         "hooks": [
             {
-                "integration-name": name,
+                "integration-name": spec.title,
                 "python-modules": ["airflow_batchcode.hooks.batchcode"],
             }
-            for name, _ in _INTEGRATIONS
+            for spec in specs
         ],
+        "plugins": [{"name": "batchcode", "plugin-class": "airflow_batchcode.ui.plugin.BatchCodeUIPlugin"}],
         "connection-types": [
             {
                 "connection-type": "batchcode",
@@ -45,7 +78,7 @@ def get_provider_info() -> dict[str, Any]:
                     "hidden-fields": ["schema", "port"],
                     "relabeling": {
                         "host": "API origin",
-                        "login": "Client ID (ABS)",
+                        "login": f"Client ID ({login_users})",
                         "password": "Client secret / API key",
                     },
                     "placeholders": {
@@ -54,62 +87,38 @@ def get_provider_info() -> dict[str, Any]:
                         "password": "OAuth2 client secret",
                     },
                 },
-                "conn-fields": {
-                    "service": {
-                        "label": "Service",
-                        "description": "Which batch coding service this connection talks to.",
-                        "schema": {"type": ["string", "null"], "enum": [*_SERVICE_ENUM, None], "default": "abs"},
-                    },
-                    "topic": {
-                        "label": "Default topic",
-                        "description": "Classification used when a task names none (anzsco or osca for ABS).",
-                        "schema": {"type": ["string", "null"]},
-                    },
-                    "auth_url": {
-                        "label": "Token URL",
-                        "description": "OAuth2 token endpoint; derived from the API origin when empty.",
-                        "schema": {"type": ["string", "null"]},
-                    },
-                    "rate_limit": {
-                        "label": "Requests per second",
-                        "description": "Client-side limit shared by every task and trigger of this connection.",
-                        "schema": {"type": ["number", "null"], "default": 1},
-                    },
-                    "read_timeout": {
-                        "label": "Read timeout (s)",
-                        "schema": {"type": ["number", "null"], "default": 60},
-                    },
-                    "app_uuid": {
-                        "label": "super.ai app UUID",
-                        "description": "The super.ai data program jobs are created in (super.ai only).",
-                        "schema": {"type": ["string", "null"]},
-                    },
-                    "manifest_location": {
-                        "label": "Manifest location",
-                        "description": "s3://bucket/prefix where manifests are staged for Refinery to read.",
-                        "schema": {"type": ["string", "null"]},
-                    },
-                    "storage_conn_id": {
-                        "label": "Storage connection",
-                        "description": "Airflow aws connection whose credentials stage manifests (Refinery).",
-                        "schema": {"type": ["string", "null"]},
-                    },
-                    "delivery_bucket": {
-                        "label": "Delivery bucket",
-                        "description": "S3 bucket Refinery delivers results to instead of the export call (optional).",
-                        "schema": {"type": ["string", "null"]},
-                    },
-                    "version": {
-                        "label": "Model version",
-                        "description": "Gravity-AI project version; the latest active one when empty.",
-                        "schema": {"type": ["string", "null"]},
-                    },
-                    "allow_insecure_http": {
-                        "label": "Allow plain http",
-                        "description": "Accept http:// URLs to hosts other than loopback (never in production).",
-                        "schema": {"type": ["boolean", "null"], "default": False},
-                    },
-                },
+                "conn-fields": _conn_fields(),
             }
         ],
+        "config": _CONFIG,
     }
+
+
+_CONFIG = {  # the [batchcode] section of airflow.cfg, as `airflow config list` shows it
+    "batchcode": {
+        "description": "Defaults of the batch coding pipeline (``coding_dag``) and of ``OperationStatusSensor``.",
+        "options": {
+            "staging": {
+                "description": (
+                    "Folder or URI (``s3://bucket/prefix``) where the pipeline keeps manifests and raw results; "
+                    "every worker must reach it. A DAG's ``staging=`` argument wins; unset means "
+                    "``$AIRFLOW_HOME/batchcode``."
+                ),
+                "version_added": "0.1.0",
+                "type": "string",
+                "example": "s3://my-bucket/batchcode",
+                "default": None,
+            },
+            "default_deferrable": {
+                "description": (
+                    "Whether ``OperationStatusSensor`` waits in the triggerer (no worker slot held) when a task "
+                    "does not say; a task's ``deferrable=`` argument wins."
+                ),
+                "version_added": "0.1.0",
+                "type": "boolean",
+                "example": "False",
+                "default": "True",
+            },
+        },
+    }
+}

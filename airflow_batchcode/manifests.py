@@ -1,8 +1,7 @@
 """Warehouse extract → validated JSONL manifest chunks, streaming in constant memory.
 
-Rows come from any common-sql connection through ``fetchmany`` (server-side cursors where
-the driver has them, psycopg 3's chunked stream where libpq allows), are checked against the
-service's input rules (or sanitised, when asked), and are written to the staging location in
+Rows (streamed from the warehouse by :func:`airflow_batchcode.warehouse.stream_query`) are
+checked against the service's input rules (or sanitised, when asked), and are written to the staging location in
 chunks that close at ``chunk_records`` records or before ``max_chunk_bytes``. Each chunk has
 a sidecar index holding every line's position in the extract, so results map back one-to-one
 even when record ids repeat. Records the service would reject are not sent: they go to
@@ -13,26 +12,28 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import dataclasses
 import hashlib
 import itertools
-import os
 import re
-from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from functools import partial
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from operator import itemgetter
 from typing import IO, Any
 
 import msgspec
 
+from airflow_batchcode.chunks import Chunk, ExtractSummary
+from airflow_batchcode.dedupe import TextReuse
 from airflow_batchcode.exceptions import ConfigurationError
-from airflow_batchcode.records import as_text, check, sanitize, suspects
+from airflow_batchcode.records import as_text
+from airflow_batchcode.services.rules import ABS_RULES, InputRules
+from airflow_batchcode.staging import ChunkPaths, Rejected, position_line, position_lines, rejected_line, rejects_path
 from airflow_batchcode.storage import as_storage_path, local_path
 
 ABS_MAX_BYTES = 5 * 1024**3
 DEFAULT_MAX_CHUNK_BYTES = ABS_MAX_BYTES - 64 * 1024**2
 """Chunks close with a margin under the service's 5 GB limit."""
-FETCH_ROWS = 10_000
 BATCH_ROWS = 10_000
 """Records validated and encoded together: the rules and the JSON encoder work a column or a batch at a time."""
 WRITE_BUFFER = 1 << 20
@@ -50,23 +51,32 @@ class FieldMap:
     :param occp_text: column with the job title.
     :param tasks_text: column with the duties.
     :param record_id: column with the record's id (``None``: records are sent without ids).
+    :param recode_of: column naming the earlier run a record re-codes (re-code runs; such records
+        bypass the result cache).
     """
 
     occp_text: str
     tasks_text: str
     record_id: str | None = None
+    recode_of: str | None = None
 
     @classmethod
     def parse(cls, value: FieldMap | Mapping[str, str]) -> FieldMap:
         """Accept a ``FieldMap`` or a dict: ``{"record_id": "id", "occp_text": "title", "tasks_text": "duties"}``."""
         if isinstance(value, FieldMap):
             return value
-        unknown = set(value) - {"occp_text", "tasks_text", "record_id"}
+        unknown = set(value) - {"occp_text", "tasks_text", "record_id", "recode_of"}
         if unknown or "occp_text" not in value or "tasks_text" not in value:
             raise ConfigurationError(
-                f"field_map needs 'occp_text' and 'tasks_text' (and may have 'record_id'); got {sorted(value)}"
+                "field_map needs 'occp_text' and 'tasks_text' (and may have 'record_id' and 'recode_of'); "
+                f"got {sorted(value)}"
             )
-        return cls(occp_text=value["occp_text"], tasks_text=value["tasks_text"], record_id=value.get("record_id"))
+        return cls(
+            occp_text=value["occp_text"],
+            tasks_text=value["tasks_text"],
+            record_id=value.get("record_id"),
+            recode_of=value.get("recode_of"),
+        )
 
     def indexes(self, columns: Sequence[str]) -> tuple[int | None, int, int]:
         """Positions of the mapped columns in a result row (case-insensitive)."""
@@ -83,37 +93,16 @@ class FieldMap:
         rid = find(self.record_id) if self.record_id else None
         return rid, find(self.occp_text), find(self.tasks_text)
 
-
-@dataclass(frozen=True)
-class Chunk:
-    """One manifest file: one remote operation."""
-
-    index: int
-    manifest: str
-    positions: str
-    results: str
-    records: int
-    bytes: int
-    digest: str = ""
-    """BLAKE2b of the manifest's bytes: a retried create re-attaches only to an operation fed this content."""
-
-    def to_xcom(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class ExtractSummary:
-    """What an extract produced."""
-
-    rows: int = 0
-    sent: int = 0
-    rejected: int = 0
-    sanitized: int = 0
-    rejects: str = ""
-    chunks: list[Chunk] = field(default_factory=list)
-
-    def to_xcom(self) -> dict[str, Any]:
-        return {**asdict(self), "chunks": [c.to_xcom() for c in self.chunks]}
+    def recode_index(self, columns: Sequence[str]) -> int | None:
+        """Position of the ``recode_of`` column in a result row, if mapped (case-insensitive)."""
+        if self.recode_of is None:
+            return None
+        lookup = {name.lower(): i for i, name in enumerate(columns)}
+        if self.recode_of.lower() not in lookup:
+            raise ConfigurationError(
+                f"field_map column {self.recode_of!r} is not in the query's columns {list(columns)}"
+            )
+        return lookup[self.recode_of.lower()]
 
 
 @contextlib.contextmanager
@@ -129,7 +118,7 @@ def open_sink(location: str) -> Iterator[IO[bytes]]:
         yield handle
 
 
-class _ChunkWriter:
+class ChunkWriter:
     """Writes manifest chunks and their position sidecars, rolling over at the limits."""
 
     def __init__(self, folder: str, chunk_records: int, max_bytes: int) -> None:
@@ -150,7 +139,7 @@ class _ChunkWriter:
         assert self._lines is not None and self._positions is not None
         self._lines.write(line)
         self._digest.update(line)
-        self._positions.write(f"{position}\t{note or ''}\n".encode())
+        self._positions.write(position_line(position, note))
         self._count += 1
         self._bytes += len(line)
 
@@ -182,29 +171,52 @@ class _ChunkWriter:
                 continue
             self._lines.write(blob)
             self._digest.update(blob)
-            self._positions.write(_position_lines(positions[start:end], notes, start))
+            self._positions.write(position_lines(positions[start:end], notes, start))
             self._count += end - start
             self._bytes += len(blob)
             start = end
 
+    def room(self) -> int:
+        """Records the open chunk still takes (0 when none is open: the next write rolls over)."""
+        return 0 if self._lines is None else max(0, self.chunk_records - self._count)
+
+    def fits(self, size: int) -> bool:
+        """Whether ``size`` more bytes of manifest fit in the open chunk."""
+        return self._bytes + size <= self.max_bytes
+
+    def write_encoded(self, lines: bytes, positions: bytes, count: int) -> None:
+        """Write ``count`` records already encoded (manifest and sidecar lines); the caller made sure they fit."""
+        if self._lines is None:
+            self._roll()
+        assert self._lines is not None and self._positions is not None
+        self._lines.write(lines)
+        self._digest.update(lines)
+        self._positions.write(positions)
+        self._count += count
+        self._bytes += len(lines)
+
+    def roll(self) -> None:
+        """Close the open chunk (if any) and start the next."""
+        self._roll()
+
     def _roll(self) -> None:
         self.close()
         index = len(self.chunks) + 1
-        base = f"{self.folder}/chunk-{index:05d}"
+        paths = ChunkPaths.of(self.folder, index)
         self._stack = contextlib.ExitStack()
-        self._lines = self._stack.enter_context(open_sink(f"{base}.jsonl"))
-        self._positions = self._stack.enter_context(open_sink(f"{base}.positions"))
+        self._lines = self._stack.enter_context(open_sink(paths.manifest))
+        self._positions = self._stack.enter_context(open_sink(paths.positions))
         self._count = self._bytes = 0
         self._digest = hashlib.blake2b(digest_size=16)
-        self.chunks.append(Chunk(index, f"{base}.jsonl", f"{base}.positions", f"{base}/", 0, 0))
+        self.chunks.append(Chunk.empty(paths, index))
 
     def close(self) -> None:
         if self._stack is None:
             return
         self._stack.close()
         last = self.chunks[-1]
-        self.chunks[-1] = Chunk(
-            last.index, last.manifest, last.positions, last.results, self._count, self._bytes, self._digest.hexdigest()
+        self.chunks[-1] = dataclasses.replace(
+            last, records=self._count, bytes=self._bytes, digest=self._digest.hexdigest()
         )
         self._stack = self._lines = self._positions = None
 
@@ -237,6 +249,14 @@ def _plain(joined: str) -> bool:
     return joined.isascii() and joined.isprintable() and '"' not in joined and "\\" not in joined
 
 
+def _quoted(joined: str, ascii_only: bool) -> bool:
+    """Whether texts may need JSON escaping: quotes or backslashes, and (unless the rules keep
+    them to printable ASCII) control characters."""
+    if '"' in joined or "\\" in joined:
+        return True
+    return not ascii_only and not joined.isprintable()
+
+
 def _json_strings(texts: list[str]) -> list[str]:
     """``texts`` as they read between the quotes of a JSON string (escaped only where they need it)."""
     joined = "".join(texts)
@@ -248,13 +268,6 @@ def _json_strings(texts: list[str]) -> list[str]:
     for i in escape:
         texts[i] = _encode(texts[i])[1:-1].decode()
     return texts
-
-
-def _position_lines(positions: Sequence[int], notes: Mapping[int, str], offset: int) -> bytes:
-    """The sidecar lines ``position\tnote\n`` of a run of records (``notes`` indexed from ``offset``)."""
-    if not notes:
-        return (("%d\t\n" * len(positions)) % tuple(positions)).encode()
-    return "".join(f"{position}\t{notes.get(offset + i) or ''}\n" for i, position in enumerate(positions)).encode()
 
 
 def _column(values: list[Any]) -> tuple[list[str], str]:
@@ -288,6 +301,14 @@ def _without(column: Sequence[Any], dropped: list[int]) -> list[Any]:
     return kept
 
 
+def check_chunk_limits(chunk_records: int, max_chunk_bytes: int) -> None:
+    """Refuse chunk limits out of range (every writer of chunks checks the same)."""
+    if chunk_records < 1:
+        raise ConfigurationError(f"chunk_records must be at least 1, got {chunk_records}")
+    if not 1024 <= max_chunk_bytes <= ABS_MAX_BYTES:
+        raise ConfigurationError(f"max_chunk_bytes must be between 1 KiB and 5 GB, got {max_chunk_bytes}")
+
+
 def write_chunks(
     rows: Iterable[Sequence[Any]],
     columns: Sequence[str],
@@ -297,19 +318,24 @@ def write_chunks(
     chunk_records: int = 100_000,
     max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES,
     sanitize_records: bool = False,
+    rules: InputRules = ABS_RULES,
+    reuse: TextReuse | None = None,
 ) -> ExtractSummary:
-    """Validate ``rows`` and write them as manifest chunks under ``folder`` (path or URI).
+    """Validate ``rows`` against the service's ``rules`` and write them as manifest chunks under ``folder``.
+
+    With ``reuse``, records whose texts were already seen in the run or are in the result cache are
+    listed by it instead of written (:mod:`airflow_batchcode.dedupe`).
 
     :return: counts, the chunks written, and where the rejected records went.
     """
-    if chunk_records < 1:
-        raise ConfigurationError(f"chunk_records must be at least 1, got {chunk_records}")
-    if not 1024 <= max_chunk_bytes <= ABS_MAX_BYTES:
-        raise ConfigurationError(f"max_chunk_bytes must be between 1 KiB and 5 GB, got {max_chunk_bytes}")
-    rid_at, occp_at, tasks_at = FieldMap.parse(field_map).indexes(columns)
-    rule = sanitize if sanitize_records else check
-    summary = ExtractSummary(rejects=f"{folder.rstrip('/')}/rejected.jsonl")
-    writer = _ChunkWriter(folder, chunk_records, max_chunk_bytes)
+    check_chunk_limits(chunk_records, max_chunk_bytes)
+    fields = FieldMap.parse(field_map)
+    rid_at, occp_at, tasks_at = fields.indexes(columns)
+    recode_at = fields.recode_index(columns)
+    rule = rules.sanitize if sanitize_records else rules.check
+    suspects = rules.suspects
+    summary = ExtractSummary(rejects=rejects_path(folder))
+    writer = ChunkWriter(folder, chunk_records, max_chunk_bytes)
     occp_of, tasks_of = itemgetter(occp_at), itemgetter(tasks_at)
     rid_of = itemgetter(rid_at) if rid_at is not None else None
     source = iter(rows)
@@ -320,11 +346,12 @@ def write_chunks(
                 occp, occp_joined = _column(list(map(occp_of, batch)))
                 tasks, tasks_joined = _column(list(map(tasks_of, batch)))
                 ids, ids_joined = _column(list(map(rid_of, batch))) if rid_of is not None else (None, "")
+                recode = [row[recode_at] for row in batch] if recode_at is not None else None
                 first, position = position + 1, position + len(batch)
-                positions: range | list[int] = range(first, position + 1)
+                positions: Sequence[int] = range(first, position + 1)
                 dropped: list[int] = []
                 notes: dict[int, str] = {}
-                quoted = '"' in occp_joined or "\\" in occp_joined, '"' in tasks_joined or "\\" in tasks_joined
+                quoted = _quoted(occp_joined, rules.ascii_only), _quoted(tasks_joined, rules.ascii_only)
                 for i in suspects(occp, tasks, (occp_joined, tasks_joined)):
                     checked = rule(occp[i], tasks[i])
                     if checked.note:
@@ -336,15 +363,17 @@ def write_chunks(
                             quoted = (True, True)
                         continue
                     dropped.append(i)
-                    record = {
-                        "position": first + i,
-                        "recordId": ids[i] if ids is not None else None,
-                        "occp_text": occp[i],
-                        "tasks_text": tasks[i],
-                        "error": checked.error,
-                        "note": checked.note,
-                    }
-                    rejects.write(_encode(record) + b"\n")
+                    record = Rejected(
+                        position=first + i,
+                        recordId=ids[i] if ids is not None else None,
+                        occp_text=occp[i],
+                        tasks_text=tasks[i],
+                        error=checked.error,
+                        note=checked.note,
+                    )
+                    rejects.write(rejected_line(record))
+                    if reuse is not None and recode is not None:
+                        reuse.rejected(first + i, record.recordId, recode[i])
                 if dropped:
                     occp, tasks, positions = (
                         _without(occp, dropped),
@@ -352,113 +381,18 @@ def write_chunks(
                         _without(positions, dropped),
                     )
                     ids = _without(ids, dropped) if ids is not None else None
+                    recode = _without(recode, dropped) if recode is not None else None
+                if reuse is not None:
+                    ids, occp, tasks, positions, notes = reuse.select((ids, occp, tasks, positions, notes), recode)
                 plain = (ids is not None and _plain(ids_joined), not quoted[0], not quoted[1])
                 writer.write_batch(ids, occp, tasks, positions, notes, plain)
                 summary.sent += len(occp)
                 summary.rejected += len(dropped)
-            summary.rows = summary.sent + summary.rejected
+            if reuse is not None:
+                counts = reuse.counts
+                summary.distinct, summary.duplicates, summary.cached = counts.distinct, counts.duplicates, counts.cached
+            summary.rows = summary.sent + summary.rejected + summary.duplicates + summary.cached
     finally:
         writer.close()
     summary.chunks = writer.chunks
     return summary
-
-
-@contextlib.contextmanager
-def stream_query(conn_id: str, sql: str, *, fetch_rows: int = FETCH_ROWS) -> Iterator[tuple[list[str], Iterator[Any]]]:
-    """Run ``sql`` on a common-sql connection; yield its column names and a row iterator.
-
-    PostgreSQL rows come from psycopg 3's chunked ``stream`` where libpq has it (17 and later),
-    else a server-side (named) cursor; other databases use ``fetchmany``: the result set is
-    never held in memory whole. SQLite text that is not valid
-    UTF-8 is read with bad bytes shown as U+FFFD (the query is re-run in the same read
-    transaction with a decoding text factory, only if such text turns up).
-    """
-    from airflow.sdk import BaseHook
-
-    hook = BaseHook.get_connection(conn_id).get_hook()
-    conn = hook.get_conn()
-    try:
-        if type(conn).__module__.startswith("sqlite3"):
-            if not conn.in_transaction:
-                conn.execute("BEGIN")  # one snapshot, should the query have to be re-run
-            cursor = conn.cursor()
-            cursor.execute(sql)
-            columns = [d[0] for d in cursor.description or ()]
-            yield columns, itertools.chain.from_iterable(_sqlite_batches(conn, cursor, sql, fetch_rows))
-        else:
-            first = None
-            streamed = _chunked_stream(conn, sql, fetch_rows)
-            if streamed is not None:
-                cursor, stream = streamed
-                try:
-                    first = next(stream, None)  # runs the query; its columns are known from the first row
-                    if first is not None:
-                        columns = [d[0] for d in cursor.description or ()]
-                        yield columns, itertools.chain((first,), stream)
-                finally:
-                    stream.close()  # a stream left half read would hold the connection
-            if first is None:  # no chunked stream, or an empty result (whose columns a stream does not give)
-                cursor = _server_side_cursor(conn, fetch_rows)
-                cursor.execute(sql)
-                columns = [d[0] for d in cursor.description or ()]
-                yield columns, itertools.chain.from_iterable(iter(partial(cursor.fetchmany, fetch_rows), []))
-        cursor.close()
-    finally:
-        with contextlib.suppress(Exception):
-            conn.rollback()
-        conn.close()
-
-
-def _replace_bad_utf8(raw: bytes) -> str:
-    return raw.decode("utf-8", "replace")
-
-
-def _sqlite_batches(conn: Any, cursor: Any, sql: str, fetch_rows: int) -> Iterator[list[Any]]:
-    """``fetchmany`` batches; on text that is not UTF-8, re-run with a decoding factory and skip what was read."""
-    import sqlite3
-
-    done = 0
-    while True:
-        try:
-            while batch := cursor.fetchmany(fetch_rows):
-                done += len(batch)
-                yield batch
-            return
-        except sqlite3.OperationalError as exc:
-            if conn.text_factory is _replace_bad_utf8 or "decode" not in str(exc):
-                raise
-        conn.text_factory = _replace_bad_utf8
-        cursor = conn.cursor()
-        cursor.execute(sql)
-        skip = done
-        while skip and (batch := cursor.fetchmany(min(skip, fetch_rows))):
-            skip -= len(batch)
-
-
-def _chunked_stream(conn: Any, sql: str, fetch_rows: int) -> tuple[Any, Generator[Any, None, None]] | None:
-    """psycopg 3 over libpq 17 or later: a cursor and its ``stream`` of ``sql``'s rows in chunks of ``fetch_rows``.
-
-    The server sends the rows without waiting to be asked for each batch (as with ``COPY``),
-    and psycopg converts them a chunk at a time: half the time of a server-side cursor's
-    ``fetchmany`` round trips. ``None`` for other drivers and older libpq.
-    """
-    module = type(conn).__module__
-    if module != "psycopg" and not module.startswith("psycopg."):  # psycopg 3 (psycopg2 is another driver)
-        return None
-    try:
-        from psycopg import capabilities
-    except ImportError:
-        return None
-    if not capabilities.has_stream_chunked():
-        return None
-    cursor = conn.cursor()
-    return cursor, cursor.stream(sql, size=fetch_rows)
-
-
-def _server_side_cursor(conn: Any, fetch_rows: int) -> Any:
-    module = type(conn).__module__
-    if module.startswith(("psycopg2", "psycopg")):
-        cursor = conn.cursor(name=f"batchcode_extract_{os.getpid()}")
-        cursor.itersize = fetch_rows
-        return cursor
-    return conn.cursor()

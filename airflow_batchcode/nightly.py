@@ -1,7 +1,8 @@
 """The shipped nightly pipeline: survey answers of the day → ANZSCO/OSCA codes in the warehouse.
 
 Scheduled daily, each run codes the answers of its data interval; an analyst can trigger a
-re-code from the UI form (topic, model, date range) and a data engineer can backfill with
+re-code from the UI form (topic, model, date range; "Re-code what failed" codes again only the
+records whose latest outcome failed) and a data engineer can backfill with
 ``airflow backfill create``. ``dags/batchcode_nightly.py`` builds it with the defaults below.
 """
 
@@ -15,14 +16,39 @@ from airflow.sdk.definitions.timetables.interval import CronDataIntervalTimetabl
 
 from airflow_batchcode.dags import coding_dag
 
-SOURCE_SQL = """
-SELECT respondent_id, occupation, duties
+ANSWERED_IN_RANGE = """\
+{column} >= '{{{{ params.from_date or data_interval_start.strftime('%Y-%m-%d') }}}}'
+  AND {{% if params.to_date %}}{column} <= '{{{{ params.to_date }}}}'
+      {{% else %}}{column} < '{{{{ data_interval_end.strftime('%Y-%m-%d') }}}}'{{% endif %}}"""
+
+SOURCE_SQL = """\
+{{% if params.recode %}}
+SELECT s.respondent_id, s.occupation, s.duties, l.dag_run_id AS recode_of
+FROM {table} s
+JOIN {output_table}_latest l ON l.record_id = CAST(s.respondent_id AS TEXT) AND l.dag_id = '{{{{ dag.dag_id }}}}'
+WHERE {in_range_recode}
+  AND (l.code_status IN ('unsuccessful', 'error'){{% if params.recode_below is not none %}}
+       OR (l.code_status = 'successful' AND l.code_confidence < {{{{ params.recode_below }}}}){{% endif %}})
+{{% else %}}
+SELECT respondent_id, occupation, duties, NULL AS recode_of
 FROM {table}
-WHERE answered_on >= '{{{{ params.from_date or data_interval_start.strftime('%Y-%m-%d') }}}}'
-  AND {{% if params.to_date %}}answered_on <= '{{{{ params.to_date }}}}'
-      {{% else %}}answered_on < '{{{{ data_interval_end.strftime('%Y-%m-%d') }}}}'{{% endif %}}
-ORDER BY respondent_id
+WHERE {in_range}
+{{% endif %}}
+ORDER BY 1
 """
+"""The nightly extract; in re-code mode, the earlier runs' rows that failed (or were coded with
+less than ``recode_below`` confidence), by the latest outcome of each record (``<output>_latest``)."""
+
+
+def source_sql(table: str, output_table: str) -> str:
+    """The nightly extract over ``table`` (re-code mode reads ``<output_table>_latest`` too)."""
+    return SOURCE_SQL.format(
+        table=table,
+        output_table=output_table,
+        in_range=ANSWERED_IN_RANGE.format(column="answered_on"),
+        in_range_recode=ANSWERED_IN_RANGE.format(column="s.answered_on"),
+    )
+
 
 PARAMS = {
     "topic": Param(
@@ -50,6 +76,23 @@ PARAMS = {
         title="To date",
         description="Last answer date to code (inclusive); empty for the run's data interval.",
     ),
+    "recode": Param(
+        False,
+        type="boolean",
+        title="Re-code what failed",
+        description=(
+            "Code again, bypassing the result cache, the records of the date range whose latest outcome is "
+            "unsuccessful or an error (or below the confidence threshold); the new rows name the run they re-code."
+        ),
+    ),
+    "recode_below": Param(
+        None,
+        type=["null", "number"],
+        minimum=0,
+        maximum=1,
+        title="Re-code below confidence",
+        description="In re-code mode, also re-code coded records whose confidence is below this (0 to 1).",
+    ),
 }
 
 
@@ -64,6 +107,7 @@ def nightly_dag(
     poll_interval: float = 60,
     staging: str | None = None,
     min_success_rate: float | None = None,
+    result_cache: bool = True,
     **dag_kwargs: Any,
 ) -> DAG:
     """The nightly DAG over ``source_table(respondent_id, answered_on, occupation, duties)``.
@@ -81,8 +125,13 @@ def nightly_dag(
     return coding_dag(
         dag_id,
         source_conn_id=warehouse_conn_id,
-        source_sql=SOURCE_SQL.format(table=source_table),
-        field_map={"record_id": "respondent_id", "occp_text": "occupation", "tasks_text": "duties"},
+        source_sql=source_sql(source_table, output_table),
+        field_map={
+            "record_id": "respondent_id",
+            "occp_text": "occupation",
+            "tasks_text": "duties",
+            "recode_of": "recode_of",
+        },
         output_conn_id=warehouse_conn_id,
         output_table=output_table,
         batchcode_conn_id=batchcode_conn_id,
@@ -92,5 +141,6 @@ def nightly_dag(
         poll_interval=poll_interval,
         staging=staging,
         min_success_rate=min_success_rate,
+        result_cache=result_cache,
         **dag_kwargs,
     )

@@ -1,32 +1,150 @@
-"""The output table: created when missing, one run's rows replaced atomically, bulk-loaded.
+"""The warehouse side of the pipeline: the extract query streamed out, the output table loaded.
 
-Loading a run deletes that run's earlier rows and inserts the new ones in one transaction,
-so re-running or clearing a run never duplicates. PostgreSQL gets ``COPY FROM STDIN``;
-other databases get batched ``executemany``.
+:func:`stream_query` runs the extract on any common-sql connection through ``fetchmany``
+(server-side cursors where the driver has them, psycopg 3's chunked stream where libpq allows),
+never holding the result set whole. The output table is created when missing; loading a run
+deletes that run's earlier rows and inserts the new ones in one transaction, so re-running or
+clearing a run never duplicates. PostgreSQL gets ``COPY FROM STDIN``; other databases get
+batched ``executemany``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
+import os
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from airflow_batchcode.exceptions import ConfigurationError
-from airflow_batchcode.results import COLUMNS, Row
+from airflow_batchcode.rows import COLUMNS, Row
 
 TABLE_COLUMNS = (*COLUMNS, "dag_id", "dag_run_id", "loaded_at")
-_TYPES = {
+TableRow = tuple[Any, ...]
+"""A row of the output table: a :class:`Row` and the loader's three columns."""
+COLUMN_TYPES = {
     "position": "BIGINT",
     "code_confidence": "DOUBLE PRECISION",
     "agreement": "DOUBLE PRECISION",
     "chunk": "INTEGER",
     "loaded_at": "TIMESTAMP",
 }
+"""SQL types of the output table's columns that are not ``TEXT``."""
+
+
+def column_type(name: str) -> str:
+    """The SQL type of an output-table column."""
+    return COLUMN_TYPES.get(name, "TEXT")
+
+
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 BATCH_ROWS = 10_000
+FETCH_ROWS = 10_000
+
+
+@contextlib.contextmanager
+def stream_query(conn_id: str, sql: str, *, fetch_rows: int = FETCH_ROWS) -> Iterator[tuple[list[str], Iterator[Any]]]:
+    """Run ``sql`` on a common-sql connection; yield its column names and a row iterator.
+
+    PostgreSQL rows come from psycopg 3's chunked ``stream`` where libpq has it (17 and later),
+    else a server-side (named) cursor; other databases use ``fetchmany``: the result set is
+    never held in memory whole. SQLite text that is not valid
+    UTF-8 is read with bad bytes shown as U+FFFD (the query is re-run in the same read
+    transaction with a decoding text factory, only if such text turns up).
+    """
+    from airflow.sdk import BaseHook
+
+    hook = BaseHook.get_connection(conn_id).get_hook()
+    conn = hook.get_conn()
+    try:
+        if type(conn).__module__.startswith("sqlite3"):
+            if not conn.in_transaction:
+                conn.execute("BEGIN")  # one snapshot, should the query have to be re-run
+            cursor = conn.cursor()
+            cursor.execute(sql)
+            columns = [d[0] for d in cursor.description or ()]
+            yield columns, itertools.chain.from_iterable(_sqlite_batches(conn, cursor, sql, fetch_rows))
+        else:
+            first = None
+            streamed = _chunked_stream(conn, sql, fetch_rows)
+            if streamed is not None:
+                cursor, stream = streamed
+                try:
+                    first = next(stream, None)  # runs the query; its columns are known from the first row
+                    if first is not None:
+                        columns = [d[0] for d in cursor.description or ()]
+                        yield columns, itertools.chain((first,), stream)
+                finally:
+                    stream.close()  # a stream left half read would hold the connection
+            if first is None:  # no chunked stream, or an empty result (whose columns a stream does not give)
+                cursor = _server_side_cursor(conn, fetch_rows)
+                cursor.execute(sql)
+                columns = [d[0] for d in cursor.description or ()]
+                yield columns, itertools.chain.from_iterable(iter(partial(cursor.fetchmany, fetch_rows), []))
+        cursor.close()
+    finally:
+        with contextlib.suppress(Exception):
+            conn.rollback()
+        conn.close()
+
+
+def _replace_bad_utf8(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace")
+
+
+def _sqlite_batches(conn: Any, cursor: Any, sql: str, fetch_rows: int) -> Iterator[list[Any]]:
+    """``fetchmany`` batches; on text that is not UTF-8, re-run with a decoding factory and skip what was read."""
+    import sqlite3
+
+    done = 0
+    while True:
+        try:
+            while batch := cursor.fetchmany(fetch_rows):
+                done += len(batch)
+                yield batch
+            return
+        except sqlite3.OperationalError as exc:
+            if conn.text_factory is _replace_bad_utf8 or "decode" not in str(exc):
+                raise
+        conn.text_factory = _replace_bad_utf8
+        cursor = conn.cursor()
+        cursor.execute(sql)
+        skip = done
+        while skip and (batch := cursor.fetchmany(min(skip, fetch_rows))):
+            skip -= len(batch)
+
+
+def _chunked_stream(conn: Any, sql: str, fetch_rows: int) -> tuple[Any, Generator[Any, None, None]] | None:
+    """psycopg 3 over libpq 17 or later: a cursor and its ``stream`` of ``sql``'s rows in chunks of ``fetch_rows``.
+
+    The server sends the rows without waiting to be asked for each batch (as with ``COPY``),
+    and psycopg converts them a chunk at a time: half the time of a server-side cursor's
+    ``fetchmany`` round trips. ``None`` for other drivers and older libpq.
+    """
+    module = type(conn).__module__
+    if module != "psycopg" and not module.startswith("psycopg."):  # psycopg 3 (psycopg2 is another driver)
+        return None
+    try:
+        from psycopg import capabilities
+    except ImportError:
+        return None
+    if not capabilities.has_stream_chunked():
+        return None
+    cursor = conn.cursor()
+    return cursor, cursor.stream(sql, size=fetch_rows)
+
+
+def _server_side_cursor(conn: Any, fetch_rows: int) -> Any:
+    module = type(conn).__module__
+    if module.startswith(("psycopg2", "psycopg")):
+        cursor = conn.cursor(name=f"batchcode_extract_{os.getpid()}")
+        cursor.itersize = fetch_rows
+        return cursor
+    return conn.cursor()
 
 
 def check_table_name(table: str) -> str:
@@ -41,7 +159,7 @@ def check_table_name(table: str) -> str:
 
 def create_table_sql(table: str) -> list[str]:
     """DDL for the output table and its run index (portable across SQLite and PostgreSQL)."""
-    columns = ",\n  ".join(f"{name} {_TYPES.get(name, 'TEXT')}" for name in TABLE_COLUMNS)
+    columns = ",\n  ".join(f"{name} {column_type(name)}" for name in TABLE_COLUMNS)
     index = f"ix_{table.replace('.', '_')}_run"
     return [
         f"CREATE TABLE IF NOT EXISTS {table} (\n  {columns}\n)",
@@ -55,18 +173,34 @@ def add_missing_columns_sql(cursor: Any, table: str) -> list[str]:
     existing = {column[0].lower() for column in cursor.description}
     cursor.fetchall()
     return [
-        f"ALTER TABLE {table} ADD COLUMN {name} {_TYPES.get(name, 'TEXT')}"
-        for name in TABLE_COLUMNS
-        if name not in existing
+        f"ALTER TABLE {table} ADD COLUMN {name} {column_type(name)}" for name in TABLE_COLUMNS if name not in existing
     ]
 
 
-def replace_run_rows(conn_id: str, table: str, rows: Iterable[Row], *, dag_id: str, run_id: str) -> int:
+def prepare_table(cursor: Any, table: str) -> None:
+    """Create ``table`` and its run index if missing, and add the columns an older table lacks (not committed)."""
+    for statement in create_table_sql(table):
+        cursor.execute(statement)
+    for statement in add_missing_columns_sql(cursor, table):
+        cursor.execute(statement)
+
+
+AfterInsert = Callable[[Any, Any, Any], int]
+"""``after(conn, cursor, loaded_at) -> rows it inserted``: more of the run's rows, written in the database
+inside the load's transaction (:class:`airflow_batchcode.result_cache.RunFill`)."""
+
+
+def replace_run_rows(
+    conn_id: str, table: str, rows: Iterable[Row], *, dag_id: str, run_id: str, after: AfterInsert | None = None
+) -> int:
     """Create ``table`` if needed, then replace the run's rows with ``rows`` in one transaction.
 
+    :param after: run after ``rows`` are in (and before the reviews are applied), in the same transaction.
     :return: the rows inserted.
     """
     from airflow.sdk import BaseHook
+
+    from airflow_batchcode.ui.reviews import apply_reviews, review_ddl
 
     check_table_name(table)
     hook = BaseHook.get_connection(conn_id).get_hook()
@@ -77,9 +211,8 @@ def replace_run_rows(conn_id: str, table: str, rows: Iterable[Row], *, dag_id: s
     full = ((*row, dag_id, run_id, loaded_at) for row in rows)
     try:
         cursor = conn.cursor()
-        for statement in create_table_sql(table):
-            cursor.execute(statement)
-        for statement in add_missing_columns_sql(cursor, table):
+        prepare_table(cursor, table)
+        for statement in review_ddl(table):
             cursor.execute(statement)
         conn.commit()
         placeholder = "?" if _is_sqlite(conn) else "%s"
@@ -87,6 +220,9 @@ def replace_run_rows(conn_id: str, table: str, rows: Iterable[Row], *, dag_id: s
         cursor.execute(delete, (dag_id, run_id))
         insert = _copy_loader(conn, cursor, table) or _executemany_loader(cursor, table, placeholder)
         count = insert(full)
+        if after is not None:
+            count += after(conn, cursor, loaded_at)
+        apply_reviews(conn, table, dag_id=dag_id, run_id=run_id)  # reviewers' decisions outlive a reload
         conn.commit()
         return count
     except Exception:
@@ -100,11 +236,11 @@ def _is_sqlite(conn: Any) -> bool:
     return type(conn).__module__.startswith("sqlite3")
 
 
-def _executemany_loader(cursor: Any, table: str, placeholder: str) -> Callable[[Iterable[Row]], int]:
+def _executemany_loader(cursor: Any, table: str, placeholder: str) -> Callable[[Iterable[TableRow]], int]:
     values = ", ".join([placeholder] * len(TABLE_COLUMNS))
     statement = f"INSERT INTO {table} ({', '.join(TABLE_COLUMNS)}) VALUES ({values})"  # noqa: S608
 
-    def load(rows: Iterable[Row]) -> int:
+    def load(rows: Iterable[TableRow]) -> int:
         count = 0
         source = iter(rows)
         while batch := list(itertools.islice(source, BATCH_ROWS)):
@@ -115,13 +251,13 @@ def _executemany_loader(cursor: Any, table: str, placeholder: str) -> Callable[[
     return load
 
 
-def _copy_loader(conn: Any, cursor: Any, table: str) -> Callable[[Iterable[Row]], int] | None:
+def _copy_loader(conn: Any, cursor: Any, table: str) -> Callable[[Iterable[TableRow]], int] | None:
     """``COPY ... FROM STDIN`` for psycopg 3 and psycopg2; ``None`` for other drivers."""
     module = type(conn).__module__
     statement = f"COPY {table} ({', '.join(TABLE_COLUMNS)}) FROM STDIN"
     if module.startswith("psycopg2"):
 
-        def load_psycopg2(rows: Iterable[Row]) -> int:
+        def load_psycopg2(rows: Iterable[TableRow]) -> int:
             stream = _CopyTextStream(rows)
             cursor.copy_expert(statement, stream, size=1 << 20)
             return stream.count
@@ -129,7 +265,7 @@ def _copy_loader(conn: Any, cursor: Any, table: str) -> Callable[[Iterable[Row]]
         return load_psycopg2
     if module.startswith("psycopg"):
 
-        def load_psycopg(rows: Iterable[Row]) -> int:
+        def load_psycopg(rows: Iterable[TableRow]) -> int:
             count = 0
             with cursor.copy(statement) as copy:
                 write = copy.write_row
@@ -144,8 +280,8 @@ def _copy_loader(conn: Any, cursor: Any, table: str) -> Callable[[Iterable[Row]]
 class _CopyTextStream(io.RawIOBase):
     """A readable file over rows in COPY's text format (``\\N`` for NULL), for psycopg2's ``copy_expert``."""
 
-    def __init__(self, rows: Iterable[Row]) -> None:
-        self._rows: Iterator[Row] = iter(rows)
+    def __init__(self, rows: Iterable[TableRow]) -> None:
+        self._rows: Iterator[TableRow] = iter(rows)
         self._buffer = bytearray()
         self.count = 0
 
@@ -187,7 +323,7 @@ _CONSTANT_TYPES = (str, type(None), datetime)
 _NUMBER_TYPES = {int, float}
 
 
-def _copy_block(rows: list[Row]) -> str | None:
+def _copy_block(rows: list[TableRow]) -> str | None:
     """``rows`` in COPY's text format, built a column at a time (as :func:`_copy_text` would, value by value).
 
     A join of :func:`_copy_text` per row costs 10-12 µs for our 22 columns; here each column

@@ -47,8 +47,8 @@ with DAG(
 STEPS = ["extract", "chunks", "create", "upload", "wait", "download", "load", "summary"]
 
 
-def dag_test(dag_file: str) -> dict[str, Any]:
-    """Child: load the DAG file and run it once with ``dag.test()``."""
+def dag_test(dag_file: str, logical_date: str = LOGICAL_DATE) -> dict[str, Any]:
+    """Child: load the DAG file and run it once with ``dag.test()`` (the night before ``logical_date``)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(Path(dag_file).stem, dag_file)
@@ -56,7 +56,7 @@ def dag_test(dag_file: str) -> dict[str, Any]:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     started = time.perf_counter()
-    run = module.dag.test(logical_date=datetime.fromisoformat(LOGICAL_DATE))
+    run = module.dag.test(logical_date=datetime.fromisoformat(logical_date))
     return {"seconds": time.perf_counter() - started, "state": str(run.state), "run_id": run.run_id}
 
 

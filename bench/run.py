@@ -1,7 +1,8 @@
 """Run every benchmark, print one line per figure and write them all to ``bench/results.json``.
 
 Environment: ``BENCH_QUICK=1`` (100,000 records, 20 s of triggers, results in
-``bench/results-quick.json``), ``BENCH_ONLY=extract,load,transfer,memory,triggers,e2e`` (a subset),
+``bench/results-quick.json``), ``BENCH_ONLY=extract,load,transfer,memory,triggers,budget,e2e,frugal,emulator_model``
+(a subset),
 ``BENCH_WORKDIR`` (work there and keep it; default: a temporary folder, removed at the end),
 ``BENCH_PG`` (admin DSN of the PostgreSQL server; default 127.0.0.1:5432 as ``postgres``).
 """
@@ -30,7 +31,7 @@ from bench.common import (
     sqlite_connection,
 )
 
-FIGURES = ("extract", "load", "transfer", "memory", "triggers", "e2e")
+FIGURES = ("extract", "load", "transfer", "memory", "triggers", "budget", "e2e", "frugal", "emulator_model")
 
 
 def main() -> int:
@@ -76,7 +77,8 @@ def main() -> int:
         with postgres_database(warehouse) if {"extract", "load"} & only else _nothing() as pg:
             if pg is not None:
                 env["AIRFLOW_CONN_BENCH_PG"] = postgres_connection(pg)
-            from bench.throughput import extract_only, figure_extract, figure_load
+            from bench.load import figure_load
+            from bench.throughput import extract_only, figure_extract
 
             summary = figure("extract", lambda: figure_extract(report, settings, work, env, log, pg))
             if summary is None and "load" in only:
@@ -92,9 +94,18 @@ def main() -> int:
         from bench.triggers import figure_triggers
 
         figure("triggers", lambda: figure_triggers(report, settings, work, env, log))
+        from bench.budget import figure_budget
+
+        figure("budget", lambda: figure_budget(report, settings, work, env, log))
         from bench.e2e import figure_e2e
 
         figure("e2e", lambda: figure_e2e(report, settings, work, env, log, warehouse))
+        from bench.frugal import figure_frugal
+
+        figure("frugal", lambda: figure_frugal(report, settings, work, env, log, warehouse))
+        from bench.emulator_model import figure_emulator_model
+
+        figure("emulator_model", lambda: figure_emulator_model(report))
     finally:
         report.write()
         print(f"# results written to {target.relative_to(ROOT)} in {time.time() - report.started:.0f} s", flush=True)

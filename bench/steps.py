@@ -14,13 +14,13 @@ from bench.common import FIELD_MAP, TOPIC, child_main
 OUTPUT_TABLE = "coded_bench"
 
 
-def extract(conn_id: str, sql: str, folder: str, chunk_records: int) -> dict[str, Any]:
-    """``stream_query`` + ``write_chunks``, as the ``extract`` task does."""
-    from airflow_batchcode.manifests import stream_query, write_chunks
+def extract(conn_id: str, sql: str, folder: str, chunk_records: int, columnar: bool = True) -> dict[str, Any]:
+    """``extract_chunks``, as the ``extract`` task does: ADBC batches for SQLite and PostgreSQL
+    (``columnar=False``: ``stream_query`` + ``write_chunks``, the DB-API path)."""
+    from airflow_batchcode.columnar.extract import extract_chunks
 
     started = time.perf_counter()
-    with stream_query(conn_id, sql) as (columns, rows):
-        summary = write_chunks(rows, columns, FIELD_MAP, folder, chunk_records=chunk_records)
+    summary = extract_chunks(conn_id, sql, FIELD_MAP, folder, chunk_records=chunk_records, columnar=columnar)
     return {"seconds": time.perf_counter() - started, "summary": summary.to_xcom()}
 
 
@@ -54,10 +54,19 @@ def download(operation_id: str, destination: str, atomic: bool = True) -> dict[s
 
 
 def load(
-    conn_id: str, chunks: list[dict[str, Any]], rejects: str, run_id: str, table: str = OUTPUT_TABLE
+    conn_id: str,
+    chunks: list[dict[str, Any]],
+    rejects: str,
+    run_id: str,
+    table: str = OUTPUT_TABLE,
+    columnar: bool = True,
 ) -> dict[str, Any]:
-    """``chunk_rows`` + ``rejected_rows`` + ``RunSummary`` + ``replace_run_rows``, as the ``load`` task does."""
-    from airflow_batchcode.results import RunSummary, chunk_rows, rejected_rows
+    """``chunk_rows`` + ``rejected_rows`` + ``RunSummary`` + ``load_run_rows``, as the ``load`` task does
+    (ADBC ingest for SQLite; ``columnar=False``: ``replace_run_rows``, the DB-API path)."""
+    from airflow_batchcode.columnar.load import load_run_rows
+    from airflow_batchcode.normalise.abs import chunk_rows
+    from airflow_batchcode.results import rejected_rows
+    from airflow_batchcode.summary import RunSummary
     from airflow_batchcode.warehouse import replace_run_rows
 
     started = time.perf_counter()
@@ -68,6 +77,7 @@ def load(
             for row in chunk_rows(
                 chunk["output"],
                 chunk["positions"],
+                manifest=chunk["manifest"],
                 chunk=chunk["index"],
                 operation_id=chunk["operation_id"],
                 topic=TOPIC,
@@ -79,7 +89,8 @@ def load(
             run.add(row)
             yield row
 
-    inserted = replace_run_rows(conn_id, table, rows(), dag_id="bench", run_id=run_id)
+    loader = load_run_rows if columnar else replace_run_rows
+    inserted = loader(conn_id, table, rows(), dag_id="bench", run_id=run_id)
     return {"seconds": time.perf_counter() - started, "rows": inserted, "summary": run.to_dict()}
 
 

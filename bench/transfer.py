@@ -193,6 +193,7 @@ def figure_memory(
         loaded = {
             "output": output,
             "positions": chunk["positions"],
+            "manifest": chunk["manifest"],
             "index": chunk["index"],
             "operation_id": target.operation_id,
         }

@@ -3,6 +3,9 @@
     python -m stack.run            # up, one smoke run of the nightly DAG, then serve until Ctrl-C
     python -m stack.run --once     # up, smoke run, down (exit code 0 when the run succeeded)
     python -m stack.run --no-smoke # up and serve only
+    python -m stack.run --triggerers 2 --shared-budget --rate-limit 1 --daily-quota 20 --quota-window 30
+                                   # two triggerers and the worker on one Redis request budget, against
+                                   # an emulator enforcing that rate and quota
 
 Needs PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379 (``BATCHCODE_STACK_PG`` /
 ``BATCHCODE_STACK_REDIS`` override them). Everything it makes — databases, the Redis
@@ -23,7 +26,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from stack.topology import ADMIN_USER, DAG_ID, Stack, StackOptions, wait_for
+from stack.host import wait_for
+from stack.topology import ADMIN_USER, DAG_ID, Stack, StackOptions
 
 
 def smoke_run(stack: Stack, day: str, *, topic: str = "osca", timeout: float = 240) -> dict[str, Any]:
@@ -55,6 +59,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-smoke", action="store_true", help="do not trigger a smoke run")
     parser.add_argument("--work", type=Path, help="keep AIRFLOW_HOME, DAGs, staging and logs here")
     parser.add_argument("--records", type=int, default=400, help="survey answers seeded (over two days)")
+    parser.add_argument("--triggerers", type=int, default=1, help="triggerer processes")
+    parser.add_argument("--rate-limit", type=float, default=0, help="API requests/s of the account (0 = none)")
+    parser.add_argument("--daily-quota", type=int, default=0, help="API requests per quota window (0 = none)")
+    parser.add_argument("--quota-window", type=float, default=86400, help="quota window (s)")
+    parser.add_argument("--shared-budget", action="store_true", help="one request budget in the stack's Redis")
+    parser.add_argument(
+        "--realtime-max-records",
+        type=int,
+        default=0,
+        help="code a day of at most this many records in real time (the nightly's default is 300; 0, the "
+        "stack's default, sends every day through remote operations so the deferral shows)",
+    )
     args = parser.parse_args(argv)
 
     stop = threading.Event()
@@ -67,7 +83,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
-    options = StackOptions(records=args.records, work=args.work)
+    options = StackOptions(
+        records=args.records,
+        work=args.work,
+        triggerers=args.triggerers,
+        rate_limit=args.rate_limit,
+        daily_quota=args.daily_quota,
+        quota_window=args.quota_window,
+        shared_budget=args.shared_budget,
+        realtime_max_records=args.realtime_max_records,
+    )
     stack = Stack(options)
     print("Starting: airflow db migrate, scheduler, dag-processor, triggerer, api-server, celery worker, emulator ...")
     code = 1

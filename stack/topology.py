@@ -10,17 +10,15 @@ and warehouse database on the PostgreSQL server, a Redis database number claimed
 empty, free loopback ports, a temporary ``AIRFLOW_HOME``. :meth:`Stack.stop` ends every
 process group it started and drops what it made, also after a failed start; the processes get
 SIGTERM from Linux if the process that started them dies, and the next stack on the host sweeps
-the databases, Redis database and folder such a killed stack left (:func:`sweep_abandoned`).
+the databases, Redis database and folder such a killed stack left (:func:`stack.host.sweep_abandoned`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import random
-import secrets
 import shutil
 import signal
 import socket
@@ -28,116 +26,51 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import requests
 
-DAG_ID = "batchcode_nightly"
-PG_ADMIN_DSN = os.environ.get("BATCHCODE_STACK_PG", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
-REDIS_URL = os.environ.get("BATCHCODE_STACK_REDIS", "redis://127.0.0.1:6379")
-ADMIN_USER = "admin"
-CLAIM_KEY = "batchcode-stack:claim"
-OWNER_PREFIX = "batchcode-stack owner="
+from stack.host import (
+    CLAIM_KEY,
+    OWNER_PREFIX,
+    PG_ADMIN_DSN,
+    REDIS_URL,
+    Resources,
+    die_with_parent,
+    free_port,
+    sweep_abandoned,
+    wait_for,
+)
 
-DAG_FILE = '''"""The shipped nightly pipeline as the native stack runs it: fast polling, small chunks, no schedule."""
+DAG_ID = "batchcode_nightly"
+ADMIN_USER = "admin"
+
+DAG_FILE = '''"""The shipped nightly pipeline as the native stack runs it: fast polling, small chunks.
+
+It keeps the nightly's daily timetable, so the UI offers Backfill (``schedule=None`` is not
+periodic and Airflow disables the option): a backfill makes one run per day, each coding its
+day's slice. Starting today (without catch-up), the scheduler's first run of its own is due at
+midnight, so while the stack serves, runs are only the ones the tests or a person start.
+"""
+
+from datetime import datetime
 
 from airflow_batchcode.nightly import nightly_dag
 
 dag = nightly_dag({dag_id!r}, poll_interval={poll_interval}, chunk_records={chunk_records}, staging={staging!r},
-                  schedule=None)
+                  dedupe={dedupe}, result_cache={result_cache}, realtime_max_records={realtime_max_records},
+                  start_date=datetime.fromisoformat({start_date!r}))
 '''
 
-T = TypeVar("T")
 
+def today_utc() -> str:
+    """Midnight UTC today, as the stack DAG's ``start_date`` (ISO)."""
+    from datetime import UTC, datetime
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float, interval: float = 0.5) -> T:
-    """Call ``probe`` until it returns something other than ``None``/``False``; raise after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            result = probe()
-        except Exception as exc:  # a service still starting answers with all kinds of errors
-            last_error, result = exc, None
-        if result is not None and result is not False:
-            return result
-        time.sleep(interval)
-    detail = f" (last error: {last_error})" if last_error else ""
-    raise TimeoutError(f"{what} not ready after {timeout:.0f} s{detail}")
-
-
-try:
-    _LIBC: Any = ctypes.CDLL(None, use_errno=True)
-except OSError:  # pragma: no cover - not Linux
-    _LIBC = None
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """New process group; and ask Linux to SIGTERM the child when its parent dies (no orphans after a crash)."""
-    os.setsid()
-    if _LIBC is not None and sys.platform.startswith("linux"):
-        _LIBC.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def _abandoned(owner: str) -> bool:
-    """True for ``host:pid:suffix`` of a stack on this host whose process no longer exists."""
-    host, _, rest = owner.partition(":")
-    pid = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
-def sweep_abandoned() -> None:
-    """Remove what stacks on this host left when they were killed before cleaning up (SIGKILL, a lost CI job).
-
-    Only what carries the owner mark of a stack whose process is gone: ``batchcode_stack_*`` databases
-    (database comment), claimed Redis databases (claim key) and ``batchcode-stack-*`` temporary folders.
-    """
-    import psycopg
-    import redis
-
-    with psycopg.connect(PG_ADMIN_DSN, autocommit=True, connect_timeout=5) as server:
-        rows = server.execute(
-            "SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database "
-            "WHERE datname LIKE 'batchcode_stack_%'"
-        ).fetchall()
-        for name, comment in rows:
-            if comment and comment.startswith(OWNER_PREFIX) and _abandoned(comment[len(OWNER_PREFIX) :]):
-                server.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    for number in range(1, 16):
-        client = redis.Redis.from_url(f"{REDIS_URL}/{number}", socket_timeout=5)
-        try:
-            claimed = client.get(CLAIM_KEY)
-            owner = claimed.decode() if isinstance(claimed, bytes) else claimed
-            if owner is not None and _abandoned(str(owner)):
-                client.flushdb()
-        except redis.ResponseError:
-            break
-        finally:
-            client.close()
-    for folder in Path(tempfile.gettempdir()).glob("batchcode-stack-*"):
-        mark = folder / "owner"
-        with contextlib.suppress(OSError):
-            if mark.is_file() and _abandoned(mark.read_text().strip()):
-                shutil.rmtree(folder, ignore_errors=True)
+    return datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0).isoformat()
 
 
 @dataclass
@@ -150,6 +83,16 @@ class StackOptions:
     :param worker_concurrency: Celery worker slots.
     :param processing_delay: seconds the emulator keeps an operation ``in_progress`` (the deferral window).
     :param work: folder for ``AIRFLOW_HOME``, DAGs, staging and logs; a temporary one (removed) when ``None``.
+    :param triggerers: triggerer processes (the compose file's ``--scale airflow-triggerer=N``); triggers are
+        shared out between the live ones.
+    :param triggerer_capacity: triggers each triggerer runs at once (``--capacity``); Airflow's default when ``None``.
+    :param rate_limit: the account's API requests per second, enforced by the emulator and set on the
+        ``batchcode_default`` connection (0: none).
+    :param daily_quota: the account's API requests per ``quota_window``, enforced by the emulator and set on
+        the connection (0: none on the emulator, and the connection keeps the service's default).
+    :param quota_window: the quota window in seconds.
+    :param shared_budget: give the connection a ``budget_url`` (the stack's Redis database, under a key prefix
+        of its own), so that every worker and triggerer draws from one request budget.
     """
 
     records: int = 400
@@ -160,40 +103,15 @@ class StackOptions:
     worker_concurrency: int = 4
     processing_delay: float = 8
     work: Path | None = None
-
-
-@dataclass
-class Resources:
-    """Names and ports of one stack; unique per run."""
-
-    suffix: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
-    api_port: int = field(default_factory=free_port)
-    emulator_port: int = field(default_factory=free_port)
-    scheduler_health_port: int = field(default_factory=free_port)
-    worker_log_port: int = field(default_factory=free_port)
-    trigger_log_port: int = field(default_factory=free_port)
-    redis_db: int | None = None
-    fernet_key: str = field(default_factory=lambda: _fernet_key())
-    jwt_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
-    admin_password: str = field(default_factory=lambda: secrets.token_urlsafe(12))
-    client_id: str = "stack-client"
-    client_secret: str = field(default_factory=lambda: "stack-secret-" + secrets.token_hex(8))
-
-    @property
-    def metadata_db(self) -> str:
-        """Airflow's metadata database."""
-        return f"batchcode_stack_meta_{self.suffix}"
-
-    @property
-    def warehouse_db(self) -> str:
-        """The warehouse database (source table and coded output)."""
-        return f"batchcode_stack_wh_{self.suffix}"
-
-
-def _fernet_key() -> str:
-    from cryptography.fernet import Fernet
-
-    return Fernet.generate_key().decode()
+    triggerers: int = 1
+    triggerer_capacity: int | None = None
+    rate_limit: float = 0
+    daily_quota: int = 0
+    quota_window: float = 86400
+    shared_budget: bool = False
+    dedupe: bool = True
+    result_cache: bool = True
+    realtime_max_records: int = 300
 
 
 @dataclass
@@ -204,6 +122,8 @@ class Service:
     argv: list[str]
     log: Path
     process: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    """Settings of this process only, over the shared ones (e.g. a second triggerer's log server port)."""
 
     def running(self) -> bool:
         """True while the process lives."""
@@ -288,14 +208,25 @@ class Stack:
             conn["password"] = fields["password"]
         return conn
 
+    @property
+    def budget_prefix(self) -> str:
+        """The Redis key prefix of the shared request budget (in the broker's database, apart from Celery's keys)."""
+        return f"batchcode-stack-budget:{self.resources.suffix}"
+
     def batchcode_connection(self) -> dict[str, Any]:
-        """``batchcode_default``: the ABS emulator."""
+        """``batchcode_default``: the ABS emulator, with the account's limits and, if asked, a shared budget."""
+        o = self.options
+        extra: dict[str, Any] = {"service": "abs", "topic": "anzsco", "rate_limit": o.rate_limit}
+        if o.daily_quota:
+            extra.update(daily_quota=o.daily_quota, quota_window=o.quota_window)
+        if o.shared_budget:
+            extra.update(budget_url=self.broker_url, budget_prefix=self.budget_prefix)
         return {
             "conn_type": "batchcode",
             "host": self.emulator_url,
             "login": self.resources.client_id,
             "password": self.resources.client_secret,
-            "extra": {"service": "abs", "topic": "anzsco", "rate_limit": 0},
+            "extra": extra,
         }
 
     def settings(self) -> dict[str, str]:
@@ -387,7 +318,14 @@ class Stack:
         seed_postgres(self.pg_dsn(self.resources.warehouse_db), o.records, days=o.days, start=o.first_day)
         (self.dags / f"{DAG_ID}.py").write_text(
             DAG_FILE.format(
-                dag_id=DAG_ID, poll_interval=o.poll_interval, chunk_records=o.chunk_records, staging=str(self.staging)
+                dag_id=DAG_ID,
+                poll_interval=o.poll_interval,
+                chunk_records=o.chunk_records,
+                staging=str(self.staging),
+                dedupe=o.dedupe,
+                result_cache=o.result_cache,
+                realtime_max_records=o.realtime_max_records,
+                start_date=today_utc(),
             )
         )
         (self.home / "passwords.json").write_text(json.dumps({ADMIN_USER: self.resources.admin_password}))
@@ -445,9 +383,11 @@ class Stack:
                 "--processing-delay",
                 str(o.processing_delay),
                 "--rate-limit",
-                "0",
+                str(o.rate_limit),
                 "--daily-quota",
-                "0",
+                str(o.daily_quota),
+                "--quota-window",
+                str(o.quota_window),
                 "--data-dir",
                 str(self.work / "emulator"),
             ],
@@ -457,13 +397,21 @@ class Stack:
         self._airflow("api-server", "api-server", "--host", "127.0.0.1", "--port", str(r.api_port))
         self._airflow("scheduler", "scheduler")
         self._airflow("dag-processor", "dag-processor")
-        self._airflow("triggerer", "triggerer")
+        capacity = [] if o.triggerer_capacity is None else ["--capacity", str(o.triggerer_capacity)]
+        self._airflow("triggerer", "triggerer", *capacity)
+        for number in range(2, o.triggerers + 1):  # each serves its trigger logs on a port of its own
+            extra = self._airflow(f"triggerer-{number}", "triggerer", *capacity)
+            extra.env["AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT"] = str(free_port())
         self._airflow("celery-worker", "celery", "worker", "--celery-hostname", f"stack-{r.suffix}@%h")
         env = self.env()
         for service in self.services.values():
             with service.log.open("ab") as log:
                 service.process = subprocess.Popen(
-                    service.argv, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+                    service.argv,
+                    env={**env, **service.env},
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    preexec_fn=die_with_parent,
                 )
         self.wait_healthy(timeout=180)
 
@@ -477,6 +425,7 @@ class Stack:
             ),
             "dag-processor": lambda: self._monitor_status("dag_processor"),
             "triggerer": lambda: self._monitor_status("triggerer"),
+            "triggerers": lambda: self.live_triggerers() >= self.options.triggerers,
             "celery-worker": lambda: bool(self.celery_ping()),
         }
         result = {}
@@ -490,6 +439,15 @@ class Stack:
     def _monitor_status(self, component: str) -> bool:
         body = requests.get(f"{self.api_url}/api/v2/monitor/health", timeout=2).json()
         return bool(body.get(component, {}).get("status") == "healthy")
+
+    def live_triggerers(self) -> int:
+        """Triggerer jobs running with a heartbeat in the last 30 s (one per live triggerer process)."""
+        return int(
+            self.metadata_query(
+                "SELECT COUNT(*) FROM job WHERE job_type = 'TriggererJob' AND state = 'running' "
+                "AND latest_heartbeat > NOW() - INTERVAL '30 seconds'"
+            )[0][0]
+        )
 
     def wait_healthy(self, timeout: float) -> None:
         """Wait until every service passes its health check; fail early, with its log, when one exits."""

@@ -7,9 +7,10 @@ import io
 import json
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,105 @@ def scan_sqlite(db: Path, needles: Iterable[str]) -> list[str]:
                     if isinstance(value, str):
                         found += [f"{table}.{column}: {n[:12]}..." for n in needles if n in value]
     return found
+
+
+ENCRYPTED_COLUMNS = {"trigger": ("kwargs",), "connection": ("password", "extra"), "variable": ("val",)}
+"""The metadata DB columns Airflow encrypts with the Fernet key: a scan of the raw DB sees only ciphertext."""
+
+
+def decrypted_values(db: Path, fernet_key: str | None = None) -> list[tuple[str, str]]:
+    """``(table.column, text)`` of every value in :data:`ENCRYPTED_COLUMNS`, decrypted with the Fernet key.
+
+    Values that are not Fernet tokens (Airflow writes plain text when no key is set) are returned
+    as they are. ``fernet_key`` defaults to ``AIRFLOW__CORE__FERNET_KEY`` (a comma-separated list of keys).
+    """
+    from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+
+    keys = (fernet_key or os.environ["AIRFLOW__CORE__FERNET_KEY"]).split(",")
+    fernet = MultiFernet([Fernet(key.strip().encode()) for key in keys if key.strip()])
+    values: list[tuple[str, str]] = []
+    with closing(sqlite3.connect(db, timeout=10)) as conn:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        for table, columns in ENCRYPTED_COLUMNS.items():
+            if table not in tables:
+                continue
+            for column in columns:
+                for (value,) in conn.execute(f'SELECT "{column}" FROM "{table}" WHERE "{column}" IS NOT NULL'):
+                    raw = value if isinstance(value, bytes) else str(value).encode()
+                    try:
+                        text = fernet.decrypt(raw.strip().strip(b'"')).decode("utf-8", "replace")
+                    except InvalidToken:
+                        text = raw.decode("utf-8", "replace")
+                    values.append((f"{table}.{column}", text))
+    return values
+
+
+def scan_encrypted(db: Path, needles: Iterable[str], fernet_key: str | None = None) -> list[str]:
+    """Every encrypted ``table.column`` (:data:`ENCRYPTED_COLUMNS`) whose decrypted text holds one of ``needles``."""
+    needles = [n for n in needles if n]
+    return [
+        f"{where} (decrypted): {n[:12]}..."
+        for where, text in decrypted_values(db, fernet_key)
+        for n in needles
+        if n in text
+    ]
+
+
+class EncryptedSampler:
+    """Reads the encrypted columns, decrypted, every ``interval`` seconds while a run goes on.
+
+    Trigger rows live only as long as their wait: a scan after the run finds none, so a test
+    samples them during the run (in a thread: plain sqlite3, never Airflow's ORM) and scans
+    what it saw afterwards with :meth:`leaks`, once every token is known.
+    """
+
+    def __init__(self, db: Path, interval: float = 0.2) -> None:
+        self.db = db
+        self.interval = interval
+        self.seen: set[tuple[str, str]] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> EncryptedSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self._sample()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def _sample(self) -> None:
+        with suppress(sqlite3.Error):  # a busy metadata DB: look again next time
+            self.seen.update(decrypted_values(self.db))
+
+    def rows_of(self, column: str) -> int:
+        """How many distinct values of ``table.column`` were seen."""
+        return sum(1 for where, _ in self.seen if where == column)
+
+    def leaks(self, needles: Iterable[str]) -> list[str]:
+        """Every sampled value holding one of ``needles``."""
+        needles = [n for n in needles if n]
+        return [f"{where} (decrypted): {n[:12]}..." for where, text in sorted(self.seen) for n in needles if n in text]
+
+
+def scan_files(folder: Path, needles: Iterable[str]) -> list[str]:
+    """Every file under ``folder`` (task, trigger and component logs) holding one of ``needles``."""
+    needles = [n for n in needles if n]
+    found: list[str] = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        text = path.read_text("utf-8", errors="replace")
+        found += [f"{path.relative_to(folder)}: {n[:12]}..." for n in needles if n in text]
+    return found
+
+
+def scanned_log_files(folder: Path) -> int:
+    """How many files :func:`scan_files` reads under ``folder`` (a scan of nothing proves nothing)."""
+    return sum(1 for p in folder.rglob("*") if p.is_file())
 
 
 @contextmanager

@@ -28,7 +28,7 @@ from airflow_batchcode.emulator.contract import (
     OAuthError,
     json_response,
 )
-from airflow_batchcode.emulator.processing import code_file, code_request
+from airflow_batchcode.emulator.processing import code_file
 from airflow_batchcode.emulator.schemas import (
     CODE_REQUEST,
     ERROR_RESPONSES,
@@ -47,7 +47,7 @@ __all__ = ["AbsService", "code_file", "create_abs_app"]
 
 
 def _service(request: Request) -> AbsService:
-    service: AbsService = request.app.state.abs
+    service: AbsService = request.app.state.service
     return service
 
 
@@ -161,7 +161,7 @@ def _install_api(app: FastAPI) -> None:
         """Code one record or up to 300 with the topic's latest model."""
         service = _service(request)
         model = service.model(topic, None)
-        return json_response(code_request(await read_limited(request, MAX_REALTIME_BODY), model))
+        return json_response(service.code_now(await read_limited(request, MAX_REALTIME_BODY), model))
 
     @app.post(
         "/v1/topics/{topic}/models/{model}/code",
@@ -173,7 +173,7 @@ def _install_api(app: FastAPI) -> None:
         """Code one record or up to 300 with the given model."""
         service = _service(request)
         chosen = service.model(topic, model)
-        return json_response(code_request(await read_limited(request, MAX_REALTIME_BODY), chosen))
+        return json_response(service.code_now(await read_limited(request, MAX_REALTIME_BODY), chosen))
 
 
 def _install_storage(app: FastAPI) -> None:
@@ -187,7 +187,7 @@ def _install_storage(app: FastAPI) -> None:
 
 
 def create_abs_app(config: EmulatorConfig | None = None) -> FastAPI:
-    """Build the emulator app. ``app.state.abs`` is its :class:`AbsService`; call its ``close()``
+    """Build the emulator app. ``app.state.service`` is its :class:`AbsService`; call its ``close()``
     when done (the server does)."""
     return create_service_app(
         AbsService(config or EmulatorConfig()),
@@ -196,5 +196,4 @@ def create_abs_app(config: EmulatorConfig | None = None) -> FastAPI:
         install=(install_storage_errors, _install_oauth_errors, _install_api, _install_storage),
         bad_request=MSG_BAD_BODY,
         internal=MSG_INTERNAL,
-        state="abs",
     )

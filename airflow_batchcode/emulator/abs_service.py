@@ -7,6 +7,7 @@ under :attr:`AbsService.lock`. Operation states are computed on read from facts 
 from __future__ import annotations
 
 import base64
+import hashlib
 import hmac
 import logging
 import secrets
@@ -37,7 +38,7 @@ from airflow_batchcode.emulator.contract import (
     OAuthError,
     iso_time,
 )
-from airflow_batchcode.emulator.processing import InputError, code_file
+from airflow_batchcode.emulator.processing import InputError, code_file, code_request, reorder_lines
 from airflow_batchcode.emulator.signing import Signer
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,15 @@ class AbsService(EmulatedService):
     """
 
     name = "abs"
-    counter_names = ("operations_created", "tokens_issued", "requests", "uploads", "downloads", "throttled")
+    counter_names = (
+        "operations_created",
+        "tokens_issued",
+        "requests",
+        "uploads",
+        "downloads",
+        "throttled",
+        "records_coded",
+    )
 
     def __init__(self, config: EmulatorConfig) -> None:
         super().__init__(config)
@@ -124,6 +133,8 @@ class AbsService(EmulatedService):
         self._tokens: dict[str, tuple[str, float]] = {}
         self._token_times: dict[str, list[float]] = {}
         self._buckets: dict[str, TokenBucket] = {}
+        self.texts_coded: Counter[tuple[str, str]] = Counter()
+        """How often each (job title, duties) pair was coded, batch and real time (``texts_coded`` in the stats)."""
 
     # -- auth and limits -------------------------------------------------------------------------
 
@@ -163,6 +174,7 @@ class AbsService(EmulatedService):
         if entry is None or entry[1] <= now:
             raise ApiError(403, MSG_DENY)
         client = entry[0]
+        self.count_call(client, now)
         if self.config.rate_limit > 0:
             bucket = self._buckets.setdefault(client, TokenBucket(self.config.rate_limit))
             wait = bucket.take(now)
@@ -257,7 +269,13 @@ class AbsService(EmulatedService):
         counts: dict[str, int] = {}
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            counts = code_file(source, folder / "output.jsonl", op.model, self._cancelled)
+            texts: Counter[tuple[str, str]] = Counter()
+            counts = code_file(source, folder / "output.jsonl", op.model, self._cancelled, texts)
+            with self.lock:
+                self.texts_coded.update(texts)
+                self.counters["records_coded"]["batch"] += texts.total()
+            if self._reorders(op):
+                reorder_lines(folder / "output.jsonl", f"{self.config.seed}:{op.id}")
         except InputError as exc:
             error = str(exc)
         except Exception:
@@ -285,12 +303,30 @@ class AbsService(EmulatedService):
             op.ready_at = ready
             op.outcome = "complete" if error is None else "failed"
 
+    def code_now(self, body: bytes, model: CodingModel) -> Any:
+        """A real-time request's coding (:func:`code_request`), counted."""
+        texts: Counter[tuple[str, str]] = Counter()
+        coded = code_request(body, model, texts)
+        with self.lock:
+            self.texts_coded.update(texts)
+            self.counters["records_coded"]["realtime"] += texts.total()
+        return coded
+
+    def _reorders(self, op: Operation) -> bool:
+        """Whether ``reorder_output_rate`` picks this operation: a stable hash of the seed and its id."""
+        digest = hashlib.sha256(f"{self.config.seed}:{op.id}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64 < self.config.reorder_output_rate
+
     # -- admin -----------------------------------------------------------------------------------
 
     def figures(self) -> dict[str, Any]:
         """Operations by state, and uploads as accepted and refused (both always shown)."""
         uploads = self.counters["uploads"]
         return {
+            "texts_coded": {
+                "distinct": len(self.texts_coded),
+                "most_times_one_text": max(self.texts_coded.values(), default=0),
+            },
             "operations_by_state": dict(self.states()),
             "uploads": {"accepted": uploads["accepted"], "refused": uploads["refused"]},
         }

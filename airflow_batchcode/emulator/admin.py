@@ -132,19 +132,17 @@ def create_service_app(
     error_body: ErrorBody = message_body,
     bad_request: str,
     internal: str,
-    state: str = "service",
 ) -> FastAPI:
     """An emulator app around ``service``: error handlers, the routes ``install`` adds, the admin routes,
     request counting and fault injection (whose injected errors take ``error_body``'s shape too).
-
-    :param state: the ``app.state`` attribute that holds ``service``.
+    ``app.state.service`` holds ``service``.
     """
     app = FastAPI(title=title, version="1.0", description=description)
-    setattr(app.state, state, service)
+    app.state.service = service
     install_error_handlers(app, error_body, bad_request=bad_request, internal=internal)
     for step in install:
         step(app)
-    install_admin(app, lambda request: getattr(request.app.state, state))
+    install_admin(app, lambda request: request.app.state.service)
     app.add_middleware(CountRequests, counter=service.counters["requests"])
     app.add_middleware(FaultMiddleware, injector=service.faults, error_body=error_body)
     return app

@@ -47,6 +47,37 @@ class Clock:
         self.offset += seconds
 
 
+class CallPeaks:
+    """The most API calls of each caller in one second and in one quota window, for the stats.
+
+    Every call that passed authentication counts, whether the rate limit or the quota let it
+    through or not, so a client's own pacing can be checked against the service's limits. Seconds
+    and windows are the ones the limits count in: whole seconds, and multiples of the window's
+    length since the epoch (UTC days for a day).
+
+    :param window: the quota window in seconds.
+    """
+
+    def __init__(self, window: float) -> None:
+        self.spans = {"second": 1.0, "window": max(1.0, window)}
+        self.busiest: dict[str, Counter[str]] = {span: Counter() for span in self.spans}
+        self._current: dict[tuple[str, str], tuple[int, int]] = {}
+
+    def count(self, who: str, now: float) -> None:
+        """Count one call of ``who`` at ``now`` (epoch seconds)."""
+        for span, length in self.spans.items():
+            slot = int(now // length)
+            seen, calls = self._current.get((span, who), (slot, 0))
+            calls = calls + 1 if seen == slot else 1
+            self._current[(span, who)] = (slot, calls)
+            if calls > self.busiest[span][who]:
+                self.busiest[span][who] = calls
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """``calls_busiest_second`` and ``calls_busiest_window``: caller → the most calls in one."""
+        return {f"calls_busiest_{span}": dict(counter) for span, counter in self.busiest.items()}
+
+
 class EmulatedService:
     """The state every emulated service starts from. Request handlers run on the event loop; work runs
     on :attr:`_pool` and touches shared state only under :attr:`lock`.
@@ -69,6 +100,7 @@ class EmulatedService:
         self._pool = ThreadPoolExecutor(max(1, config.processing_workers), thread_name_prefix=f"{self.name}-emulator")
         self._own_dir: Path | None = None
         self._quota: dict[str, tuple[int, int]] = {}
+        self.peaks = CallPeaks(config.quota_window)
 
     @property
     def owns_data_dir(self) -> bool:
@@ -93,17 +125,23 @@ class EmulatedService:
             shutil.rmtree(self._own_dir, ignore_errors=True)
 
     def spend_quota(self, who: str, now: float, refused: Exception) -> None:
-        """Count one API request of ``who`` against ``config.daily_quota`` (per UTC day, 0 = none);
-        ``refused`` is raised (and counted as ``throttled``) once the day's quota is spent."""
+        """Count one API request of ``who`` against ``config.daily_quota`` (per ``quota_window``, 0 = none);
+        ``refused`` is raised (and counted as ``throttled``) once the window's quota is spent. Call it after
+        :meth:`count_call`."""
         if self.config.daily_quota <= 0:
             return
-        day = int(now // 86400)
+        day = int(now // max(1.0, self.config.quota_window))
         seen, used = self._quota.get(who, (day, 0))
         used = used if seen == day else 0
         if used >= self.config.daily_quota:
             self.counters["throttled"]["daily_quota"] += 1
             raise refused
         self._quota[who] = (day, used + 1)
+
+    def count_call(self, who: str, now: float) -> None:
+        """Count one authenticated API call of ``who`` in the busiest-second and busiest-window figures of
+        the stats (before the rate limit and the quota decide on it)."""
+        self.peaks.count(who, now)
 
     def tally(self, items: Iterable[T], state: Callable[[T], str]) -> Counter[str]:
         """How many of ``items`` (read under the lock) are in each ``state`` now."""
@@ -116,9 +154,18 @@ class EmulatedService:
         return {}
 
     def stats(self) -> dict[str, Any]:
-        """Counters for ``GET /_emulator/stats``: every counter, the service's figures, the faults, the clock."""
+        """Counters for ``GET /_emulator/stats``: every counter, the busiest second and quota window of each
+        caller (:class:`CallPeaks`), the service's figures, the faults (and the lost responses by route), the
+        clock."""
         counted: dict[str, Any] = {name: dict(counter) for name, counter in self.counters.items()}
-        return {**counted, **self.figures(), "faults": dict(self.faults.injected), "clock_offset": self.clock.offset}
+        return {
+            **counted,
+            **self.peaks.stats(),
+            **self.figures(),
+            "faults": dict(self.faults.injected),
+            "lost_responses": dict(self.faults.lost_on),
+            "clock_offset": self.clock.offset,
+        }
 
 
 def _bad_body(size: int) -> Exception:

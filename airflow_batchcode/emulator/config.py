@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from airflow_batchcode.emulator.faults import FaultSettings
+from airflow_batchcode.emulator.faults import FaultSettings, settings_from
 
 GIB = 1024**3
-
-FAULT_FIELDS = tuple(f.name for f in fields(FaultSettings))
-"""The config fields that describe fault injection (changeable at run time)."""
 
 
 def _default_clients() -> dict[str, str]:
@@ -33,7 +30,8 @@ class EmulatorConfig(FaultSettings):
     :param token_ttl: lifetime of an access token (``expires_in``).
     :param token_limit: token requests per client per hour before 403; 0 = unlimited.
     :param rate_limit: API requests per second per client (token bucket, burst 1); 0 = off.
-    :param daily_quota: API requests per client per UTC day; 0 = off.
+    :param daily_quota: API requests per client per quota window; 0 = off.
+    :param quota_window: the quota window in seconds (a day: UTC days; shorter: multiples since the epoch).
     :param url_ttl: lifetime of presigned storage URLs.
     :param awaiting_timeout: time an operation waits for its upload before ``timed_out``.
     :param processing_delay: minimum time an operation stays ``in_progress``.
@@ -45,6 +43,8 @@ class EmulatorConfig(FaultSettings):
     :param api_keys: API key → tenant, for the API-key services (Refinery, super.ai, Gravity).
     :param record_failure_rate: share of records the service fails on its own (a per-record error
         in the output, the rest of the job completes), chosen by a hash of the record: partial failures.
+    :param reorder_output_rate: share of ABS operations whose output file lists its lines out of
+        input order (chosen by a hash of the seed and the operation id; the lines are shuffled).
     :param s3_endpoint_url: S3-compatible endpoint the emulator reads manifests from and delivers
         results to (Refinery, super.ai input files); ``None`` = AWS.
     """
@@ -54,6 +54,7 @@ class EmulatorConfig(FaultSettings):
     token_limit: int = 0
     rate_limit: float = 1.0
     daily_quota: int = 10000
+    quota_window: float = 86400.0
     url_ttl: int = 3600
     awaiting_timeout: float = 3600.0
     processing_delay: float = 2.0
@@ -65,11 +66,12 @@ class EmulatorConfig(FaultSettings):
     processing_workers: int = 2
     api_keys: dict[str, str] = field(default_factory=_default_api_keys)
     record_failure_rate: float = 0.0
+    reorder_output_rate: float = 0.0
     s3_endpoint_url: str | None = None
 
     def fault_settings(self) -> dict[str, Any]:
         """The fault fields as a plain dict (what ``GET /_emulator/faults`` returns)."""
-        return {name: getattr(self, name) for name in FAULT_FIELDS}
+        return asdict(settings_from(self))
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:

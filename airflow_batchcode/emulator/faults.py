@@ -27,7 +27,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, get_type_hints
 
 import msgspec
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -64,10 +64,8 @@ class FaultSettings:
 
     def validated(self) -> FaultSettings:
         """Return self after checking ranges and the regex; raise ``ValueError`` otherwise."""
-        for name in ("fault_5xx_rate", "fault_429_rate", "fault_lost_response_rate"):
+        for name in _RATES:
             _check_rate(name, getattr(self, name))
-        _check_rate("fault_truncate_rate", self.fault_truncate_rate)
-        _check_rate("fault_slow_rate", self.fault_slow_rate)
         if self.fault_429_burst < 1:
             raise ValueError("fault_429_burst must be at least 1")
         if self.fault_retry_after < 0 or self.fault_slow_seconds < 0:
@@ -80,22 +78,16 @@ class FaultSettings:
         return self
 
 
+_RATES = ("fault_5xx_rate", "fault_429_rate", "fault_lost_response_rate", "fault_truncate_rate", "fault_slow_rate")
+
+
 def _check_rate(name: str, value: float) -> None:
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"{name} must be between 0 and 1")
 
 
-_TYPES: dict[str, type] = {
-    "fault_5xx_rate": float,
-    "fault_429_rate": float,
-    "fault_429_burst": int,
-    "fault_retry_after": int,
-    "fault_lost_response_rate": float,
-    "fault_truncate_rate": float,
-    "fault_slow_rate": float,
-    "fault_slow_seconds": float,
-    "fault_only": str,
-}
+_TYPES: dict[str, Any] = get_type_hints(FaultSettings)
+"""Each setting's declared type: what :func:`_coerce` turns a JSON value into."""
 
 
 class FaultInjector:
@@ -110,6 +102,8 @@ class FaultInjector:
         self.settings = (settings or FaultSettings()).validated()
         self.seed = seed
         self.injected: Counter[str] = Counter()
+        self.lost_on: Counter[str] = Counter()
+        """Lost responses by route (``METHOD /path/{param}``): tests bound the creates whose answer was lost."""
         self._random = rng or random.Random(seed)
         self._burst_left = 0
         self._only = re.compile(self.settings.fault_only) if self.settings.fault_only else None
@@ -257,6 +251,8 @@ class FaultMiddleware:
 
         with contextlib.suppress(_Abort):
             await self.app(scope, receive, capture)
+        route = getattr(scope.get("route"), "path", scope["path"])
+        self.injector.lost_on[f"{scope['method']} {route}"] += 1
         if not captured:
             return
         start = captured[0]

@@ -1,6 +1,6 @@
 """The Gravity-AI on-demand jobs API, emulated as a FastAPI app (``create_app(config)``).
 
-Routes (documented, seed 003): ``POST /api/v1/jobs`` (multipart: ``data`` JSON + ``file``),
+Routes (documented, Gravity-AI's job-api): ``POST /api/v1/jobs`` (multipart: ``data`` JSON + ``file``),
 ``GET /api/v1/jobs/latest``, ``GET /api/v1/jobs/{jobId}``, ``PUT /api/v1/jobs/{jobId}`` (rename),
 ``GET /api/v1/jobs/result-link/{jobId}``. Every answer is the envelope
 ``{"data", "isError", "errorMessage"}``; the caller's ``X-Api-Key`` picks the tenant.
@@ -53,7 +53,7 @@ from airflow_batchcode.emulator.gravity_service import (
     GravityService,
     parse_request,
 )
-from airflow_batchcode.emulator.signing import SignatureError
+from airflow_batchcode.emulator.storage import verify_presigned
 
 __all__ = ["LATEST_LIMIT", "GravityService", "create_app"]
 
@@ -144,12 +144,7 @@ def _install_storage(app: FastAPI) -> None:
     @app.api_route("/_storage/{bucket}/{key:path}", methods=["GET", "HEAD"], include_in_schema=False)
     async def get_object(request: Request, bucket: str, key: str) -> Response:
         service = _service(request)
-        try:
-            service.signer.verify(
-                request.method, request.url.path, request.query_params, request.headers, service.clock.now()
-            )
-        except SignatureError as exc:
-            raise StorageError(exc.status, exc.code, exc.message) from None
+        verify_presigned(request, service.signer, service.clock.now())
         found = service.output_file(bucket, key)
         try:
             handle = open(found[1], "rb") if found else None  # noqa: SIM115 - FileSlice closes it

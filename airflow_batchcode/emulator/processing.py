@@ -6,6 +6,7 @@ go through :func:`code_request`. Both apply :func:`record_error`'s rules, in the
 
 from __future__ import annotations
 
+import random
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -75,8 +76,9 @@ def _fields(keys: frozenset[str]) -> str:
 class _LineCoder:
     """Turns input lines into output lines, caching the encoded tail of repeated inputs."""
 
-    def __init__(self, model: CodingModel) -> None:
+    def __init__(self, model: CodingModel, texts: Counter[tuple[str, str]] | None = None) -> None:
         self.model = model
+        self.texts = texts
         self.counts: Counter[str] = Counter()
         self._tails: dict[tuple[str, str], tuple[bytes, str]] = {}
 
@@ -105,6 +107,8 @@ class _LineCoder:
             self._tails[(occp, tasks)] = cached  # type: ignore[index]
         tail, status = cached
         self.counts[status] += 1
+        if self.texts is not None:
+            self.texts[(occp, tasks)] += 1  # type: ignore[index]  # valid records hold text
         return b'{"recordId":' + _encode(rid) + tail
 
     def _tail(self, record: dict[str, Any]) -> tuple[bytes, str]:
@@ -133,12 +137,19 @@ def _lines(source: Any) -> Iterator[tuple[int, bytes]]:
         yield number, raw
 
 
-def code_file(source: Path, target: Path, model: CodingModel, cancelled: threading.Event) -> dict[str, int]:
+def code_file(
+    source: Path,
+    target: Path,
+    model: CodingModel,
+    cancelled: threading.Event,
+    texts: Counter[tuple[str, str]] | None = None,
+) -> dict[str, int]:
     """Code a JSONL input file into the output file, streaming; return the counts.
 
-    Raises :class:`InputError` for a file that must fail as a whole.
+    ``texts`` counts how often each (job title, duties) pair was coded. Raises :class:`InputError`
+    for a file that must fail as a whole.
     """
-    coder = _LineCoder(model)
+    coder = _LineCoder(model, texts)
     expected: frozenset[str] | None = None
     expected_line = 0
     records = 0
@@ -186,8 +197,23 @@ def code_file(source: Path, target: Path, model: CodingModel, cancelled: threadi
     }
 
 
-def code_request(body: bytes, model: CodingModel) -> Any:
-    """A real-time request body (one record or a list of 1-300) → its coding, or a 400 :class:`ApiError`."""
+def reorder_lines(path: Path, seed: str) -> None:
+    """Shuffle the lines of an output file in place (the reordered-output fault), reproducibly for ``seed``.
+
+    A file of two or more distinct lines always ends up out of its original order.
+    """
+    lines = path.read_bytes().splitlines(keepends=True)
+    shuffled = list(lines)
+    random.Random(seed).shuffle(shuffled)
+    if shuffled == lines and len(set(lines)) > 1:
+        shuffled = shuffled[1:] + shuffled[:1]
+    path.write_bytes(b"".join(shuffled))
+
+
+def code_request(body: bytes, model: CodingModel, texts: Counter[tuple[str, str]] | None = None) -> Any:
+    """A real-time request body (one record or a list of 1-300) → its coding, or a 400 :class:`ApiError`.
+
+    ``texts`` counts how often each (job title, duties) pair was coded."""
     try:
         data = _decode(body)
     except (msgspec.DecodeError, RecursionError):
@@ -202,4 +228,6 @@ def code_request(body: bytes, model: CodingModel) -> Any:
         if error is not None:
             raise ApiError(400, f"{error} (record {index})")
     coded = [code_record(record, model) for record in records]
+    if texts is not None:
+        texts.update((record["occp_text"], record["tasks_text"]) for record in records)
     return coded if isinstance(data, list) else coded[0]

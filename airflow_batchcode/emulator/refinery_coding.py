@@ -1,11 +1,13 @@
-"""How the Refinery emulator codes a manifest: each line's ``data:`` URL decoded, coded, and answered
-by simulated workers who reach (or miss) a consensus."""
+"""How the Refinery emulator codes a manifest: each line's ``data_url`` read (an object on the S3
+endpoint by ``s3://`` or presigned https URL, or a ``data:`` URL), coded, and answered by simulated
+workers who reach (or miss) a consensus."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import re
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -38,9 +40,18 @@ class TaskCoder:
     :param models: topic → models, as :func:`load_models` returns.
     :param failure_rate: share of tasks failed on purpose, chosen by a hash of the line.
     :param seed: mixes into that hash.
+    :param fetch: reads a record object by its ``s3://``, ``gs://`` or http(s) URL (``ValueError`` when it
+        cannot); ``None`` reads ``data:`` URLs only.
     """
 
-    def __init__(self, job: Job, models: dict[str, list[CodingModel]], failure_rate: float, seed: int) -> None:
+    def __init__(
+        self,
+        job: Job,
+        models: dict[str, list[CodingModel]],
+        failure_rate: float,
+        seed: int,
+        fetch: Callable[[str], bytes] | None = None,
+    ) -> None:
         question = str(job.label_spec["question"]).lower()
         topic = "osca" if "osca" in question else "anzsco"
         self.model = models[topic][-1]
@@ -53,6 +64,7 @@ class TaskCoder:
         self.job = job
         self.failure_rate = failure_rate
         self.seed = seed
+        self.fetch = fetch
 
     def task(self, raw: bytes, number: int) -> dict[str, Any]:
         """The export line of manifest line ``number``."""
@@ -68,7 +80,10 @@ class TaskCoder:
         if not isinstance(url, str) or not url:
             return _failed(task_id, metadata, None, "data_url is required")
         try:
-            occp, tasks = decode_data_url(url)
+            if self.fetch is not None and url.startswith(("s3://", "gs://", "http://", "https://")):
+                occp, tasks = record_texts(self.fetch(url))
+            else:
+                occp, tasks = decode_data_url(url)
         except ValueError as exc:
             return _failed(task_id, metadata, url, str(exc))
         digest = hashlib.sha256(b"%d:" % self.seed + raw.strip()).digest()
@@ -133,8 +148,13 @@ def decode_data_url(url: str) -> tuple[str, str]:
     media = header.split(";", 1)[0].strip().lower() or "text/plain"
     if media == "text/plain":
         return text.strip(), ""
+    return record_texts(text.encode())
+
+
+def record_texts(data: bytes) -> tuple[str, str]:
+    """``(occp_text, tasks_text)`` of a record's JSON object; ``ValueError`` when it is not one."""
     try:
-        record = _decode(text)
+        record = _decode(data)
     except (msgspec.DecodeError, RecursionError):
         record = None
     if (

@@ -1,6 +1,6 @@
 """The ASG Refinery emulator's state: API keys and tenants, jobs, manifest reading, coding and delivery.
 
-Documented (``shared/SERVICES.md`` §2, seed 001): Bearer API keys; ``{"error"}`` bodies; 401 for a
+Documented (Refinery's "Batch jobs" page): Bearer API keys; ``{"error"}`` bodies; 401 for a
 bad key, 403 for an exhausted quota, 404 for another customer's job; ``POST /v1/jobs`` → 202
 ``{job_id, status: "accepted", message}``; job states ``accepted → processing → completed | failed``;
 bad manifest lines count in ``tasks_failed`` without failing the job; the export is JSONL of settled
@@ -13,9 +13,10 @@ Assumed (the documentation is silent):
 * Manifests are read from ``s3_endpoint_url`` (path-style) with the job's own credentials; a
   refused key, a missing object or an unreachable endpoint fails the job with the reason in
   ``error``. ``gs://`` manifests fail: "GCS not reachable from the emulator".
-* ``data_url`` must be a ``data:`` URL (percent-encoded or ``;base64``) holding a JSON object with
-  ``occp_text`` and ``tasks_text`` (``text/plain`` content is taken as the job title); http(s) URLs
-  cannot be fetched here and fail their task.
+* ``data_url`` is read from the S3 endpoint: an ``s3://`` (or https S3) URL with the job's credentials, or
+  a presigned URL of the endpoint; or it is a ``data:`` URL (percent-encoded or ``;base64``). The content
+  is a JSON object with ``occp_text`` and ``tasks_text`` (``text/plain`` ``data:`` content is taken as the
+  job title); any other URL cannot be fetched here and fails its task.
 * Labels: the coding model (the classification named in the question, ANZSCO by default) picks the
   major group, and the label is the option whose leading digits are that group (options without
   codes are chosen by a hash). ``worker_count`` is the threshold, now and then one more;
@@ -35,7 +36,9 @@ import hmac
 import logging
 import random
 import shutil
+import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +81,9 @@ MSG_NOT_FOUND = "job not found"
 MSG_NOT_COMPLETED = "job is not completed yet"
 
 MSG_GCS = "GCS not reachable from the emulator"
+MSG_UNFETCHABLE = "data_url could not be fetched: the emulator only reads data: URLs and objects on its S3 endpoint"
+MAX_RECORD_BYTES = 1 << 20
+"""Most of a record object the emulator reads."""
 
 MSG_ACCEPTED = "Job accepted. Manifest will be processed asynchronously."
 
@@ -120,7 +126,9 @@ class RefineryService(EmulatedService):
                     tenant = owner
         if tenant is None:
             raise ApiError(401, MSG_BAD_KEY)
-        self.spend_quota(tenant, self.clock.now(), ApiError(403, MSG_QUOTA))
+        now = self.clock.now()
+        self.count_call(tenant, now)
+        self.spend_quota(tenant, now, ApiError(403, MSG_QUOTA))
         return tenant
 
     def job_of(self, tenant: str, job_id: str) -> Job:
@@ -203,7 +211,7 @@ class RefineryService(EmulatedService):
             manifest = folder / "manifest.jsonl"
             self._fetch(client, job, manifest)
             self.counters["manifests_read"][job.tenant] += 1
-            counts = self._code(job, manifest, folder / "results.jsonl")
+            counts = self._code(job, manifest, folder / "results.jsonl", self._fetcher(client))
             manifest.unlink(missing_ok=True)
             if counts[0] == 0:
                 raise JobFailure("the manifest has no tasks")
@@ -265,9 +273,36 @@ class RefineryService(EmulatedService):
             raise JobFailure(_s3_reason(exc, f"could not deliver the results to {url}")) from None
         self.counters["deliveries"][job.tenant] += 1
 
-    def _code(self, job: Job, manifest: Path, target: Path) -> tuple[int, int, int]:
+    def _fetcher(self, client: Any) -> Callable[[str], bytes]:
+        """Reads a record object by its URL from the S3 endpoint: ``s3://`` (and https S3 URLs) with the
+        job's credentials, a presigned URL of the endpoint as it is; anything else is a ``ValueError``."""
+        endpoint = (self.config.s3_endpoint_url or "").rstrip("/")
+
+        def fetch(url: str) -> bytes:
+            try:
+                if endpoint and url.startswith(endpoint + "/"):
+                    with urllib.request.urlopen(url, timeout=30) as answer:  # noqa: S310 (the configured endpoint)
+                        return bytes(answer.read(MAX_RECORD_BYTES))
+                try:
+                    location = parse_manifest_url(url)
+                except ApiError:
+                    raise ValueError(MSG_UNFETCHABLE) from None
+                if location.scheme == "gs":
+                    raise ValueError(MSG_GCS)
+                body = client.get_object(Bucket=location.bucket, Key=location.key)["Body"]
+                return bytes(body.read(MAX_RECORD_BYTES))
+            except ValueError:
+                raise
+            except Exception as exc:
+                raise ValueError(_s3_reason(exc, "data_url could not be fetched")) from None
+
+        return fetch
+
+    def _code(
+        self, job: Job, manifest: Path, target: Path, fetch: Callable[[str], bytes] | None = None
+    ) -> tuple[int, int, int]:
         """Code every manifest line into the export file, in shuffled blocks; (total, done, failed)."""
-        coder = TaskCoder(job, self.models, self.config.record_failure_rate, self.config.seed)
+        coder = TaskCoder(job, self.models, self.config.record_failure_rate, self.config.seed, fetch)
         shuffle = random.Random(job.id)
         total = done = failed = 0
         block: list[bytes] = []

@@ -1,8 +1,8 @@
 """Run a service emulator on uvicorn: in a background thread (tests, demo) or in the foreground (CLI).
 
-``service`` picks the app: ABS is :func:`create_abs_app`; every other service has a module
-``emulator/<service>_app.py`` with ``create_app(config) -> FastAPI`` that sets ``app.state.service``
-to an object with a ``close()`` method.
+``service`` picks the app: its catalogue spec (:mod:`airflow_batchcode.services.catalogue`) names
+the app factory, ``function(config) -> FastAPI``, which sets ``app.state.service`` to an object with
+a ``close()`` method.
 """
 
 from __future__ import annotations
@@ -20,25 +20,21 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
-from airflow_batchcode.emulator.abs_app import create_abs_app
 from airflow_batchcode.emulator.config import EmulatorConfig
 from airflow_batchcode.emulator.faults import quiet_dropped_responses
+from airflow_batchcode.services.catalogue import DEFAULT_SERVICE, all_specs, spec_for
 
 _STARTUP_TIMEOUT = 15.0
-_TITLES = {"abs": "ABS", "refinery": "ASG Refinery", "superai": "super.ai", "gravity": "Gravity-AI"}
+
+EMULATED_SERVICES = tuple(spec.name for spec in all_specs() if spec.emulator)
+"""The services with an emulator, in catalogue order."""
 
 
-EMULATED_SERVICES = ("abs", "refinery", "superai", "gravity")
-
-
-def create_app(config: EmulatorConfig, service: str = "abs") -> FastAPI:
+def create_app(config: EmulatorConfig, service: str = DEFAULT_SERVICE) -> FastAPI:
     """The emulator app of ``service``."""
-    if service == "abs":
-        return create_abs_app(config)
     if service not in EMULATED_SERVICES:
         raise ValueError(f"no emulator for service {service!r}; choose one of {', '.join(EMULATED_SERVICES)}")
-    module = importlib.import_module(f"airflow_batchcode.emulator.{service}_app")
-    app: FastAPI = module.create_app(config)
+    app: FastAPI = spec_for(service).emulator_factory()(config)
     return app
 
 
@@ -51,11 +47,16 @@ class EmulatorServer:
     :param config: emulator settings (defaults when omitted).
     :param host: interface to listen on.
     :param port: TCP port, 0 for any free one.
-    :param service: which service to emulate (``abs``, ``refinery``, ``superai``, ``gravity``).
+    :param service: which service to emulate (one of :data:`EMULATED_SERVICES`).
     """
 
     def __init__(
-        self, config: EmulatorConfig | None = None, host: str = "127.0.0.1", port: int = 0, *, service: str = "abs"
+        self,
+        config: EmulatorConfig | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        service: str = DEFAULT_SERVICE,
     ) -> None:
         self.config = config or EmulatorConfig()
         self.host = host
@@ -76,8 +77,8 @@ class EmulatorServer:
 
     @property
     def service(self) -> Any:
-        """The app's state (clock, operations, counters): an ``AbsService`` for ABS."""
-        return self.app.state.abs if self.service_name == "abs" else self.app.state.service
+        """The app's state (clock, operations, counters), e.g. an ``AbsService`` for ABS."""
+        return self.app.state.service
 
     @property
     def base_url(self) -> str:
@@ -143,7 +144,7 @@ class EmulatorServer:
         self.stop()
 
 
-def serve(config: EmulatorConfig, host: str = "127.0.0.1", port: int = 0, service: str = "abs") -> int:
+def serve(config: EmulatorConfig, host: str = "127.0.0.1", port: int = 0, service: str = DEFAULT_SERVICE) -> int:
     """Serve in the foreground until SIGINT or SIGTERM; print the base URL once listening."""
     stop = threading.Event()
 
@@ -155,7 +156,7 @@ def serve(config: EmulatorConfig, host: str = "127.0.0.1", port: int = 0, servic
         server = EmulatorServer(config, host, port, service=service)
         server.start()
         try:
-            print(f"{_TITLES.get(service, service)} emulator listening on {server.base_url}", flush=True)
+            print(f"{spec_for(service).label} emulator listening on {server.base_url}", flush=True)
             while not stop.wait(0.2):
                 if not server.running:
                     return 1

@@ -218,29 +218,11 @@ class Signer:
 
 _DEFAULT = Signer()
 
+presign = _DEFAULT.presign
+""":meth:`Signer.presign` with this process's signer."""
 
-def presign(
-    method: str,
-    path: str,
-    *,
-    ttl: int,
-    now: float,
-    signed_headers: Mapping[str, str] | None = None,
-    style: Style = "v4",
-) -> str:
-    """:meth:`Signer.presign` with this process's signer."""
-    return _DEFAULT.presign(method, path, ttl=ttl, now=now, signed_headers=signed_headers, style=style)
-
-
-def verify(
-    method: str,
-    path: str,
-    query: Mapping[str, str],
-    headers: Mapping[str, str],
-    now: float | None = None,
-) -> None:
-    """:meth:`Signer.verify` with this process's signer."""
-    _DEFAULT.verify(method, path, query, headers, now)
+verify = _DEFAULT.verify
+""":meth:`Signer.verify` with this process's signer."""
 
 
 def _same(expected: str, given: str) -> bool:

@@ -18,7 +18,7 @@ from starlette.responses import Response
 from airflow_batchcode.emulator.abs_service import AbsService, Operation
 from airflow_batchcode.emulator.contract import INPUT_BUCKET, KMS_HEADER, OUTPUT_BUCKET, SSE_HEADER, StorageError
 from airflow_batchcode.emulator.files import FileSink, invalid_range, ranged_file
-from airflow_batchcode.emulator.signing import SignatureError
+from airflow_batchcode.emulator.signing import SignatureError, Signer
 
 _OP_KEY = re.compile(r"^([0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12})/([a-z.]+)$")
 
@@ -36,7 +36,7 @@ async def upload(service: AbsService, request: Request, bucket: str, key: str) -
 
 async def download(service: AbsService, request: Request, bucket: str, key: str) -> Response:
     """A presigned GET (or HEAD) of a complete operation's output or metadata file."""
-    _verify(service, request)
+    verify_presigned(request, service.signer, service.clock.now())
     op, name = _operation_for(service, bucket, key)
     now = service.clock.now()
     if (
@@ -73,14 +73,17 @@ def _operation_for(service: AbsService, bucket: str, key: str) -> tuple[Operatio
     return service.operations.get(match.group(1)), match.group(2)
 
 
-def _verify(service: AbsService, request: Request, expected: dict[str, str] | None = None) -> None:
-    """Check the presigned URL; ``expected`` header values stand in for the request's, so a
-    genuine URL sent with wrong encryption headers gets the headers' own error."""
+def verify_presigned(request: Request, signer: Signer, now: float, expected: dict[str, str] | None = None) -> None:
+    """Check a ``/_storage`` request's presigned URL (ABS's and Gravity's); refusals are S3's XML errors.
+
+    ``expected`` header values stand in for the request's, so a genuine URL sent with wrong
+    encryption headers gets the headers' own error.
+    """
     headers: Any = request.headers
     if expected:
         headers = {**{k.lower(): v for k, v in request.headers.items()}, **expected}
     try:
-        service.signer.verify(request.method, request.url.path, request.query_params, headers, service.clock.now())
+        signer.verify(request.method, request.url.path, request.query_params, headers, now)
     except SignatureError as exc:
         raise StorageError(exc.status, exc.code, exc.message) from None
 
@@ -88,9 +91,10 @@ def _verify(service: AbsService, request: Request, expected: dict[str, str] | No
 async def _upload(service: AbsService, request: Request, bucket: str, key: str) -> Response:
     op, name = _operation_for(service, bucket, key)
     if op is None or bucket != INPUT_BUCKET or name != "input.jsonl":
-        _verify(service, request)
+        verify_presigned(request, service.signer, service.clock.now())
         raise StorageError(403, "AccessDenied", "Access Denied")
-    _verify(service, request, {SSE_HEADER: "aws:kms", KMS_HEADER: op.kms_key_arn})
+    expected = {SSE_HEADER: "aws:kms", KMS_HEADER: op.kms_key_arn}
+    verify_presigned(request, service.signer, service.clock.now(), expected)
     _check_encryption_headers(request, op)
     if op.state(service.clock.now(), service.config.awaiting_timeout) != "awaiting_input":
         raise StorageError(403, "AccessDenied", "The operation is no longer accepting input")

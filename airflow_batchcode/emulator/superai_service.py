@@ -114,19 +114,19 @@ class Job:
         return "FAILED" if self.failed else "COMPLETED"
 
     def to_json(self, now: float, delay: float) -> dict[str, Any]:
-        """The job object (without its response)."""
+        """The job object (without its response), under super.ai's camelCase field names."""
         state = self.state(now, delay)
         settled = state in ("COMPLETED", "FAILED")
         return {
-            "id": self.id,
-            "app_uuid": self.batch.app_uuid,
-            "batch_id": self.batch.id,
+            "uuid": self.id,
+            "batchId": self.batch.id,
             "state": state,
-            "created": iso_time(self.batch.created),
-            "completed": iso_time(self.batch.created + delay) if settled else None,
-            "input_index": self.index,
+            "createdDate": iso_time(self.batch.created),
+            "completedDate": iso_time(self.batch.created + delay) if settled else None,
+            "metadata": self.batch.metadata,
+            "tags": list(self.batch.tags),
             "input": self.input,
-            "error": MSG_JOB_FAILED if state == "FAILED" else None,
+            "errorMessage": MSG_JOB_FAILED if state == "FAILED" else None,
         }
 
 
@@ -159,13 +159,37 @@ class Batch:
             "batch_id": self.id,
             "batch_total": self.total,
             "created": iso_time(self.created),
-            "invalid_index": self.invalid_index if done else None,
+            "invalid_index": self.invalid_index if done and self.invalid_index is not None else -1,
             "total_processed": len(self.jobs) if done else 0,
             "valid_count": len(self.jobs) if done else 0,
             "batch_processed": done,
             "error_message": self.error_message if done else None,
             "errors_with_filename": list(self.errors) if done else [],
         }
+
+
+@dataclass(frozen=True)
+class JobQuery:
+    """The query of ``GET /v1/apps/{app_uuid}/jobs``: a page, states and created/completed windows (epoch s)."""
+
+    page: int = 0
+    size: int = 100
+    states: frozenset[str] | None = None
+    descending: bool = False
+    created: tuple[float | None, float | None] = (None, None)
+    completed: tuple[float | None, float | None] = (None, None)
+
+    def admits(self, job: Job, state: str, delay: float) -> bool:
+        """Whether the job passes the state and date filters."""
+        if self.states is not None and state not in self.states:
+            return False
+        done = job.batch.created + delay if state in ("COMPLETED", "FAILED") else None
+        for (low, high), when in ((self.created, job.batch.created), (self.completed, done)):
+            if (low is not None or high is not None) and when is None:
+                return False
+            if when is not None and ((low is not None and when < low) or (high is not None and when > high)):
+                return False
+        return True
 
 
 class SuperAiService(EmulatedService):
@@ -229,14 +253,19 @@ class SuperAiService(EmulatedService):
         with self.lock:
             self.batches[batch.id] = batch
         self.counters["batches_created"][tenant] += 1
+        answer = {"message": "Jobs received for processing", "batch_id": batch.id}
         if isinstance(inputs, list):
-            self._pool.submit(self._ingest, batch, inputs)
+            single = len(inputs) == 1 and input_error(inputs[0], self.models) is None
+            first = str(uuid.uuid4())
+            if single:
+                answer["uuid"] = first
+            self._pool.submit(self._ingest, batch, inputs, first)
         else:
             self._fetch_failed(batch, str(body.get("inputsFileUrl")))
-        return {"message": "Jobs received for processing", "batch_id": batch.id}
+        return answer
 
     def _fetch_failed(self, batch: Batch, url: str) -> None:
-        """An ``inputsFileUrl`` batch: the emulator reaches no outside storage, so fetching fails as in the seed."""
+        """An ``inputsFileUrl`` batch: the emulator reaches no outside storage, so fetching fails as documented."""
         message = f"Error occurred while fetching the document:{url}, maximum retries exceeded."
         with self.lock:
             batch.errors = [csv_tuple(url, message)]
@@ -245,7 +274,7 @@ class SuperAiService(EmulatedService):
             batch.ingested = True
         self.counters["invalid_inputs"][batch.tenant] += 1
 
-    def _ingest(self, batch: Batch, inputs: list[Any]) -> None:
+    def _ingest(self, batch: Batch, inputs: list[Any], first_id: str) -> None:
         """Validate every input (non-strict: valid ones become jobs, invalid ones are reported)."""
         jobs: list[Job] = []
         errors: list[str] = []
@@ -259,7 +288,8 @@ class SuperAiService(EmulatedService):
                 if first_invalid is None:
                     first_invalid, first_message = index, problem
                 continue
-            jobs.append(Job(str(uuid.uuid4()), batch, index, value, fails(batch.id, index, value, rate)))
+            job_id = first_id if index == 0 else str(uuid.uuid4())
+            jobs.append(Job(job_id, batch, index, value, fails(batch.id, index, value, rate)))
         with self.lock:
             self.jobs.update((job.id, job) for job in jobs)
             batch.jobs = jobs
@@ -280,18 +310,27 @@ class SuperAiService(EmulatedService):
     def batch_json(self, batch: Batch) -> dict[str, Any]:
         return batch.to_json(self.clock.now(), self.delay)
 
-    def list_jobs(self, batch: Batch, page: int, size: int, states: frozenset[str] | None) -> dict[str, Any]:
-        """One page (0-based) of a batch's jobs in input order, optionally only those in ``states``."""
+    def list_batches(self, tenant: str, app_uuid: str) -> list[dict[str, Any]]:
+        """The tenant's batches in that app, oldest first (``GET /v1/apps/{app_uuid}/batches``)."""
         now = self.clock.now()
-        jobs = batch.jobs if batch.processed(now, self.delay) else []
-        if states is not None:
-            jobs = [job for job in jobs if job.state(now, self.delay) in states]
-        chosen = jobs[page * size : (page + 1) * size]
+        with self.lock:
+            mine = [b for b in self.batches.values() if b.tenant == tenant and b.app_uuid == app_uuid]
+        return [b.to_json(now, self.delay) for b in sorted(mine, key=lambda b: b.created)]
+
+    def list_jobs(self, tenant: str, app_uuid: str, query: JobQuery) -> dict[str, Any]:
+        """One page (0-based) of the app's visible jobs (``GET /v1/apps/{app_uuid}/jobs``), filtered and sorted."""
+        now = self.clock.now()
+        with self.lock:
+            batches = [b for b in self.batches.values() if b.tenant == tenant and b.app_uuid == app_uuid]
+        jobs = [job for b in batches if b.processed(now, self.delay) for job in b.jobs]
+        jobs = [job for job in jobs if query.admits(job, job.state(now, self.delay), self.delay)]
+        jobs.sort(key=lambda job: (job.batch.created, job.batch.id, job.index), reverse=query.descending)
+        chosen = jobs[query.page * query.size : (query.page + 1) * query.size]
         return {
             "jobs": [job.to_json(now, self.delay) for job in chosen],
-            "page": page,
-            "size": size,
-            "pages": math.ceil(len(jobs) / size),
+            "page": query.page,
+            "size": query.size,
+            "pages": math.ceil(len(jobs) / query.size),
             "total": len(jobs),
         }
 

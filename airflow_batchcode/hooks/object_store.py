@@ -11,6 +11,7 @@ Storage errors become the package's typed errors; no message carries a credentia
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import importlib.util
 import io
@@ -108,7 +109,59 @@ class _S3Reader(io.RawIOBase):
         super().close()
 
 
-class S3ObjectStore:
+class _BucketStore(abc.ABC):
+    """What the S3 and GCS stores share: files are staged as ``scheme://bucket/prefix/name``.
+
+    A subclass sets ``scheme``, reads the connection's ``credentials()`` and writes one object with
+    ``_upload`` (a stream) or ``_put`` (bytes), turning its client's failures into the package's errors.
+
+    :param bucket: the bucket manifests are staged in.
+    :param prefix: key prefix of staged manifests (leading and trailing ``/`` are dropped).
+    """
+
+    scheme: str
+
+    def __init__(self, bucket: str, prefix: str) -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+
+    def key_for(self, name: str) -> str:
+        """The object key a staged file called ``name`` gets."""
+        if not name or "/" in name or name in (".", ".."):
+            raise ConfigurationError(f"Invalid staged object name {name!r}")
+        return f"{self.prefix}/{name}" if self.prefix else name
+
+    @abc.abstractmethod
+    def credentials(self) -> dict[str, str]:
+        """What a service needs to read the bucket (each service's store documents its shape)."""
+
+    @abc.abstractmethod
+    def _upload(self, handle: IO[bytes], key: str, url: str) -> None:
+        """Write the object ``key`` from a stream; ``url`` is only for error messages."""
+
+    @abc.abstractmethod
+    def _put(self, key: str, data: bytes, content_type: str, url: str) -> None:
+        """Write the small object ``key``; ``url`` is only for error messages."""
+
+    def stage(self, source: ManifestSource, name: str) -> StagedInput:
+        """Upload ``source`` (streamed) as ``prefix/name``, with the credentials the service reads it with."""
+        key = self.key_for(name)
+        url = f"{self.scheme}://{self.bucket}/{key}"
+        credentials = self.credentials()
+        with contextlib.ExitStack() as stack:
+            handle: IO[bytes] = stack.enter_context(source.open("rb")) if isinstance(source, Path) else source
+            self._upload(handle, key, url)
+        return StagedInput(url=url, credentials=credentials)
+
+    def put(self, name: str, data: bytes, content_type: str = "application/json") -> str:
+        """Store a small object ``prefix/name``; return its URL."""
+        key = self.key_for(name)
+        url = f"{self.scheme}://{self.bucket}/{key}"
+        self._put(key, data, content_type, url)
+        return url
+
+
+class S3ObjectStore(_BucketStore):
     """Stages manifests under ``s3://bucket/prefix/`` and reads objects, through an Airflow ``aws`` connection.
 
     :param bucket: the bucket manifests are staged in.
@@ -116,9 +169,10 @@ class S3ObjectStore:
     :param aws_conn_id: the Airflow connection of type ``aws``.
     """
 
+    scheme = "s3"
+
     def __init__(self, bucket: str, prefix: str = "", aws_conn_id: str = DEFAULT_STORAGE_CONN_ID) -> None:
-        self.bucket = bucket
-        self.prefix = prefix.strip("/")
+        super().__init__(bucket, prefix)
         self.aws_conn_id = aws_conn_id
 
     def __repr__(self) -> str:
@@ -134,12 +188,6 @@ class S3ObjectStore:
     @cached_property
     def _client(self) -> Any:
         return self.hook.get_conn()
-
-    def key_for(self, name: str) -> str:
-        """The object key a staged file called ``name`` gets."""
-        if not name or "/" in name or name in (".", ".."):
-            raise ConfigurationError(f"Invalid staged object name {name!r}")
-        return f"{self.prefix}/{name}" if self.prefix else name
 
     def credentials(self) -> dict[str, str]:
         """What a service needs to read the bucket: the connection's key pair, region and session token."""
@@ -158,18 +206,29 @@ class S3ObjectStore:
             values["session_token"] = creds.token
         return values
 
-    def stage(self, source: ManifestSource, name: str) -> StagedInput:
-        """Upload ``source`` (streamed, multipart when large) as ``prefix/name``."""
-        key = self.key_for(name)
-        url = f"s3://{self.bucket}/{key}"
-        credentials = self.credentials()
-        with contextlib.ExitStack() as stack:
-            handle: IO[bytes] = stack.enter_context(source.open("rb")) if isinstance(source, Path) else source
-            try:
-                self._client.upload_fileobj(handle, self.bucket, key, ExtraArgs={"ContentType": "application/x-ndjson"})
-            except Exception as exc:
-                raise _unwrapped(exc, "staging the manifest at", url) from None
-        return StagedInput(url=url, credentials=credentials)
+    def _upload(self, handle: IO[bytes], key: str, url: str) -> None:
+        # boto3's transfer manager goes multipart when the manifest is large.
+        try:
+            self._client.upload_fileobj(handle, self.bucket, key, ExtraArgs={"ContentType": "application/x-ndjson"})
+        except Exception as exc:
+            raise _unwrapped(exc, "staging the manifest at", url) from None
+
+    def _put(self, key: str, data: bytes, content_type: str, url: str) -> None:
+        try:
+            self._client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
+        except Exception as exc:
+            raise _unwrapped(exc, "staging a record at", url) from None
+
+    def presign(self, url: str, expires_in: int) -> str:
+        """A presigned ``GET`` URL of an object (``s3://bucket/key``), valid ``expires_in`` seconds."""
+        bucket, key = parse_s3_url(url)
+        try:
+            signed: str = self._client.generate_presigned_url(
+                "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=expires_in
+            )
+        except Exception as exc:
+            raise storage_error(exc, "presigning", url) from None
+        return signed
 
     @contextlib.contextmanager
     def open(self, url: str) -> Iterator[IO[bytes]]:
@@ -183,7 +242,7 @@ class S3ObjectStore:
             yield reader
 
 
-class GcsObjectStore:
+class GcsObjectStore(_BucketStore):
     """Stages manifests under ``gs://bucket/prefix/`` through an Airflow Google Cloud connection.
 
     The service reads them with the connection's service account key (``keyfile_dict`` in its extra),
@@ -194,9 +253,10 @@ class GcsObjectStore:
     :param gcp_conn_id: the Airflow connection of type ``google_cloud_platform``.
     """
 
+    scheme = "gs"
+
     def __init__(self, bucket: str, prefix: str = "", gcp_conn_id: str = DEFAULT_GCP_CONN_ID) -> None:
-        self.bucket = bucket
-        self.prefix = prefix.strip("/")
+        super().__init__(bucket, prefix)
         self.gcp_conn_id = gcp_conn_id
 
     def __repr__(self) -> str:
@@ -209,12 +269,6 @@ class GcsObjectStore:
 
         return GCSHook(gcp_conn_id=self.gcp_conn_id)
 
-    def key_for(self, name: str) -> str:
-        """The object name a staged file called ``name`` gets."""
-        if not name or "/" in name or name in (".", ".."):
-            raise ConfigurationError(f"Invalid staged object name {name!r}")
-        return f"{self.prefix}/{name}" if self.prefix else name
-
     def credentials(self) -> dict[str, str]:
         """The connection's service account key as JSON text (``service_account_json``)."""
         extra = self.hook.get_connection(self.gcp_conn_id).extra_dejson
@@ -226,19 +280,18 @@ class GcsObjectStore:
             )
         return {"service_account_json": keyfile if isinstance(keyfile, str) else json.dumps(keyfile)}
 
-    def stage(self, source: ManifestSource, name: str) -> StagedInput:
-        """Upload ``source`` (streamed) as ``prefix/name``."""
-        key = self.key_for(name)
-        url = f"gs://{self.bucket}/{key}"
-        credentials = self.credentials()
-        with contextlib.ExitStack() as stack:
-            handle: IO[bytes] = stack.enter_context(source.open("rb")) if isinstance(source, Path) else source
-            try:
-                blob = self.hook.get_conn().bucket(self.bucket).blob(key)
-                blob.upload_from_file(handle, content_type="application/x-ndjson")
-            except Exception as exc:
-                raise _gcs_error(exc, "staging the manifest at", url) from None
-        return StagedInput(url=url, credentials=credentials)
+    def _upload(self, handle: IO[bytes], key: str, url: str) -> None:
+        try:
+            blob = self.hook.get_conn().bucket(self.bucket).blob(key)
+            blob.upload_from_file(handle, content_type="application/x-ndjson")
+        except Exception as exc:
+            raise _gcs_error(exc, "staging the manifest at", url) from None
+
+    def _put(self, key: str, data: bytes, content_type: str, url: str) -> None:
+        try:
+            self.hook.get_conn().bucket(self.bucket).blob(key).upload_from_string(data, content_type=content_type)
+        except Exception as exc:
+            raise _gcs_error(exc, "staging a record at", url) from None
 
     @contextlib.contextmanager
     def open(self, url: str) -> Iterator[IO[bytes]]:

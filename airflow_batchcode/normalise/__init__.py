@@ -1,7 +1,7 @@
 """Per-service readers of raw output files, turning each service's results into :class:`Coded` rows.
 
-ABS output is read by :mod:`airflow_batchcode.results` directly (its fast path). Every other
-service has a module here, ``normalise/<service>.py``, with two functions:
+Every service has a module here, ``normalise/<service>.py``, named by its catalogue spec
+(:mod:`airflow_batchcode.services.catalogue`), with two functions:
 
 ``coded(output, metadata, lines) -> Iterator[Coded]``
     Reads the raw output file the client's ``download_results`` wrote (``output`` is an open
@@ -13,13 +13,28 @@ service has a module here, ``normalise/<service>.py``, with two functions:
 ``usage(metadata) -> dict[str, float]``
     Numbers from the operation's metadata (the job object) to add up in the run summary, e.g.
     ``{"billed_usage_dollars": 0.02}`` for Gravity or ``{"invalid_inputs": 3}`` for super.ai.
+
+and optionally two more:
+
+``model_id(metadata) -> str | None``
+    The model that coded the operation, when the metadata says (else the operation's own ``model``).
+
+``chunk_rows(output, positions, *, manifest, chunk, operation_id, topic, model_id, source) -> Iterator[Row]``
+    A fast path for services whose output echoes each record's input in manifest order (ABS):
+    whole rows from the output file and the positions sidecar (locations, not open files),
+    without reading the manifest. The pipeline takes it instead of joining :func:`coded`'s items
+    to the manifest (:func:`airflow_batchcode.results.service_chunk_rows`); both give the same rows.
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Iterator, Mapping
-from typing import IO, Any, NamedTuple
+from dataclasses import dataclass
+from typing import IO, Any, NamedTuple, Protocol
+
+from airflow_batchcode.rows import Row
+from airflow_batchcode.services.catalogue import spec_for
 
 
 class Coded(NamedTuple):
@@ -51,7 +66,49 @@ CodedReader = Callable[[IO[bytes], Mapping[str, Any], int], Iterator[Coded]]
 UsageReader = Callable[[Mapping[str, Any]], dict[str, float]]
 
 
+class RowsReader(Protocol):
+    """A normaliser's ``chunk_rows`` fast path (see above)."""
+
+    def __call__(
+        self,
+        output: str,
+        positions: str,
+        *,
+        manifest: str,
+        chunk: int,
+        operation_id: str | None,
+        topic: str,
+        model_id: str | None,
+        source: str = "batch",
+    ) -> Iterator[Row]: ...
+
+
+def _no_model(metadata: Mapping[str, Any]) -> str | None:
+    return None
+
+
+@dataclass(frozen=True)
+class Normaliser:
+    """One service's normaliser module, its optional functions filled in."""
+
+    coded: CodedReader
+    usage: UsageReader
+    model_id: Callable[[Mapping[str, Any]], str | None] = _no_model
+    chunk_rows: RowsReader | None = None
+
+
+def normaliser_for(service: str) -> Normaliser:
+    """The normaliser the catalogue names for ``service``."""
+    module = importlib.import_module(spec_for(service).normaliser)
+    return Normaliser(
+        coded=module.coded,
+        usage=module.usage,
+        model_id=getattr(module, "model_id", _no_model),
+        chunk_rows=getattr(module, "chunk_rows", None),
+    )
+
+
 def reader_for(service: str) -> tuple[CodedReader, UsageReader]:
-    """The ``coded`` and ``usage`` functions of a (non-ABS) service."""
-    module = importlib.import_module(f"airflow_batchcode.normalise.{service}")
-    return module.coded, module.usage
+    """The ``coded`` and ``usage`` functions of a service."""
+    normaliser = normaliser_for(service)
+    return normaliser.coded, normaliser.usage

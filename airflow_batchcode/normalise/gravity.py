@@ -1,11 +1,13 @@
 """Gravity's output CSV as :class:`Coded` rows, and its billed usage.
 
 The output has every input column (after the input ``mapping``) and the model's outputs (after
-``outputMapping``). Rows join back to the manifest by the ``line`` column the client added, never by
-position. The column names are found by applying the mappings recorded in the metadata's
-``request`` (the data object sent with the job) to the client's CSV header and to the model's
-outputs ``code``, ``label``, ``confidence`` and ``error``. A value equal to its mapping entry's
-non-empty ``defaultValue`` counts as empty (it is what the service fills in when the model gave nothing).
+``outputMapping``). Rows join back to the manifest by the ``line`` column the client added. An output
+without that column (a model that drops unknown inputs) is joined by order instead, only when it has
+exactly as many rows as the manifest has lines, and the log says so. The column names are found by
+applying the mappings recorded in the metadata's ``request`` (the data object sent with the job) to the
+client's CSV header and to the model's outputs ``code``, ``label``, ``confidence`` and ``error``. A value
+equal to its mapping entry's non-empty ``defaultValue`` counts as empty (it is what the service fills in
+when the model gave nothing).
 
 Outcome of a row: a ``code`` → ``successful`` (an ``error`` beside it is kept in ``details``); else an
 ``error`` → ``error``; else ``unsuccessful``. The model's other output columns, if any, go into
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -28,13 +31,14 @@ from airflow_batchcode.normalise.index import LineIndex
 from airflow_batchcode.services.gravity import CSV_HEADER, DEFAULT_MAPPING, ColumnMapping, parse_mapping
 
 OUTPUTS = ("code", "label", "confidence", "error")
+log = logging.getLogger("airflow_batchcode.normalise")
 
 
 @dataclass(frozen=True)
 class Columns:
     """Where the values of one output file are: column indexes and the defaults that mean "empty"."""
 
-    line: int
+    line: int | None
     record_id: int | None
     outputs: dict[str, int]
     defaults: dict[str, str]
@@ -48,8 +52,6 @@ class Columns:
         out = {entry.source: entry for entry in output_mapping}
         position = {name: index for index, name in reversed(list(enumerate(header)))}
         line_name = renamed.get("line", "line")
-        if line_name not in position:
-            raise UnexpectedResponseError(f"Gravity output has no {line_name!r} column to join results by")
         names = {name: out[name].destination if name in out else name for name in OUTPUTS}
         if names["code"] not in position and names["error"] not in position:
             raise UnexpectedResponseError(
@@ -59,7 +61,7 @@ class Columns:
         inputs = {renamed.get(name, name) for name in CSV_HEADER}
         known = inputs | set(names.values())
         return cls(
-            line=position[line_name],
+            line=position.get(line_name),
             record_id=position.get(renamed.get("record_id", "record_id")),
             outputs={name: position[column] for name, column in names.items() if column in position},
             defaults={name: out[name].default_value or "" for name in OUTPUTS if name in out},
@@ -108,7 +110,15 @@ class _Records:
         return None if row is None else (start, row)
 
 
-def _line_number(row: list[str], columns: Columns, lines: int) -> int:
+def _line_number(row: list[str], columns: Columns, lines: int, order: int) -> int:
+    """The manifest line of a row: its ``line`` column, or (without one) its place among the rows."""
+    if columns.line is None:
+        if order >= lines:
+            raise UnexpectedResponseError(
+                f"Gravity output has no 'line' column and more rows than the manifest's {lines} lines: "
+                "refusing to join its rows by order"
+            )
+        return order
     raw = row[columns.line].strip() if columns.line < len(row) else ""
     if not raw.isascii() or not raw.isdigit():
         raise UnexpectedResponseError(f"Gravity output row has line {raw[:40]!r}, not a manifest line number")
@@ -123,6 +133,7 @@ def _index(output: IO[bytes], metadata: Mapping[str, Any], lines: int) -> tuple[
     index = LineIndex(lines)
     records = _Records(output, 0)
     columns: Columns | None = None
+    rows = 0
     while (item := records.next()) is not None:
         start, row = item
         if not any(value.strip() for value in row):
@@ -130,10 +141,18 @@ def _index(output: IO[bytes], metadata: Mapping[str, Any], lines: int) -> tuple[
         if columns is None:
             columns = Columns.resolve(row, metadata)
             continue
-        line = _line_number(row, columns, lines)
+        line = _line_number(row, columns, lines, rows)
+        rows += 1
         if line in index:
             raise UnexpectedResponseError(f"Gravity output has two rows for manifest line {line}")
         index[line] = start
+    if columns is not None and columns.line is None:
+        if rows != lines:
+            raise UnexpectedResponseError(
+                f"Gravity output has no 'line' column and {rows} rows for the manifest's {lines} lines: "
+                "refusing to join its rows by order"
+            )
+        log.warning("Gravity output has no 'line' column: its %d rows are joined to the manifest by order", rows)
     return columns, index
 
 

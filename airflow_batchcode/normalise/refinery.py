@@ -106,21 +106,15 @@ def outcome(task: Mapping[str, Any]) -> Coded:
         return Coded(record_id, "error", error=text, item_id=item_id, details=details)
     if status != "completed":
         return Coded(record_id, "error", error=f"unexpected Refinery task status {str(status)[:40]!r}", item_id=item_id)
+    code_status, code, name = "unsuccessful", None, None  # no consensus
     if isinstance(label, str) and label.strip():
+        code_status = "successful"
         code, name = split_label(label)
-        return Coded(
-            record_id,
-            "successful",
-            code_category=code,
-            code_label=name,
-            code_confidence=_number(task.get("confidence")),
-            item_id=item_id,
-            agreement=agreement,
-            details=details,
-        )
     return Coded(
         record_id,
-        "unsuccessful",
+        code_status,
+        code_category=code,
+        code_label=name,
         code_confidence=_number(task.get("confidence")),
         item_id=item_id,
         agreement=agreement,

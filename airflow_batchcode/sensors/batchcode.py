@@ -10,38 +10,24 @@ from typing import Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
 
-from airflow_batchcode.exceptions import (
-    BatchCodeError,
-    OperationFailedError,
-    OperationTimedOutError,
-    UnexpectedResponseError,
-    WaitTimedOutError,
-)
+from airflow_batchcode.exceptions import ConfigurationError
 from airflow_batchcode.hooks.batchcode import BatchCodeHook
+from airflow_batchcode.hooks.lifecycle import raise_for_outcome
 from airflow_batchcode.operation_ref import OperationRef
-from airflow_batchcode.services.base import Operation, OperationState
+from airflow_batchcode.services.base import Operation
+from airflow_batchcode.services.catalogue import spec_for
 from airflow_batchcode.triggers.batchcode import MIN_POLL_INTERVAL, OperationStatusTrigger
+from airflow_batchcode.triggers.event import EndReason, OperationEvent
+
+__all__ = ["DEADLINE_KEY", "OperationStatusSensor", "default_deferrable", "raise_for_outcome"]
 
 DEADLINE_KEY = "batchcode_deadline"
 DEFAULT_TIMEOUT = timedelta(days=2)
-_EVENT_STATUSES = frozenset({"complete", "failed", "timed_out", "error"})
 
 
 def default_deferrable() -> bool:
     """``[batchcode] default_deferrable`` (True unless set), so the triggerer does the waiting."""
     return conf.getboolean("batchcode", "default_deferrable", fallback=True)
-
-
-def raise_for_outcome(status: str, operation_id: str, message: str | None, *, reason: str = "service") -> None:
-    """Turn a terminal outcome other than ``complete`` into the typed error a user can act on."""
-    if status == OperationState.FAILED:
-        raise OperationFailedError(operation_id, message)
-    if status == OperationState.TIMED_OUT and reason == "deadline":
-        raise WaitTimedOutError(operation_id, None, detail=message or "")
-    if status == OperationState.TIMED_OUT:
-        raise OperationTimedOutError(operation_id, message)
-    if status != OperationState.COMPLETE:
-        raise BatchCodeError(f"Waiting on operation {operation_id} failed: {message}")
 
 
 class OperationStatusSensor(BaseSensorOperator):
@@ -55,7 +41,8 @@ class OperationStatusSensor(BaseSensorOperator):
     :param topic: the operation's topic, when ``operation`` does not carry it.
     :param model: the operation's model, if one was named.
     :param batchcode_conn_id: the ``batchcode`` connection.
-    :param poll_interval: seconds between status calls (at least 0.5; the ABS service suggests up to 600).
+    :param poll_interval: seconds between status calls (at least 0.5); default the service's own
+        advice: 600 for ABS ("up to once every ten minutes"), 60 for the others.
     :param timeout: how long to wait in all before giving up (seconds or timedelta; default 2 days).
     :param deferrable: wait in the triggerer (default from ``[batchcode] default_deferrable``, else True).
     """
@@ -70,20 +57,21 @@ class OperationStatusSensor(BaseSensorOperator):
         topic: str | None = None,
         model: str | None = None,
         batchcode_conn_id: str = BatchCodeHook.default_conn_name,
-        poll_interval: float = 60.0,
+        poll_interval: float | None = None,
         timeout: timedelta | float = DEFAULT_TIMEOUT,
         deferrable: bool | None = None,
         **kwargs: Any,
     ) -> None:
-        if float(poll_interval) < MIN_POLL_INTERVAL:
-            raise ValueError(f"poll_interval must be at least {MIN_POLL_INTERVAL} s, got {poll_interval}")
-        kwargs.setdefault("poke_interval", poll_interval)
+        if poll_interval is not None and float(poll_interval) < MIN_POLL_INTERVAL:
+            raise ConfigurationError(f"poll_interval must be at least {MIN_POLL_INTERVAL} s, got {poll_interval}")
+        # only a non-deferred sensor pokes; execute() polls at _interval(), the service's advice by default
+        kwargs.setdefault("poke_interval", 60.0 if poll_interval is None else poll_interval)
         super().__init__(timeout=timeout, **kwargs)
         self.operation = operation
         self.topic = topic
         self.model = model
         self.batchcode_conn_id = batchcode_conn_id
-        self.poll_interval = float(poll_interval)
+        self.poll_interval = None if poll_interval is None else float(poll_interval)
         self.deferrable = default_deferrable() if deferrable is None else deferrable
 
     @cached_property
@@ -106,8 +94,15 @@ class OperationStatusSensor(BaseSensorOperator):
             store.set(DEADLINE_KEY, deadline)
         return deadline
 
+    def _interval(self) -> float:
+        """The poll interval: as given, else the service's default."""
+        if self.poll_interval is not None:
+            return self.poll_interval
+        return spec_for(self.hook.service).poll_interval
+
     def execute(self, context: Any) -> Any:
         ref = self.ref
+        interval = self._interval()
         deadline = self._deadline(context)
         operation = self._status(ref)
         self.log.info(
@@ -121,6 +116,7 @@ class OperationStatusSensor(BaseSensorOperator):
         if operation.state.is_terminal():
             return self._finish(operation.state.value, ref.operation_id, operation.error)
         if not self.deferrable:
+            self.poke_interval = interval
             return super().execute(context)
         remaining = deadline - time.time()
         if remaining <= 0:
@@ -131,11 +127,11 @@ class OperationStatusSensor(BaseSensorOperator):
                 operation_id=ref.operation_id,
                 topic=ref.require_topic(),
                 model=ref.model,
-                poll_interval=self.poll_interval,
+                poll_interval=interval,
                 deadline=deadline,
             ),
             method_name="execute_complete",
-            timeout=timedelta(seconds=remaining + 2 * self.poll_interval + 60),
+            timeout=timedelta(seconds=remaining + 2 * interval + 60),
         )
 
     def poke(self, context: Any) -> PokeReturnValue:
@@ -150,14 +146,22 @@ class OperationStatusSensor(BaseSensorOperator):
 
     def execute_complete(self, context: Any, event: Any = None) -> str:
         """Resume after the trigger's event; return the operation id when complete."""
-        if not isinstance(event, dict) or event.get("status") not in _EVENT_STATUSES or not event.get("operation_id"):
-            raise UnexpectedResponseError(f"Malformed trigger event for operation {self.operation!r}: {event!r}")
-        self.log.info("Operation %s ended: %s (%s)", event["operation_id"], event["status"], event.get("message"))
-        return self._finish(
-            str(event["status"]),
-            str(event["operation_id"]),
-            event.get("message"),
-            reason=event.get("reason", "service"),
+        ended = OperationEvent.from_payload(event)
+        self.log.info("Operation %s ended: %s (%s)", ended.operation_id, ended.status.value, ended.message)
+        return self._finish(ended.status, ended.operation_id, ended.message, reason=ended.reason or EndReason.SERVICE)
+
+    def on_kill(self) -> None:
+        """The task was killed while poking: cancel the operation's unfinished work where the service can
+        (super.ai: every live job of the batch), and say so in the log. (A deferred wait is cancelled by
+        :meth:`OperationStatusTrigger.on_kill`.)"""
+        client = self.hook.client
+        cancel = getattr(client, "cancel_batch", None)
+        if cancel is None:
+            return
+        ref = self.ref
+        count = cancel(ref.operation_id)
+        self.log.warning(
+            "Task killed: cancelled %d unfinished job(s) of %s operation %s", count, self.hook.service, ref.operation_id
         )
 
     def _status(self, ref: OperationRef) -> Operation:

@@ -3,7 +3,7 @@
 A service module describes itself with a few class attributes (its name, the header that carries
 the key, where its error bodies keep their message) and overrides at most two hooks: ``_explain``
 (a clearer error for a status the service gives its own meaning) and ``_data`` (the useful part of
-an answer the service wraps). The rest lives here: the shared rate limiter, secret reporting and
+an answer the service wraps). The rest lives here: the shared request budget, secret reporting and
 scrubbing, headers, transports and their closing, the ``_api`` call, and the ``download_results``
 frame that writes the operation's metadata beside its output.
 """
@@ -21,15 +21,11 @@ from urllib.parse import urlsplit
 
 from airflow_batchcode.exceptions import ConfigurationError, ServiceError
 from airflow_batchcode.services.base import Closing, SecretCallback
-from airflow_batchcode.services.ratelimit import shared_limiter
-from airflow_batchcode.services.transport import (
-    AsyncTransport,
-    HttpSettings,
-    SyncTransport,
-    check_url,
-    json_message_reader,
-    scrub,
-)
+from airflow_batchcode.services.budget import BudgetSettings, budget_for
+from airflow_batchcode.services.http.aio import AsyncTransport
+from airflow_batchcode.services.http.errors import json_message_reader, scrub
+from airflow_batchcode.services.http.settings import HttpSettings, check_url
+from airflow_batchcode.services.http.sync import SyncTransport
 
 REDACTED = "<redacted>"
 MIN_SECRET_CHARS = 4
@@ -95,7 +91,7 @@ class ApiKeyBase(Generic[S]):
         self.settings = settings
         self._on_secret = on_secret
         self._secrets: set[str] = set()
-        self._limiter = shared_limiter(settings.limiter_key, settings.rate_limit)
+        self.budget = budget_for(BudgetSettings.of(settings.limiter_key, settings.rate_limit, settings.http.quota))
         self._read_message = json_message_reader(*self.error_keys)
         self._report_secret(settings.api_key)
 
@@ -159,13 +155,14 @@ class ApiKeyClient(ApiKeyBase[S], Closing):
 
     def __init__(self, settings: S, *, on_secret: SecretCallback | None = None) -> None:
         super().__init__(settings, on_secret=on_secret)
-        self._http = SyncTransport(settings.http, self._read_error, self._limiter, service=self.settings.label)
+        self._http = SyncTransport(settings.http, self._read_error, self.budget, service=self.settings.label)
 
     @functools.cached_property
     def _once(self) -> SyncTransport:
-        """A transport that tries each request once: for a create the service may have taken already."""
+        """A transport that tries each request once: for a call whose tries the client drives itself
+        (with :meth:`SyncTransport.retrying`, as Gravity's create does, looking for a lost job in between)."""
         once = replace(self.settings.http, retry=replace(self.settings.http.retry, max_attempts=1))
-        return SyncTransport(once, self._read_error, self._limiter, service=self.settings.label)
+        return SyncTransport(once, self._read_error, self.budget, service=self.settings.label)
 
     def close(self) -> None:
         """Release pooled connections."""
@@ -215,7 +212,7 @@ class AsyncApiKeyClient(ApiKeyBase[S]):
 
     def __init__(self, settings: S, *, on_secret: SecretCallback | None = None) -> None:
         super().__init__(settings, on_secret=on_secret)
-        self._http = AsyncTransport(settings.http, self._read_error, self._limiter, service=self.settings.label)
+        self._http = AsyncTransport(settings.http, self._read_error, self.budget, service=self.settings.label)
 
     async def aclose(self) -> None:
         """Release pooled connections."""

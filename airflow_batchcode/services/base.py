@@ -127,6 +127,13 @@ class ObjectStore(Protocol):
         """Open an object of the store (``s3://bucket/key``) for streaming reads."""
         ...
 
+    def put(self, name: str, data: bytes, content_type: str = "application/json") -> str:
+        """Store a small object ``name`` beside the staged manifests; return its URL (``s3://`` or ``gs://``).
+
+        (A store that can also presign reads offers ``presign(url, expires_in) -> str``.)
+        """
+        ...
+
 
 class Closing:
     """Lets a client be used in ``with``: leaving the block calls its :meth:`close`."""

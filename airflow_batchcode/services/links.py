@@ -7,7 +7,8 @@ from collections.abc import Callable
 from typing import IO
 
 from airflow_batchcode.exceptions import AuthenticationError, NotFoundError
-from airflow_batchcode.services.transport import SyncTransport, s3_message_reader
+from airflow_batchcode.services.http.errors import s3_message_reader
+from airflow_batchcode.services.http.sync import SyncTransport
 
 
 def download_fresh(

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO
 
 from airflow_batchcode.exceptions import ConfigurationError, TransportError
-from airflow_batchcode.services.transport import CHUNK_BYTES
+from airflow_batchcode.services.http.bodies import CHUNK_BYTES
 
 CRLF = b"\r\n"
 

@@ -1,23 +1,25 @@
-"""Which client serves which ``extra.service``: the one place new services are plugged in."""
+"""A connection reduced to what a service client needs, and the client the service catalogue builds for it."""
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from airflow_batchcode.exceptions import ConfigurationError
 from airflow_batchcode.services.base import AsyncBatchCodeClient, BatchCodeClient, ObjectStore, SecretCallback
-from airflow_batchcode.services.retry import RetryPolicy
-from airflow_batchcode.services.transport import HttpSettings
+from airflow_batchcode.services.budget.settings import QuotaSettings
+from airflow_batchcode.services.budget.window import DAY
+from airflow_batchcode.services.catalogue import spec_for
+from airflow_batchcode.services.http.retry import RetryPolicy
+from airflow_batchcode.services.http.settings import HttpSettings
 
 
 @dataclass(frozen=True)
 class ServiceConfig:
     """A connection, reduced to what a service client needs (no Airflow types).
 
-    :param service: ``abs``, ``refinery``, ``superai`` or ``gravity``.
+    :param service: the service's name in the catalogue (:data:`~airflow_batchcode.services.catalogue.SERVICES`).
     :param base_url: API origin with scheme.
     :param login: client id (ABS); not used by the API-key services.
     :param password: client secret or API key (hidden from ``repr``).
@@ -64,71 +66,26 @@ class ServiceConfig:
                 backoff_max=self.number("backoff_max", 60.0),
             ),
             allow_insecure_http=self.flag("allow_insecure_http"),
+            quota=self.quota_settings(),
         )
 
-
-@dataclass(frozen=True)
-class ServiceFactory:
-    """How to build the sync and async clients of one service."""
-
-    sync: Callable[[ServiceConfig, SecretCallback | None], BatchCodeClient]
-    async_: Callable[[ServiceConfig, SecretCallback | None], AsyncBatchCodeClient]
-
-
-def _abs_factory() -> ServiceFactory:
-    from airflow_batchcode.services import abs as abs_service
-
-    def settings(config: ServiceConfig) -> abs_service.AbsSettings:
-        return abs_service.AbsSettings(
-            base_url=config.base_url,
-            client_id=config.login,
-            client_secret=config.password,
-            auth_url=config.extra.get("auth_url") or None,
-            rate_limit=config.number("rate_limit", 1.0),
-            http=config.http_settings(),
+    def quota_settings(self) -> QuotaSettings:
+        """The request quota (extras ``daily_quota``, ``quota_window``) and the shared budget
+        (``budget_url``, ``budget_prefix``); a missing ``daily_quota`` leaves the service's default."""
+        quota = self.extra.get("daily_quota")
+        return QuotaSettings(
+            daily_quota=None if quota in (None, "") else int(self.number("daily_quota", 0)),
+            quota_window=self.number("quota_window", DAY),
+            budget_url=self.text("budget_url"),
+            budget_prefix=self.text("budget_prefix", "batchcode:budget") or "batchcode:budget",
         )
-
-    return ServiceFactory(
-        sync=lambda config, on_secret: abs_service.AbsClient(settings(config), on_secret=on_secret),
-        async_=lambda config, on_secret: abs_service.AsyncAbsClient(settings(config), on_secret=on_secret),
-    )
-
-
-def _module_factory(service: str) -> Callable[[], ServiceFactory]:
-    """The factory of a service whose module (or package) ``services/<service>`` defines ``service_factory()``."""
-
-    def load() -> ServiceFactory:
-        module = importlib.import_module(f"airflow_batchcode.services.{service}")
-        factory: ServiceFactory = module.service_factory()
-        return factory
-
-    return load
-
-
-_FACTORIES: dict[str, Callable[[], ServiceFactory]] = {
-    "abs": _abs_factory,
-    "refinery": _module_factory("refinery"),
-    "superai": _module_factory("superai"),
-    "gravity": _module_factory("gravity"),
-}
-SERVICES = tuple(_FACTORIES)
-
-
-def factory_for(service: str) -> ServiceFactory:
-    """The factory of ``service``; a clear error names the supported ones."""
-    try:
-        return _FACTORIES[service]()
-    except KeyError:
-        raise ConfigurationError(
-            f"Unknown batch coding service {service!r}; supported: {', '.join(SERVICES)}"
-        ) from None
 
 
 def build_client(config: ServiceConfig, on_secret: SecretCallback | None = None) -> BatchCodeClient:
-    """A synchronous client for ``config``."""
-    return factory_for(config.service).sync(config, on_secret)
+    """A synchronous client for ``config``, built by its service's spec (:mod:`.catalogue`)."""
+    return spec_for(config.service).build_client(config, on_secret)
 
 
 def build_async_client(config: ServiceConfig, on_secret: SecretCallback | None = None) -> AsyncBatchCodeClient:
     """An async (status) client for ``config``."""
-    return factory_for(config.service).async_(config, on_secret)
+    return spec_for(config.service).build_async_client(config, on_secret)

@@ -10,16 +10,11 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_batchcode.exceptions import (
-    BatchCodeError,
-    QuotaExceededError,
-    RateLimitedError,
-    ServerError,
-    TransportError,
-    UnexpectedResponseError,
-)
+from airflow_batchcode.exceptions import BatchCodeError
 from airflow_batchcode.hooks.batchcode import BatchCodeHook
 from airflow_batchcode.services.base import AsyncBatchCodeClient, OperationState
+from airflow_batchcode.services.budget.planner import PollPacer
+from airflow_batchcode.triggers.event import EndReason, EventStatus, OperationEvent
 
 MIN_POLL_INTERVAL = 0.5
 _RANK = {
@@ -38,27 +33,24 @@ triggerer (re)starting many triggers at once spreads their connection look-ups a
 instead of running them all in one turn of its event loop."""
 
 
-def _transient(error: BatchCodeError) -> bool:
-    """Errors worth waiting out: the network, the service's 5xx and 429s (not the daily quota)."""
-    if isinstance(error, QuotaExceededError):
-        return False
-    return isinstance(error, TransportError | ServerError | RateLimitedError | UnexpectedResponseError)
-
-
 class OperationStatusTrigger(BaseTrigger):
     """Polls a batch coding operation's status without holding a worker slot.
 
     Serialises only plain values, so it survives a triggerer restart; the deadline is wall
-    clock (epoch seconds), so a restart does not reset it. Yields exactly one event:
-    ``{"status": "complete" | "failed" | "timed_out" | "error", "operation_id", "message", ...}``.
+    clock (epoch seconds), so a restart does not reset it. Yields exactly one event, an
+    :class:`~airflow_batchcode.triggers.event.OperationEvent` as a dict.
 
     :param batchcode_conn_id: the ``batchcode`` connection.
     :param operation_id: the remote operation.
     :param topic: the operation's topic.
     :param model: the operation's model, if one was named.
-    :param poll_interval: seconds between polls (at least 0.5).
+    :param poll_interval: the shortest gap between polls (at least 0.5); the connection's request
+        budget stretches it as the operation ages and as the quota window runs low
+        (:mod:`airflow_batchcode.services.budget.planner`).
     :param deadline: epoch seconds after which the wait ends as ``timed_out``; ``None`` waits forever.
-    :param max_consecutive_errors: transient failures in a row tolerated before giving up.
+    :param max_consecutive_errors: transient failures in a row tolerated before giving up (which
+        errors are transient is decided on their classes: ``BatchCodeError.transient``; any other
+        error ends the wait at once).
     """
 
     def __init__(
@@ -103,12 +95,15 @@ class OperationStatusTrigger(BaseTrigger):
             reason = str(exc) if isinstance(exc, BatchCodeError) else f"{type(exc).__name__}: {exc}"
             yield self._event("error", f"Cannot build a client for connection {self.batchcode_conn_id!r}: {reason}")
             return
+        advice = getattr(client, "poll_advice", None)
+        pacer = PollPacer(getattr(client, "budget", None), self.operation_id, advice=advice, log=self.log)
         try:
-            yield await self._poll_until_done(client)
+            yield await self._poll_until_done(client, pacer)
         finally:
+            await pacer.close()
             await client.aclose()
 
-    async def _poll_until_done(self, client: AsyncBatchCodeClient) -> TriggerEvent:
+    async def _poll_until_done(self, client: AsyncBatchCodeClient, pacer: PollPacer) -> TriggerEvent:
         polls = failures = 0
         last_state: OperationState | None = None
         self.log.info(
@@ -130,10 +125,13 @@ class OperationStatusTrigger(BaseTrigger):
                 )
             polls += 1
             try:
-                operation = await client.get_operation(self.operation_id, self.topic, self.model)
+                async with asyncio.timeout(self._time_left()):  # a call waiting out a spent quota ends at the deadline
+                    operation = await client.get_operation(self.operation_id, self.topic, self.model)
+            except TimeoutError:
+                continue
             except BatchCodeError as exc:
                 failures += 1
-                if not _transient(exc) or failures >= self.max_consecutive_errors:
+                if not exc.transient or failures >= self.max_consecutive_errors:
                     return self._event("error", f"Status check failed ({failures} in a row): {exc}", polls=polls)
                 delay = min(self.poll_interval * 2 ** (failures - 1), max(self.poll_interval, 300.0))
                 self.log.warning("Status check %d failed (%s); next try in %.1f s", polls, exc, delay)
@@ -157,14 +155,41 @@ class OperationStatusTrigger(BaseTrigger):
                     reason="service",
                     polls=polls,
                 )
-            await self._sleep(self.poll_interval)
+            await self._sleep(await pacer.next_delay(self.poll_interval))
+
+    def _time_left(self) -> float | None:
+        return None if self.deadline is None else max(0.0, self.deadline - time.time())
+
+    async def on_kill(self) -> None:
+        """A user killed the deferred task: cancel the operation's unfinished work where the service can
+        (super.ai: every live job of the batch), and say so in the log."""
+        client = await BatchCodeHook(self.batchcode_conn_id).get_async_client()
+        try:
+            cancel = getattr(client, "cancel_batch", None)
+            if cancel is None:
+                self.log.info("Task killed: %s cannot cancel operation %s", client.service, self.operation_id)
+                return
+            count = await cancel(self.operation_id)
+            self.log.warning(
+                "Task killed: cancelled %d unfinished job(s) of %s operation %s",
+                count,
+                client.service,
+                self.operation_id,
+            )
+        finally:
+            await client.aclose()
 
     async def _sleep(self, seconds: float) -> None:
-        if self.deadline is not None:
-            seconds = min(seconds, max(0.0, self.deadline - time.time()))
-        await asyncio.sleep(seconds)
+        left = self._time_left()
+        await asyncio.sleep(seconds if left is None else min(seconds, left))
 
-    def _event(self, status: str, message: str, **extra: Any) -> TriggerEvent:
-        return TriggerEvent(
-            {"status": status, "operation_id": self.operation_id, "message": message, "topic": self.topic, **extra}
+    def _event(self, status: str, message: str, *, reason: str | None = None, polls: int | None = None) -> TriggerEvent:
+        ended = OperationEvent(
+            EventStatus(status),
+            self.operation_id,
+            message,
+            self.topic,
+            reason=None if reason is None else EndReason(reason),
+            polls=polls,
         )
+        return TriggerEvent(ended.to_payload())

@@ -1,9 +1,12 @@
 """Test DAG: the reusable pipeline over a SQLite or PostgreSQL warehouse, configured by environment.
 
 ``BATCHCODE_TEST_WAREHOUSE`` names the warehouse connection, ``BATCHCODE_TEST_STAGING`` the
-staging folder, ``BATCHCODE_TEST_CHUNK`` the records per chunk, ``BATCHCODE_TEST_SANITIZE``
-whether to sanitise, ``BATCHCODE_TEST_MIN_SUCCESS`` the quality gate and
-``BATCHCODE_TEST_RETRIES`` the task retries.
+staging folder (empty or unset: the default, ``$AIRFLOW_HOME/batchcode``), ``BATCHCODE_TEST_CHUNK``
+the records per chunk, ``BATCHCODE_TEST_SANITIZE`` whether to sanitise, ``BATCHCODE_TEST_MIN_SUCCESS`` the quality gate and
+``BATCHCODE_TEST_RETRIES`` the task retries and ``BATCHCODE_TEST_POLL`` the poll interval.
+``BATCHCODE_TEST_DEDUPE`` (default on, off for the columnar path), ``BATCHCODE_TEST_CACHE`` (default off) and
+``BATCHCODE_TEST_REALTIME`` (``realtime_max_records``; default 0, so that the tests of remote operations get them)
+set the frugal-coding options; ``BATCHCODE_TEST_MODEL`` names a model (default the latest).
 """
 
 from __future__ import annotations
@@ -27,9 +30,15 @@ pipeline = coding_dag(
     output_conn_id=os.environ.get("BATCHCODE_TEST_WAREHOUSE", "test_warehouse"),
     output_table="coded_responses",
     chunk_records=int(os.environ.get("BATCHCODE_TEST_CHUNK", "100")),
-    poll_interval=0.5,
-    staging=os.environ.get("BATCHCODE_TEST_STAGING"),
+    poll_interval=float(os.environ.get("BATCHCODE_TEST_POLL", "0.5")),
+    staging=os.environ.get("BATCHCODE_TEST_STAGING") or None,
     sanitize=os.environ.get("BATCHCODE_TEST_SANITIZE") == "1",
+    columnar=os.environ.get("BATCHCODE_TEST_COLUMNAR") == "1",
+    dedupe=os.environ.get("BATCHCODE_TEST_DEDUPE", "0" if os.environ.get("BATCHCODE_TEST_COLUMNAR") == "1" else "1")
+    == "1",
+    result_cache=os.environ.get("BATCHCODE_TEST_CACHE") == "1",
+    realtime_max_records=int(os.environ.get("BATCHCODE_TEST_REALTIME", "0")),
+    model=os.environ.get("BATCHCODE_TEST_MODEL") or None,
     min_success_rate=float(os.environ["BATCHCODE_TEST_MIN_SUCCESS"])
     if "BATCHCODE_TEST_MIN_SUCCESS" in os.environ
     else None,

@@ -17,14 +17,14 @@ from airflow_batchcode.exceptions import (
     ConflictError,
     InvalidRequestError,
     NotFoundError,
-    QuotaExceededError,
     TransportError,
     UploadRejectedError,
 )
 from airflow_batchcode.services.abs import AbsClient, AbsSettings, AsyncAbsClient
 from airflow_batchcode.services.base import OperationState, UploadTarget
-from airflow_batchcode.services.retry import RetryPolicy
-from airflow_batchcode.services.transport import HttpSettings
+from airflow_batchcode.services.budget import QuotaSettings
+from airflow_batchcode.services.http.retry import RetryPolicy
+from airflow_batchcode.services.http.settings import HttpSettings
 from tests.support import admin, emulator
 
 FAST = RetryPolicy(max_attempts=6, backoff_base=0.05, backoff_max=0.5)
@@ -42,7 +42,8 @@ RECORDS = [
 def client_for(
     server: EmulatorServer, *, secret: str = "demo-secret", client_id: str = "demo-client", **kw: Any
 ) -> AbsClient:
-    http = HttpSettings(retry=FAST, read_timeout=kw.pop("read_timeout", 10.0))
+    quota = QuotaSettings(quota_window=kw.pop("quota_window", 86400.0))
+    http = HttpSettings(retry=FAST, read_timeout=kw.pop("read_timeout", 10.0), quota=quota)
     return AbsClient(
         AbsSettings(server.base_url, client_id, secret, rate_limit=kw.pop("rate_limit", 0), http=http), **kw
     )
@@ -255,13 +256,19 @@ def test_rate_limit_429s_are_retried_after_retry_after_and_avoided_by_the_shared
         assert sum(admin(server, "stats")["throttled"].values()) == before
 
 
-def test_daily_quota_is_not_retried() -> None:
-    with emulator(daily_quota=2) as server, client_for(server) as client:
+def test_a_spent_quota_is_waited_out_until_the_window_resets_not_retried_at_once() -> None:
+    # issue 15: "Limit Exceeded" is no longer a failure; the call waits for the quota window to reset
+    with emulator(daily_quota=2, quota_window=2) as server, client_for(server, quota_window=2) as client:
+        while time.time() % 2 > 0.5:  # the two calls below land early in one window
+            time.sleep(0.05)
+        window = time.time() // 2
         client.list_topics()
         client.list_topics()
-        with pytest.raises(QuotaExceededError, match="Limit Exceeded"):
-            client.list_topics()
-        assert admin(server, "stats")["requests"].get("GET /v1/topics", 0) <= 4
+        assert client.list_topics(), "the third call waited for the next window and succeeded"
+        assert time.time() // 2 > window
+        stats = admin(server, "stats")
+    assert stats["throttled"] == {"daily_quota": 1}, "refused once, then not tried again until the reset"
+    assert stats["requests"].get("GET /v1/topics", 0) <= 4
 
 
 def test_injected_5xx_and_429_bursts_are_survived() -> None:

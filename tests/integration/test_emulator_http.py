@@ -312,6 +312,11 @@ def test_chunked_upload_is_accepted(api: Api) -> None:
     assert len(lines_of(requests.get(api.wait(created["operationId"])["responseDownloadUrl"], timeout=5))) == 3
 
 
+def uploads_refused(server: EmulatorServer) -> int:
+    """How many uploads the emulator has refused so far (an interrupted one included)."""
+    return int(admin(server, "stats")["uploads"]["refused"])
+
+
 def test_broken_upload_leaves_the_operation_awaiting_input(api: Api) -> None:
     created = api.create()
     url = urlsplit(created["requestUploadUrl"])
@@ -322,7 +327,10 @@ def test_broken_upload_leaves_the_operation_awaiting_input(api: Api) -> None:
     conn.endheaders()
     conn.send(b'{"occp_text": "nurse", ')
     conn.close()
-    time.sleep(0.2)
+    deadline = time.monotonic() + 10
+    while uploads_refused(api.server) < 1:  # the emulator has seen the upload break off
+        assert time.monotonic() < deadline, "the emulator never noticed the interrupted upload"
+        time.sleep(0.02)
     assert api.status(created["operationId"]) == {"operationStatus": "awaiting_input"}
     assert upload(created, jsonl(*GOOD)).status_code == 200
 
@@ -330,7 +338,9 @@ def test_broken_upload_leaves_the_operation_awaiting_input(api: Api) -> None:
 # --- processing and outputs ----------------------------------------------------------------------
 
 
-def test_state_progression_and_output_lines(api: Api) -> None:
+def test_state_progression_and_output_lines(make_emulator: MakeEmulator) -> None:
+    server = make_emulator(processing_delay=60)
+    api = Api(server)
     model = load_models()["anzsco"][-1]
     records: list[Any] = [
         GOOD[0],
@@ -347,11 +357,16 @@ def test_state_progression_and_output_lines(api: Api) -> None:
     created = api.create()
     op = created["operationId"]
     assert api.status(op) == {"operationStatus": "awaiting_input"}
-    started = time.monotonic()
     assert upload(created, jsonl(*records)).status_code == 200
     assert api.status(op) == {"operationStatus": "in_progress"}
+    deadline = time.monotonic() + 10
+    while server.service.operations[op].outcome is None:  # the emulator has coded the input
+        assert time.monotonic() < deadline, "the emulator never finished coding"
+        time.sleep(0.02)
+    advance(server, 59)
+    assert api.status(op) == {"operationStatus": "in_progress"}, "in progress until the processing delay is over"
+    advance(server, 2)
     status = api.wait(op)
-    assert time.monotonic() - started >= 0.2
     assert status["operationStatus"] == "complete"
     assert set(status) == {"operationStatus", "responseDownloadUrl", "metadataDownloadUrl"}
     response = requests.get(status["responseDownloadUrl"], timeout=5)
@@ -549,11 +564,12 @@ def test_rate_limit_answers_429_with_retry_after(make_emulator: MakeEmulator) ->
 
 
 def test_rate_limit_lets_a_patient_client_through(make_emulator: MakeEmulator) -> None:
-    api = Api(make_emulator(rate_limit=4))
+    server = make_emulator(rate_limit=4)
+    api = Api(server)
     assert api.call("GET", "/v1/topics").status_code == 200
     throttled = api.call("GET", "/v1/topics")
     assert throttled.status_code == 429 and throttled.headers["Retry-After"] == "1"
-    time.sleep(0.3)
+    advance(server, 0.3)  # the emulator's clock: a real pause would race a busy machine
     assert api.call("GET", "/v1/topics").status_code == 200
 
 
@@ -565,7 +581,9 @@ def test_daily_quota(make_emulator: MakeEmulator) -> None:
     spent = api.call("GET", "/v1/topics")
     assert (spent.status_code, spent.json()) == (429, {"message": "Limit Exceeded"})
     assert "Retry-After" not in spent.headers
-    assert admin(server, "stats")["throttled"] == {"daily_quota": 1}
+    stats = admin(server, "stats")
+    assert stats["throttled"] == {"daily_quota": 1}
+    assert stats["calls_busiest_window"] == {"demo-client": 4}, "a refused call is a call of the window too"
     advance(server, 86400)
     assert api.call("GET", "/v1/topics").status_code == 200
 

@@ -23,9 +23,9 @@ from airflow_batchcode.exceptions import (
 from airflow_batchcode.normalise.gravity import coded, usage
 from airflow_batchcode.services.base import Operation, OperationState
 from airflow_batchcode.services.gravity import AsyncGravityClient, ColumnMapping, GravityClient, GravitySettings
+from airflow_batchcode.services.http.retry import RetryPolicy
+from airflow_batchcode.services.http.settings import HttpSettings
 from airflow_batchcode.services.registry import ServiceConfig, build_client
-from airflow_batchcode.services.retry import RetryPolicy
-from airflow_batchcode.services.transport import HttpSettings
 from tests.support import SIGNATURE_MARKERS, admin, emulator, jsonl_manifest, wait_terminal
 
 FAST = RetryPolicy(max_attempts=5, backoff_base=0.02, backoff_max=0.1)
@@ -71,14 +71,16 @@ def api(server: EmulatorServer, method: str, path: str, key: str | None = "demo-
 
 
 def test_create_poll_download_normalise_with_partial_failures() -> None:
-    with emulator("gravity", processing_delay=0.3, record_failure_rate=0.3) as server, gravity(server) as client:
+    # The job finishes when the test moves the emulator's clock, not after a real pause it could race.
+    with emulator("gravity", processing_delay=60, record_failure_rate=0.3) as server, gravity(server) as client:
         target = client.create_operation("anzsco", manifest=jsonl_manifest(RECORDS), name="chunk-e2e")
         assert target.upload_url == ""
         first = client.get_operation(target.operation_id, "anzsco")
         assert first.state is OperationState.IN_PROGRESS and first.raw_status == "incomplete"
         assert first.progress["billedUsage"] == len(RECORDS), "billed at creation"
+        admin(server, "clock", {"advance": 61})
         operation = wait_terminal(client, target.operation_id)
-        assert operation.state is OperationState.COMPLETE and operation.progress["processingTimeMS"] >= 300
+        assert operation.state is OperationState.COMPLETE and operation.progress["processingTimeMS"] >= 60_000
         assert client.results_available(operation)
         out, meta = io.BytesIO(), io.BytesIO()
         written, meta_bytes = client.download_results(target.operation_id, "anzsco", out, meta)
@@ -308,7 +310,7 @@ def test_another_tenants_job_is_a_404() -> None:
 
 
 def test_the_async_client_reads_status_without_blocking() -> None:
-    with emulator("gravity", processing_delay=0.3) as server, gravity(server) as client:
+    with emulator("gravity", processing_delay=60) as server, gravity(server) as client:
         target = client.create_operation("anzsco", manifest=jsonl_manifest(RECORDS[:3]), name="async")
         settings = client.settings
 
@@ -316,6 +318,7 @@ def test_the_async_client_reads_status_without_blocking() -> None:
             async_client = AsyncGravityClient(settings)
             try:
                 seen = [await async_client.get_operation(target.operation_id, "anzsco")]
+                admin(server, "clock", {"advance": 61})  # the job finishes now, not after a real pause
                 while not seen[-1].state.is_terminal():
                     await asyncio.sleep(0.05)
                     seen.append(await async_client.get_operation(target.operation_id, "anzsco"))

@@ -14,7 +14,6 @@ import logging
 from collections.abc import Iterator
 from contextlib import closing
 from typing import Any
-from urllib.parse import unquote
 
 import pytest
 import requests
@@ -23,7 +22,9 @@ from airflow_batchcode.emulator.server import EmulatorServer
 from airflow_batchcode.exceptions import (
     AuthenticationError,
     BatchCodeError,
+    ConfigurationError,
     ConflictError,
+    CreateOutcomeUnknownError,
     NotFoundError,
     OperationFailedError,
     QuotaExceededError,
@@ -129,8 +130,8 @@ def test_a_job_runs_end_to_end_and_joins_back_in_manifest_order(storage: S3Sandb
     assert len(staged) == len(RECORDS)
     first = json.loads(staged[0])
     assert first["metadata"] == {"line": 0, "record_id": "r1"}
-    assert first["data_url"].startswith("data:application/json;charset=utf-8,")
-    assert json.loads(unquote(first["data_url"].split(",", 1)[1])) == {
+    assert first["data_url"] == f"s3://{storage.bucket}/manifests/chunk-0001.record-0.json", "an object beside it"
+    assert json.loads(storage.read("manifests/chunk-0001.record-0.json")) == {
         "occp_text": "software developer",
         "tasks_text": "writing code and unit tests",
     }
@@ -225,7 +226,7 @@ def test_bad_manifest_lines_fail_their_tasks_not_the_job(storage: S3Sandbox, sec
             "",
             "manifest line 2 is not a JSON object",
             "data_url is required",
-            "data_url could not be fetched: the emulator only reads data: URLs",
+            "data_url could not be fetched: the emulator only reads data: URLs and objects on its S3 endpoint",
             "data_url content must be a JSON object with string occp_text and tasks_text",
         ]
     )
@@ -410,14 +411,36 @@ def test_faults_on_status_and_export_are_retried(storage: S3Sandbox, secrets: li
     assert injected.get("5xx", 0) + injected.get("lost_response", 0) > 0
 
 
+@pytest.mark.parametrize("fault", ["5xx_rate", "lost_response_rate"])
+def test_create_is_tried_once_and_a_lost_answer_names_the_manifest(
+    storage: S3Sandbox, secrets: list[str], fault: str
+) -> None:
+    with refinery(storage) as server, client_for(server, storage, secrets, max_attempts=5) as client:
+        admin(server, "faults", {fault: 1.0, "only": "^POST /v1/jobs$"})
+        with pytest.raises(CreateOutcomeUnknownError) as caught:
+            client.create_operation("anzsco", manifest=jsonl_manifest(RECORDS[:2]), name="chunk-7")
+        stats = admin(server, "stats")
+    injected = {"5xx_rate": "5xx", "lost_response_rate": "lost_response"}[fault]
+    assert stats["faults"] == {injected: 1}, "one try: a second could start a second paid job"
+    assert stats["jobs_created"] == ({} if fault == "5xx_rate" else {"demo-tenant": 1})
+    message = str(caught.value)
+    assert f"s3://{storage.bucket}/" in message and "chunk-7.jsonl" in message
+    assert "before running the task again" in message
+    assert not any(s in message for s in secrets)
+
+
 def test_secrets_stay_out_of_errors_reprs_logs_and_job_objects(
     storage: S3Sandbox, secrets: list[str], capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
     texts: list[str] = []
     with refinery(storage) as server:
-        admin(server, "faults", {"5xx_rate": 0.5, "only": "^(GET|POST) /v1/jobs", "seed": 3})
         with client_for(server, storage, secrets, max_attempts=10) as client:
+            admin(server, "faults", {"5xx_rate": 1.0, "only": "^POST /v1/jobs$", "seed": 3})
+            with pytest.raises(CreateOutcomeUnknownError) as lost:
+                client.create_operation("anzsco", manifest=jsonl_manifest(RECORDS[:2]))
+            texts.append(str(lost.value))
+            admin(server, "faults", {"5xx_rate": 0.5, "only": "^GET /v1/jobs", "seed": 3})
             target = client.create_operation("anzsco", manifest=jsonl_manifest(RECORDS[:2]))
             texts += [
                 repr(client),
@@ -467,3 +490,50 @@ def test_settings_come_from_the_connection_extras(storage: S3Sandbox) -> None:
         )
         settings = RefinerySettings.from_config(config)
     assert settings.consensus_threshold == 5 and settings.label_options == ("1 Managers", "8 Labourers")
+
+
+def test_temporary_credentials_are_passed_on_or_refused_clearly(
+    storage: S3Sandbox, secrets: list[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    from airflow_batchcode.services.base import StagedInput
+
+    staged = StagedInput(
+        url=f"s3://{storage.bucket}/manifests/x.jsonl",
+        credentials={
+            "access_key_id": "AKIAEXAMPLE",
+            "secret_access_key": "s",
+            "session_token": "FwoGZXIvYXdzEXAMPLETOKEN",
+        },
+    )
+    with refinery(storage) as server:
+        with client_for(server, storage, secrets) as passing:
+            body = passing.job_request("anzsco", staged)
+        assert body["credentials"]["session_token"] == "FwoGZXIvYXdzEXAMPLETOKEN"
+        assert "temporary (a session token)" in caplog.text and "FwoGZXIvYXdzEXAMPLETOKEN" not in caplog.text
+        with client_for(server, storage, secrets, session_credentials="refuse") as refusing:
+            with pytest.raises(ConfigurationError, match="temporary AWS credentials"):
+                refusing.job_request("anzsco", staged)
+            without = StagedInput(url=staged.url, credentials={"access_key_id": "A", "secret_access_key": "s"})
+            assert "session_token" not in refusing.job_request("anzsco", without)["credentials"]
+        with pytest.raises(ConfigurationError, match="session_credentials must be one of"):
+            client_for(server, storage, secrets, session_credentials="maybe")
+
+
+def test_an_absent_delivered_object_falls_back_to_the_export(storage: S3Sandbox, secrets: list[str]) -> None:
+    results_bucket = storage.new_bucket("gone")
+    with (
+        refinery(storage) as server,
+        client_for(server, storage, secrets, delivery_bucket=results_bucket) as client,
+    ):
+        target = client.create_operation("anzsco", manifest=jsonl_manifest(RECORDS[:4]))
+        done = wait_terminal(client, target.operation_id)
+        key = f"refinery/{target.operation_id}/results.jsonl"
+        delivered = storage.read(key, bucket=results_bucket)
+        storage.client().delete_object(Bucket=results_bucket, Key=key)
+        assert client.results_available(done), "the export still serves the results"
+        out, meta = io.BytesIO(), io.BytesIO()
+        client.download_results(target.operation_id, "anzsco", out, meta)
+        stats = admin(server, "stats")
+    assert out.getvalue() == delivered
+    assert json.loads(meta.getvalue())["results"] == "export"
+    assert stats["exports"] == {"demo-tenant": 2}, "the availability check and the download"

@@ -23,9 +23,9 @@ from airflow_batchcode.exceptions import (
 )
 from airflow_batchcode.normalise import superai as normalise
 from airflow_batchcode.services.base import Operation, OperationState
-from airflow_batchcode.services.retry import RetryPolicy
+from airflow_batchcode.services.http.retry import RetryPolicy
+from airflow_batchcode.services.http.settings import HttpSettings
 from airflow_batchcode.services.superai import AsyncSuperAiClient, SuperAiClient, SuperAiSettings
-from airflow_batchcode.services.transport import HttpSettings
 from tests.support import admin, batchcode_connection, emulator, jsonl_manifest, wait_terminal
 
 APP = "5f0c2a9e-7d41-4b8e-a3c6-91e2f4b7d058"
@@ -123,7 +123,8 @@ def test_sync_and_async_status_agree_while_running_and_when_done() -> None:
         assert done == client.get_operation(target.operation_id, "anzsco")
         assert done.state is OperationState.COMPLETE and done.progress["jobs_settled"] == 2
         requests_made = admin(server, "stats")["requests"]
-    assert requests_made["GET /v1/apps/{app_uuid}/batches/{batch_id}/jobs"] >= 2
+    assert requests_made["GET /v1/apps/{app_uuid}/jobs"] >= 2, "the documented app-wide job list"
+    assert "GET /v1/apps/{app_uuid}/batches/{batch_id}/jobs" not in requests_made
 
 
 def test_a_batch_without_a_valid_input_fails_with_the_services_message() -> None:
@@ -248,12 +249,16 @@ def test_the_emulator_keeps_the_documented_limits_and_error_shape() -> None:
         assert batch["batch_total"] == 4 and batch["valid_count"] == 1 and batch["invalid_index"] == 1
         assert batch["errors_with_filename"][0] == "1, Input must be a JSON object"
         assert "301 > 300" in batch["errors_with_filename"][1] and "isco" in batch["errors_with_filename"][2]
-        jobs_url = f"{server.base_url}/v1/apps/{APP}/batches/{batch_id}/jobs"
+        jobs_url = f"{server.base_url}/v1/apps/{APP}/jobs"
         wrong = requests.get(jobs_url, params={"statusIn": "DONE"}, headers=key, timeout=5)
         assert wrong.status_code == 400 and "Unknown job state" in wrong.json()["message"]
         assert requests.get(jobs_url, params={"size": 0}, headers=key, timeout=5).status_code == 400
+        assert requests.get(jobs_url, params={"size": 501}, headers=key, timeout=5).status_code == 400
         listed = requests.get(jobs_url, params={"statusIn": "COMPLETED,FAILED"}, headers=key, timeout=5).json()
         assert listed["total"] == 1 and listed["pages"] == 1 and listed["jobs"][0]["input"]["job_title"] == "chef"
+        assert listed["jobs"][0]["batchId"] == batch_id
+        invented = requests.get(f"{server.base_url}/v1/apps/{APP}/batches/{batch_id}/jobs", headers=key, timeout=5)
+        assert (invented.status_code, set(invented.json())) == (501, {"message"}), "no invented route"
 
 
 def test_a_chunk_over_four_megabytes_is_refused_before_sending() -> None:

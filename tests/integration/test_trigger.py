@@ -53,15 +53,10 @@ def test_failed_carries_the_services_message() -> None:
     with emulator() as server, batchcode_connection(server):
         operation_id = start_operation(server, MIXED)
         (event,) = events(trigger(operation_id))
-    assert event == {
-        "status": "failed",
-        "operation_id": operation_id,
-        "topic": "anzsco",
-        "reason": "service",
-        "polls": event["polls"],
-        "message": event["message"],
-    }
-    assert "same fields" in event["message"]
+    polls, message = event.pop("polls"), event.pop("message")
+    assert event == {"status": "failed", "operation_id": operation_id, "topic": "anzsco", "reason": "service"}
+    assert isinstance(polls, int) and polls >= 1
+    assert isinstance(message, str) and "same fields" in message
 
 
 def test_timed_out_operation_and_our_own_deadline() -> None:
@@ -116,7 +111,9 @@ def test_another_tenants_operation_is_an_error_event_not_a_crash() -> None:
 
 
 def test_serialize_round_trips_plain_values_and_a_rebuilt_trigger_resumes() -> None:
-    with emulator(processing_delay=1.5) as server, batchcode_connection(server):
+    # The operation completes only when the test moves the emulator's clock: the interrupted run
+    # cannot finish early on a slow machine, whatever the pause before it is cancelled.
+    with emulator(processing_delay=600) as server, batchcode_connection(server):
         original = trigger(start_operation(server, GOOD), deadline=time.time() + 30)
         path, kwargs = original.serialize()
         assert path == "airflow_batchcode.triggers.batchcode.OperationStatusTrigger"
@@ -134,6 +131,7 @@ def test_serialize_round_trips_plain_values_and_a_rebuilt_trigger_resumes() -> N
         asyncio.run(interrupted())
         rebuilt = OperationStatusTrigger(**kwargs)
         assert rebuilt.deadline == original.deadline, "a restart keeps the wall-clock deadline"
+        admin(server, "clock", {"advance": 601})
         (event,) = events(rebuilt)
     assert event["status"] == "complete"
 

@@ -32,9 +32,10 @@ from airflow_batchcode.exceptions import (
 )
 from airflow_batchcode.services.abs import AbsClient, AbsSettings, AsyncAbsClient
 from airflow_batchcode.services.base import OperationState, UploadTarget
-from airflow_batchcode.services.retry import RetryPolicy
+from airflow_batchcode.services.http.bodies import declared_length, expected_length
+from airflow_batchcode.services.http.retry import RetryPolicy
+from airflow_batchcode.services.http.settings import HttpSettings
 from airflow_batchcode.services.tokens import token_cache_for
-from airflow_batchcode.services.transport import HttpSettings, declared_length, expected_length
 from tests.reliability.hostile_server import (
     Handler,
     HostileServer,

@@ -1,11 +1,14 @@
 """Refinery, super.ai and Gravity under injected service faults: the whole pipeline, every record once, no leaks.
 
-The same fault mix as the ABS test (5xx, 429 bursts with ``Retry-After``, responses lost after
-the work was done, downloads cut off half way, slow answers) on each service's emulator, with a
-share of records failing at the service too. Each kind of fault must have been injected; the run
-must succeed with every extracted record exactly once, the remote operations created must stay
-bounded, and neither the API key nor a presigned signature nor the S3 credentials may reach the
-task logs or the metadata DB.
+Each service's emulator answers with 5xx, 429 bursts with ``Retry-After``, responses lost after
+the work was done and slow answers, and fails a share of records itself. Downloads cut off half
+way are injected where the download goes through the emulator's storage (Gravity's result
+link); Refinery's export and super.ai's job responses are API calls (5xx, 429, lost, slow only).
+Each kind of fault a service gets must have been injected; the run must succeed and code every
+record as a fault-free run of the same records does, except records the service failed at random,
+which are bounded by the failure rate; the remote operations created must stay within one per
+chunk plus one per lost create answer; and neither the API key nor a presigned signature nor the
+S3 credentials may reach the task logs or the metadata DB.
 """
 
 from __future__ import annotations
@@ -19,11 +22,21 @@ from typing import Any
 
 import pytest
 
-from tests.reliability.test_pipeline_faults import assert_no_leaks
+from tests.reliability.baseline import (
+    BASELINE_DAY,
+    assert_same_as_baseline,
+    baseline_warehouse,
+    bound,
+    coded,
+    error_count,
+)
+from tests.reliability.test_pipeline_faults import assert_no_leaks, lost_creates
 from tests.support import admin, batchcode_connection, emulator, run_pipeline, sqlite_warehouse
 
 RECORDS = 1_200
 CHUNK = 200
+EVERY_RECORD = {"BATCHCODE_TEST_DEDUPE": "0"}
+"""Every record is sent: the faults need the volume (de-duplication has its own tests)."""
 FAULTS = {
     "fault_5xx_rate": 0.1,
     "fault_429_rate": 0.05,
@@ -35,14 +48,23 @@ FAULTS = {
     "fault_slow_seconds": 2.5,
     "seed": 7,
 }
+FAILURE_RATE = 0.05
 CREATED = {"refinery": "jobs_created", "superai": "batches_created", "gravity": "jobs_created"}
+INJECTED = {
+    "refinery": ("5xx", "429", "lost_response", "slow"),
+    "superai": ("5xx", "429", "lost_response", "slow"),
+    "gravity": ("5xx", "429", "lost_response", "slow", "truncate"),
+}
+"""The faults each service gets (truncation needs a download from the emulator's storage)."""
 
 
 @contextmanager
-def faulty_service(service: str, api_key: str, stack: ExitStack) -> Iterator[tuple[Any, list[str]]]:
-    """The service's emulator with faults and partial failures; ``batchcode_default`` with a fresh key."""
+def faulty_service(
+    service: str, api_key: str, stack: ExitStack, faults: dict[str, Any] = FAULTS
+) -> Iterator[tuple[Any, list[str]]]:
+    """The service's emulator with ``faults`` and partial failures; ``batchcode_default`` with a fresh key."""
     extra: dict[str, Any] = {"max_attempts": 10, "read_timeout": 1.5, "backoff_max": 2}
-    overrides: dict[str, Any] = {**FAULTS, "api_keys": {api_key: "fault-tenant"}, "record_failure_rate": 0.05}
+    overrides: dict[str, Any] = {**faults, "api_keys": {api_key: "fault-tenant"}, "record_failure_rate": FAILURE_RATE}
     secrets = [api_key]
     if service == "refinery":
         from tests.s3 import s3_sandbox
@@ -62,24 +84,37 @@ def faulty_service(service: str, api_key: str, stack: ExitStack) -> Iterator[tup
 def test_each_service_survives_every_kind_of_fault(
     airflow_db: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str], service: str
 ) -> None:
-    path = sqlite_warehouse(tmp_path, RECORDS, messy=False)
+    baseline_warehouse(tmp_path, RECORDS, messy=False)
     api_key = f"key-{uuid.uuid4().hex}"
+    with ExitStack() as stack, faulty_service(service, api_key, stack, faults={}):
+        clean_run = run_pipeline(tmp_path / "baseline", BASELINE_DAY, BATCHCODE_TEST_CHUNK=str(CHUNK), **EVERY_RECORD)
+    assert clean_run.state == "success"
+    clean = coded(tmp_path / "baseline" / "warehouse.db")
+    path = sqlite_warehouse(tmp_path, RECORDS, messy=False)
     with ExitStack() as stack, faulty_service(service, api_key, stack) as (server, secrets):
-        dag_run = run_pipeline(tmp_path, BATCHCODE_TEST_CHUNK=str(CHUNK), BATCHCODE_TEST_RETRIES="3")
+        dag_run = run_pipeline(tmp_path, BATCHCODE_TEST_CHUNK=str(CHUNK), BATCHCODE_TEST_RETRIES="3", **EVERY_RECORD)
         stats = admin(server, "stats")
     log = capfd.readouterr()
     with closing(sqlite3.connect(path)) as conn:
         rows = conn.execute("SELECT position, code_status, error, operation_id FROM coded_responses").fetchall()
     created = sum(stats[CREATED[service]].values())
     injected = stats["faults"]
-    print(f"\n[{service} faults] records in {RECORDS}, rows out {len(rows)}, operations {created}, faults {injected}")
+    print(
+        f"\n[{service} faults] records in {RECORDS}, rows out {len(rows)}, operations {created}, faults {injected}, "
+        f"lost creates {lost_creates(stats, service)}"
+    )
     assert dag_run.state == "success"
     assert sorted(r[0] for r in rows) == list(range(1, RECORDS + 1)), "every record exactly once"
     chunks = RECORDS // CHUNK
     assert len({r[3] for r in rows}) == chunks
-    assert chunks <= created <= chunks + injected.get("lost_response", 0), "operations stay bounded"
-    for kind in ("5xx", "429", "lost_response", "slow"):
+    assert chunks <= created <= chunks + lost_creates(stats, service), "operations stay bounded"
+    for kind in INJECTED[service]:
         assert injected.get(kind, 0) >= 1, f"no {kind} fault was injected"
     errors = [r for r in rows if r[1] == "error"]
     assert errors and all(r[2] for r in errors), "records failed by the service are reported with a reason"
+    most = bound(FAILURE_RATE, RECORDS)
+    assert error_count(clean) <= most and len(errors) <= most, f"at most {most} records failed by the service"
+    # The service picks the records it fails by a hash that may include the operation (super.ai: its
+    # batch id), so records failed in one run may be coded in the other; nothing else may differ.
+    assert_same_as_baseline(coded(path), clean, max_differing=most)
     assert_no_leaks(log.out + log.err, airflow_db, secrets)

@@ -16,16 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from stack.topology import PG_ADMIN_DSN, REDIS_URL, Stack, StackOptions
+from stack.host import PG_ADMIN_DSN, REDIS_URL
+from stack.topology import Stack, StackOptions
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    """Register the ``stack`` marker (``pytest -m stack`` runs only these tests)."""
-    config.addinivalue_line(
-        "markers", "stack: starts the native production topology (PostgreSQL, Redis, Celery, api-server, ...)"
-    )
 
 
 def unavailable(reason: str) -> None:
@@ -60,19 +54,37 @@ def artifacts() -> Path:
     return folder
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory, artifacts: Path) -> Iterator[Stack]:
-    """A started :class:`~stack.topology.Stack`; stopped (processes, databases, Redis) at the end of the session."""
+def started(options: StackOptions, logs: Path) -> Iterator[Stack]:
+    """A started :class:`~stack.topology.Stack` with ``options``; always stopped (processes, databases,
+    Redis), its service logs copied to ``logs`` (emptied first)."""
     _check_prerequisites()
-    running = Stack(StackOptions(work=tmp_path_factory.mktemp("stack"), worker_concurrency=2, processing_delay=20))
+    running = Stack(options)
     try:
         running.start()
         yield running
     finally:
         running.stop()
-        logs = artifacts / "logs"
         shutil.rmtree(logs, ignore_errors=True)
-        logs.mkdir()
+        logs.mkdir(parents=True)
         for log in running.logs_of():
             shutil.copy(log, logs / log.name)
         shutil.rmtree(running.work, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory, artifacts: Path) -> Iterator[Stack]:
+    """A started :class:`~stack.topology.Stack`; stopped (processes, databases, Redis) at the end of the session."""
+    # three days of 200 answers (about 120 distinct texts a day): chunks of 50 make several remote
+    # operations a day, and a backfill has three slices. Every run defers (no real-time remainder) and
+    # codes its day afresh (no result cache): the tests code the same days more than once.
+    options = StackOptions(
+        work=tmp_path_factory.mktemp("stack"),
+        records=600,
+        days=3,
+        chunk_records=50,
+        worker_concurrency=2,
+        processing_delay=20,
+        result_cache=False,
+        realtime_max_records=0,
+    )
+    yield from started(options, artifacts / "logs")

@@ -95,7 +95,7 @@ def test_the_image_is_the_official_airflow_3_3_with_the_package(compose: dict[st
     assert re.search(r"^ARG AIRFLOW_IMAGE=apache/airflow:3\.3\.\d+", dockerfile, re.MULTILINE)
     assert re.search(r"^FROM \$\{AIRFLOW_IMAGE\}", dockerfile, re.MULTILINE)
     assert re.search(r"pip install .*\"apache-airflow==\$\{AIRFLOW_VERSION\}\"", dockerfile)
-    assert "/opt/batchcode[postgres,celery]" in dockerfile
+    assert "/opt/batchcode[postgres,celery,emulator]" in dockerfile, "the compose file runs the emulator from it"
     ignore_file = (ROOT / build["context"] / (build["dockerfile"] + ".dockerignore")).read_text()
     ignore = [line.strip() for line in ignore_file.splitlines() if line.strip() and not line.startswith("#")]
     assert ignore[0] == "*" and "!airflow_batchcode/" in ignore, "only the package goes into the build context"

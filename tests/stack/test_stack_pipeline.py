@@ -117,6 +117,11 @@ def watch_runs(stack: Stack, run_ids: list[str], timeout: float) -> Watch:
     raise TimeoutError(f"runs not finished after {timeout:.0f} s: {watch.run_states}")
 
 
+def _celery_executions(stack: Stack) -> int:
+    """How many task executions the Celery result backend has recorded as successful so far."""
+    return int(stack.metadata_query("SELECT COUNT(*) FROM celery_taskmeta WHERE status = 'SUCCESS'")[0][0])
+
+
 def _source_count(stack: Stack, day: str) -> int:
     return int(stack.warehouse_query("SELECT COUNT(*) FROM survey_responses WHERE answered_on = %s", day)[0][0])
 
@@ -145,6 +150,7 @@ def _save(artifacts: Path, name: str, watch: Watch, **extra: Any) -> None:
 def test_nightly_run_defers_to_the_triggerer_without_holding_a_worker_slot(stack: Stack, artifacts: Path) -> None:
     day = stack.options.first_day
     run_id = f"stack_nightly_{uuid.uuid4().hex[:8]}"
+    executed_before = _celery_executions(stack)
     stack.trigger({"from_date": day, "to_date": day, "topic": "osca"}, run_id=run_id)
 
     watch = watch_runs(stack, [run_id], timeout=240)
@@ -154,26 +160,30 @@ def test_nightly_run_defers_to_the_triggerer_without_holding_a_worker_slot(stack
     assert watch.final == {run_id: "success"}, watch.states
     assert {ti["state"] for ti in tis} == {"success"}
     waits = [ti for ti in tis if ti["task_id"] == WAIT]
-    assert len(waits) == 2, "one day of answers is split into two chunks, each with its own wait"
+    rows = _output(stack, run_id)
+    operations = {r[3] for r in rows if r[3]}
+    # the day's distinct texts are split into chunks, each with its own remote operation and wait
+    assert len(waits) == len(operations) >= 2, (len(waits), len(operations))
     for ti in waits:
         seen = watch.states[f"{run_id}:{WAIT}[{ti['map_index']}]"]
         assert "deferred" in seen, f"wait[{ti['map_index']}] never deferred: {seen}"
         assert ti["try_number"] == 1, "deferring and resuming is one try, not a retry"
     proven = {proof["task"] for proof in watch.deferral_proofs}
-    assert proven == {f"{run_id}:{WAIT}[0]", f"{run_id}:{WAIT}[1]"}, watch.deferral_proofs
+    assert proven == {f"{run_id}:{WAIT}[{ti['map_index']}]" for ti in waits}, watch.deferral_proofs
     # while the sensors waited, at some moment no Celery slot at all was busy
     assert any(not proof["celery_active_tasks"] for proof in watch.deferral_proofs), watch.deferral_proofs
     # the trigger rows are gone once their events were delivered
     assert not _triggers(stack, [run_id])
 
-    # every task went through Celery: one result row per execution in the result backend (database)
-    executions = stack.metadata_query("SELECT COUNT(*) FROM celery_taskmeta WHERE status = 'SUCCESS'")[0][0]
-    assert executions >= len(tis)
+    # every task of this run went through Celery: one result row per execution in the result backend
+    # (database), counted from before the trigger (earlier runs of the session left rows too); a wait
+    # that deferred and resumed is executed twice
+    executions = _celery_executions(stack) - executed_before
+    assert len(tis) <= executions <= len(tis) + len(waits), (executions, len(tis))
 
-    rows = _output(stack, run_id)
+    # every source row has its own output row, repeated texts sharing their operation's outcome
     assert len(rows) == _source_count(stack, day) == len({r[0] for r in rows})
     assert {r[2] for r in rows} == {"osca"}, "the conf overrode the topic Param"
-    assert len({r[3] for r in rows if r[3]}) == 2, "two chunks, two remote operations"
     assert {r[1] for r in rows} <= {"successful", "unsuccessful", "error"}
     assert sum(r[1] == "successful" for r in rows) > len(rows) / 4
 

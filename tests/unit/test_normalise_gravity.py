@@ -129,13 +129,21 @@ def test_an_empty_output_file_leaves_every_line_missing() -> None:
         (f"{HEADER}\n-1,a,t,d,1,L,0.5,\n", "line '-1'"),
         (f"{HEADER}\nfirst,a,t,d,1,L,0.5,\n", "line 'first'"),
         (f"{HEADER}\n0,a,t,d,1,L,0.5,\n0,b,t,d,1,L,0.5,\n", "two rows for manifest line 0"),
-        ("record_id,code,error\na,1,\n", "no 'line' column"),
+        ("record_id,code,error\na,1,\n", "no 'line' column and 1 rows for the manifest's 2 lines"),
+        ("record_id,code,error\na,1,\nb,2,\nc,3,\n", "no 'line' column and more rows than"),
         ("line,record_id,job_title\n0,a,t\n", "neither a 'code' nor an 'error' column"),
     ],
 )
 def test_off_contract_output_is_refused(text: str, message: str) -> None:
     with pytest.raises(UnexpectedResponseError, match=message):
         rows(text, 2)
+
+
+def test_an_output_without_a_line_column_is_joined_by_order_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="airflow_batchcode.normalise"):
+        out = rows("record_id,code,label,error\na,1,L1,\nb,,,no code\n", 2)
+    assert out == [Coded("a", "successful", "1", "L1"), Coded("b", "error", error="no code")]
+    assert "no 'line' column: its 2 rows are joined to the manifest by order" in caplog.text
 
 
 def test_bad_bytes_and_unreadable_requests_are_refused() -> None:

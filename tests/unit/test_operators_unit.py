@@ -1,4 +1,4 @@
-"""Operator and sensor decisions with a fake client at the hook boundary (the real path is in integration)."""
+"""Operators and sensor over a real hook with a fake client at its boundary (the real path is in integration)."""
 
 from __future__ import annotations
 
@@ -24,70 +24,12 @@ from airflow_batchcode.operators.batchcode import (
     upload_url_expiry,
 )
 from airflow_batchcode.sensors.batchcode import OperationStatusSensor
-from airflow_batchcode.services.base import Operation, OperationState, UploadTarget
-
-
-class Store:
-    """In-memory stand-in for Airflow's task state store."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, Any] = {}
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.data.get(key, default)
-
-    def set(self, key: str, value: Any, **_: Any) -> None:
-        self.data[key] = value
-
-
-class FakeClient:
-    service = "abs"
-    input_with_create = False
-    output_name = "output.jsonl"
-
-    def __init__(self, state: OperationState = OperationState.AWAITING_INPUT, *, outputs_kept: bool = True) -> None:
-        self.state = state
-        self.outputs_kept = outputs_kept
-        self.created = 0
-        self.uploads = 0
-
-    def results_available(self, operation: Operation) -> bool:
-        return self.outputs_kept
-
-    def create_operation(self, topic: str, model: str | None = None, **_: Any) -> UploadTarget:
-        self.created += 1
-        url = f"https://s3.example/in?X-Amz-Date={time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}&X-Amz-Expires=3600"
-        return UploadTarget(f"op-{self.created}", url, "kms")
-
-    def get_operation(self, operation_id: str, topic: str, model: str | None = None) -> Operation:
-        return Operation(operation_id, self.state, error="bad input" if self.state is OperationState.FAILED else None)
-
-    def upload_manifest(self, target: UploadTarget, manifest: Any) -> int:
-        self.uploads += 1
-        return 10
-
-
-class FakeInputWithCreateClient(FakeClient):
-    """A service that takes its manifest with the create call (Refinery, super.ai, Gravity)."""
-
-    service = "gravity"
-    input_with_create = True
-
-    def __init__(self, state: OperationState = OperationState.IN_PROGRESS) -> None:
-        super().__init__(state)
-        self.sent: list[tuple[bytes, str | None]] = []
-
-    def create_operation(self, topic: str, model: str | None = None, **kwargs: Any) -> UploadTarget:
-        manifest = kwargs.get("manifest")
-        body = manifest.read_bytes() if hasattr(manifest, "read_bytes") else manifest.read()
-        self.sent.append((body, kwargs.get("name")))
-        self.created += 1
-        return UploadTarget(f"job-{self.created}", "")
+from airflow_batchcode.services.base import OperationState, UploadTarget
+from tests.fakes import FakeClient, FakeInputWithCreateClient, Store, hook_with
 
 
 def with_client(operator: Any, client: FakeClient) -> Any:
-    hook = mock.Mock(client=client, service=client.service, default_topic="anzsco")
-    operator.__dict__["hook"] = hook
+    operator.__dict__["hook"] = hook_with(client)
     return operator
 
 
@@ -105,12 +47,14 @@ def with_client(operator: Any, client: FakeClient) -> Any:
 def test_create_reattaches_only_to_a_usable_operation(state: OperationState, expires_in: int, reused: bool) -> None:
     client = FakeClient(state)
     store = Store()
-    store.set(CREATED_KEY, {"operation_id": "op-0", "topic": "anzsco", "upload_expires": time.time() + expires_in})
     operator = with_client(CreateOperationOperator(task_id="create", topic="anzsco"), client)
+    first = operator.execute({"task_state_store": store})  # the record a real earlier try leaves
+    store.set(CREATED_KEY, {**store.get(CREATED_KEY), "upload_expires": time.time() + expires_in})
     result = operator.execute({"task_state_store": store})
-    assert (result["operation_id"] == "op-0") is reused
-    assert client.created == (0 if reused else 1)
-    assert "sealed_upload" in result or reused
+    assert (result == first) is reused, "a reused operation is handed on as the earlier try handed it"
+    assert result["operation_id"] == ("op-1" if reused else "op-2")
+    assert client.created == (1 if reused else 2)
+    assert unseal_upload(OperationRef.parse(result)).operation_id == result["operation_id"]
 
 
 def test_create_does_not_reattach_to_a_complete_operation_whose_outputs_are_gone() -> None:
@@ -211,7 +155,8 @@ def test_execute_complete_validates_and_raises_typed_errors(event: Any, error: t
             "op-1" in str(info.value) and "bad lines" in str(info.value) and "clear the task group" in str(info.value)
         )
     if error is WaitTimedOutError:
-        assert "may still finish" in str(info.value)
+        assert "may still finish" in str(info.value) and "cannot be reused" not in str(info.value)
+        assert not isinstance(info.value, OperationTimedOutError), "opposite advice: not a kind of it"
 
 
 def test_execute_complete_returns_the_operation_id() -> None:
@@ -221,7 +166,7 @@ def test_execute_complete_returns_the_operation_id() -> None:
 
 
 def test_sensor_refuses_a_poll_interval_below_half_a_second() -> None:
-    with pytest.raises(ValueError, match="at least 0.5"):
+    with pytest.raises(ConfigurationError, match="at least 0.5"):
         OperationStatusSensor(task_id="w", operation="op-1", poll_interval=0.1)
 
 
@@ -238,3 +183,37 @@ def test_upload_url_expiry_reads_both_presign_styles() -> None:
     assert upload_url_expiry("https://h/k?X-Amz-Date=20260101T000000Z&X-Amz-Expires=3600") == 1767229200.0
     assert upload_url_expiry("https://h/k?Expires=1767229200&Signature=x") == 1767229200.0
     assert upload_url_expiry("https://h/k") is None
+
+
+@pytest.mark.parametrize(("service", "expected"), [("abs", 600.0), ("refinery", 60.0), ("gravity", 60.0)])
+def test_the_default_poll_interval_is_the_services_advice(service: str, expected: float) -> None:
+    from airflow.sdk.exceptions import TaskDeferred
+
+    client = FakeClient(OperationState.IN_PROGRESS)
+    client.service = service
+    sensor = OperationStatusSensor(task_id="w", operation="op-1", topic="anzsco", deferrable=True)
+    sensor.__dict__["hook"] = mock.Mock(client=client, service=service, default_topic="anzsco")
+    with pytest.raises(TaskDeferred) as deferred:
+        sensor.execute({"task_state_store": Store()})
+    assert deferred.value.trigger.poll_interval == expected
+    given = OperationStatusSensor(task_id="g", operation="op-1", topic="anzsco", poll_interval=0.5, deferrable=False)
+    given.__dict__["hook"] = sensor.hook
+    assert given._interval() == 0.5, "tests still go down to 0.5 s"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b'{"model": {"modelId": "m-1", "modelVersion": "2"}}', "m-1"),
+        (b'{"model": "m-2"}', "m-2"),
+        (b'{"modelId": "m-3", "other": [1]}', "m-3"),
+        (b'{"model": {"id": 5}}', None),
+        (b"[1, 2]", None),
+        (b"not json at all", None),
+        (b"", None),
+    ],
+)
+def test_abs_metadata_of_any_shape_never_fails(raw: bytes, expected: str | None) -> None:
+    from airflow_batchcode.services.abs.wire import metadata_model_id
+
+    assert metadata_model_id(raw) == expected

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from importlib import resources
 from importlib.metadata import entry_points
+from pathlib import Path
 
 import jsonschema
+import pytest
 
 from airflow_batchcode.get_provider_info import get_provider_info
 
@@ -31,10 +36,43 @@ def test_connection_type_declares_form_fields_and_relabels_secrets() -> None:
 
 def test_providers_manager_sees_the_connection_type() -> None:
     from airflow.providers_manager import ProvidersManager
+    from airflow.sdk.providers_manager_runtime import ProvidersManagerTaskRuntime
 
     manager = ProvidersManager()
     assert "airflow-batchcode" in manager.providers
-    hook = manager.hooks["batchcode"]
+    hook = ProvidersManagerTaskRuntime().hooks["batchcode"]
     assert hook is not None and hook.hook_class_name.endswith("BatchCodeHook")
     assert "extra__batchcode__service" in manager.connection_form_widgets
     assert manager.field_behaviours["batchcode"]["relabeling"]["login"] == "Client ID (ABS)"
+
+
+def test_batchcode_config_section_is_declared() -> None:
+    options = get_provider_info()["config"]["batchcode"]["options"]
+    assert set(options) == {"staging", "default_deferrable"}
+    assert options["default_deferrable"]["type"] == "boolean" and options["default_deferrable"]["default"] == "True"
+    assert options["staging"]["default"] is None, "unset, so the code's $AIRFLOW_HOME/batchcode default applies"
+
+
+def test_airflow_config_list_shows_the_batchcode_section(tmp_path: Path) -> None:
+    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path), "AIRFLOW__BATCHCODE__STAGING": "s3://bucket/staged"}
+    listed = subprocess.run(
+        [sys.executable, "-m", "airflow", "config", "list", "--section", "batchcode", "--show-values", "-d"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=True,
+    ).stdout
+    assert "[batchcode]" in listed
+    assert "staging = s3://bucket/staged" in listed
+    assert "default_deferrable = True" in listed
+    assert "waits in the triggerer" in listed, "the option's description is shown"
+
+
+def test_declared_defaults_keep_the_codes_fallbacks(monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow.sdk import conf
+
+    monkeypatch.delenv("AIRFLOW__BATCHCODE__STAGING", raising=False)
+    monkeypatch.delenv("AIRFLOW__BATCHCODE__DEFAULT_DEFERRABLE", raising=False)
+    assert conf.get("batchcode", "staging", fallback="fallback") == "fallback"
+    assert conf.getboolean("batchcode", "default_deferrable", fallback=False) is True

@@ -15,7 +15,7 @@ from airflow_batchcode.exceptions import (
     UnexpectedResponseError,
     UploadRejectedError,
 )
-from airflow_batchcode.services.abs.settings import SERVICE, AbsSettings
+from airflow_batchcode.services.abs.settings import DAILY_QUOTA, POLL_ADVICE, SERVICE, AbsSettings
 from airflow_batchcode.services.abs.wire import (
     ModelDescription,
     Topic,
@@ -35,17 +35,15 @@ from airflow_batchcode.services.base import (
     SecretCallback,
     UploadTarget,
 )
+from airflow_batchcode.services.budget import BudgetSettings, budget_for
+from airflow_batchcode.services.http.aio import AsyncTransport
+from airflow_batchcode.services.http.bodies import FileBody
+from airflow_batchcode.services.http.errors import s3_message_reader
+from airflow_batchcode.services.http.settings import check_url
+from airflow_batchcode.services.http.sync import SyncTransport
 from airflow_batchcode.services.links import download_fresh, read_first_byte
 from airflow_batchcode.services.parsing import require_list_of_objects
-from airflow_batchcode.services.ratelimit import shared_limiter
 from airflow_batchcode.services.tokens import Token, token_cache_for
-from airflow_batchcode.services.transport import (
-    AsyncTransport,
-    FileBody,
-    SyncTransport,
-    check_url,
-    s3_message_reader,
-)
 
 MAX_REALTIME_RECORDS = 300
 
@@ -60,15 +58,19 @@ SSE_HEADER = "x-amz-server-side-encryption"
 
 
 class _AbsBase:
-    """What the sync and async clients share: settings, token cache, limiter, secret reporting."""
+    """What the sync and async clients share: settings, token cache, request budget, secret reporting."""
 
     service = SERVICE
+    poll_advice = POLL_ADVICE
+    """The longest gap between status polls the service asks for (the poll planner stretches up to it)."""
 
     def __init__(self, settings: AbsSettings, *, on_secret: SecretCallback | None = None) -> None:
         self.settings = settings
         self._on_secret = on_secret
         self._tokens = token_cache_for(settings.token_url, settings.client_id, settings.client_secret)
-        self._limiter = shared_limiter(settings.limiter_key, settings.rate_limit)
+        self.budget = budget_for(
+            BudgetSettings.of(settings.limiter_key, settings.rate_limit, settings.http.quota, default_quota=DAILY_QUOTA)
+        )
         self._basic = base64.b64encode(f"{settings.client_id}:{settings.client_secret}".encode()).decode()
         self._report_secret(settings.client_secret)
         self._report_secret(self._basic)
@@ -117,7 +119,7 @@ class AbsClient(_AbsBase, Closing):
 
     def __init__(self, settings: AbsSettings, *, on_secret: SecretCallback | None = None) -> None:
         super().__init__(settings, on_secret=on_secret)
-        self._http = SyncTransport(settings.http, read_abs_error, self._limiter, service="ABS")
+        self._http = SyncTransport(settings.http, read_abs_error, self.budget, service="ABS")
 
     def close(self) -> None:
         """Release pooled connections."""
@@ -299,7 +301,7 @@ class AsyncAbsClient(_AbsBase):
 
     def __init__(self, settings: AbsSettings, *, on_secret: SecretCallback | None = None) -> None:
         super().__init__(settings, on_secret=on_secret)
-        self._http = AsyncTransport(settings.http, read_abs_error, self._limiter, service="ABS")
+        self._http = AsyncTransport(settings.http, read_abs_error, self.budget, service="ABS")
 
     async def aclose(self) -> None:
         """Release pooled connections."""

@@ -6,9 +6,14 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
 from airflow_batchcode.exceptions import ConfigurationError
-from airflow_batchcode.services.transport import HttpSettings, check_url
+from airflow_batchcode.services.http.settings import HttpSettings, check_url
+from airflow_batchcode.services.registry import ServiceConfig
 
 SERVICE = "abs"
+DAILY_QUOTA = 10_000
+"""Requests a partner account may make per day (public users: 1,000); extra ``daily_quota`` overrides it."""
+POLL_ADVICE = 600.0
+"""The documentation asks clients to check an operation "up to once every ten minutes"."""
 
 
 def default_auth_url(base_url: str) -> str:
@@ -34,7 +39,7 @@ class AbsSettings:
     :param client_id: OAuth2 client id.
     :param client_secret: OAuth2 client secret (hidden from ``repr``).
     :param auth_url: full token URL; derived from ``base_url`` when ``None``.
-    :param rate_limit: API requests per second for this connection (0 disables the limiter).
+    :param rate_limit: API requests per second for this connection (0: no rate limit).
     :param http: timeouts, retries and URL rules.
     """
 
@@ -51,6 +56,19 @@ class AbsSettings:
         if not self.client_id or not self.client_secret:
             raise ConfigurationError("ABS needs a client id (login) and client secret (password)")
         check_url(self.api_root, allow_insecure_http=self.http.allow_insecure_http, what="API URL")
+
+    @classmethod
+    def from_config(cls, config: ServiceConfig) -> AbsSettings:
+        """Settings from a connection: ``login`` and ``password`` are the OAuth2 client; extras
+        ``auth_url`` and ``rate_limit``."""
+        return cls(
+            base_url=config.base_url,
+            client_id=config.login,
+            client_secret=config.password,
+            auth_url=config.extra.get("auth_url") or None,
+            rate_limit=config.number("rate_limit", 1.0),
+            http=config.http_settings(),
+        )
 
     @property
     def api_root(self) -> str:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from airflow_batchcode.exceptions import UnexpectedResponseError
 from airflow_batchcode.services.base import Operation, OperationState, UploadTarget
+from airflow_batchcode.services.http.errors import json_message_reader
 from airflow_batchcode.services.parsing import is_plain_id, json_kind, require_object, require_strings, segment
 from airflow_batchcode.services.tokens import Token
-from airflow_batchcode.services.transport import json_message_reader
 
 read_abs_error = json_message_reader("message", "error_description", "error")
 
@@ -121,3 +123,27 @@ def string_tuple(value: Any) -> tuple[str, ...]:
     if isinstance(value, list):
         return tuple(str(v) for v in value)
     return (value,) if isinstance(value, str) and value else ()
+
+
+def metadata_model_id(raw: bytes) -> str | None:
+    """The model id an ABS metadata file names, or ``None`` when its shape is unknown.
+
+    The seed only says the file "describes the model used". Read leniently: ``{"model": {"modelId"}}``
+    (the emulator's shape), ``{"model": "<id>"}`` or a top-level ``modelId``; anything else (not
+    JSON, another shape) is kept raw on disk and never fails the load: the caller then takes the
+    model from the operation or the requested model.
+    """
+    try:
+        body = json.loads(raw or b"{}")
+    except ValueError:
+        return None
+    return model_id_of(body) if isinstance(body, dict) else None
+
+
+def model_id_of(body: Mapping[str, Any]) -> str | None:
+    """The model id of a parsed ABS metadata object (any of the shapes :func:`metadata_model_id` reads)."""
+    model = body.get("model")
+    for candidate in (model.get("modelId") if isinstance(model, Mapping) else model, body.get("modelId")):
+        if isinstance(candidate, str) and candidate.strip():
+            return candidate.strip()
+    return None

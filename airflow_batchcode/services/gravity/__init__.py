@@ -1,6 +1,6 @@
 """The Gravity-AI on-demand jobs API: a CSV job posted as multipart, polled, and its output fetched by link.
 
-Wire contract: ``shared/SERVICES.md`` §4 and Gravity's job-api documentation (seed 003).
+Wire contract: Gravity-AI's job-api documentation (on-demand jobs).
 
 Documented: the ``X-Api-Key`` header; the envelope ``{"data", "isError", "errorMessage"}`` of every
 answer (a 200 with ``isError: true`` is a failure); ``POST /api/v1/jobs`` as ``multipart/form-data``
@@ -37,38 +37,32 @@ Assumed, where the documentation is silent:
 
 from __future__ import annotations
 
-from airflow_batchcode.services.gravity.client import AsyncGravityClient, GravityClient
-from airflow_batchcode.services.gravity.envelope import (
-    JOBS_PATH,
-    PROGRESS_FIELDS,
-    envelope_error,
-    job_operation,
-    job_path,
-    parse_job,
-    status_state,
-    unwrap,
-)
-from airflow_batchcode.services.gravity.manifest import CSV_HEADER, CSV_MIME, manifest_to_csv, upload_filename
-from airflow_batchcode.services.gravity.settings import (
-    DEFAULT_BASE_URL,
-    DEFAULT_MAPPING,
-    DEFAULT_RATE_LIMIT,
-    SERVICE,
-    ColumnMapping,
-    GravitySettings,
-    parse_mapping,
-    settings_from_config,
-)
-from airflow_batchcode.services.registry import ServiceFactory
+from typing import TYPE_CHECKING
 
+from airflow_batchcode.services.lazy import exported_from
 
-def service_factory() -> ServiceFactory:
-    """How the registry builds Gravity clients."""
-    return ServiceFactory(
-        sync=lambda config, on_secret: GravityClient(settings_from_config(config), on_secret=on_secret),
-        async_=lambda config, on_secret: AsyncGravityClient(settings_from_config(config), on_secret=on_secret),
+if TYPE_CHECKING:
+    from airflow_batchcode.services.gravity.client import AsyncGravityClient, GravityClient
+    from airflow_batchcode.services.gravity.envelope import (
+        JOBS_PATH,
+        PROGRESS_FIELDS,
+        envelope_error,
+        job_operation,
+        job_path,
+        parse_job,
+        status_state,
+        unwrap,
     )
-
+    from airflow_batchcode.services.gravity.manifest import CSV_HEADER, CSV_MIME, manifest_to_csv, upload_filename
+    from airflow_batchcode.services.gravity.settings import (
+        DEFAULT_BASE_URL,
+        DEFAULT_MAPPING,
+        DEFAULT_RATE_LIMIT,
+        SERVICE,
+        ColumnMapping,
+        GravitySettings,
+        parse_mapping,
+    )
 
 __all__ = [
     "CSV_HEADER",
@@ -89,9 +83,9 @@ __all__ = [
     "manifest_to_csv",
     "parse_job",
     "parse_mapping",
-    "service_factory",
-    "settings_from_config",
     "status_state",
     "unwrap",
     "upload_filename",
 ]
+
+__getattr__ = exported_from(__name__, __all__, ("client", "envelope", "manifest", "settings"))

@@ -5,20 +5,15 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-import time
 from typing import IO, Any
 
 from airflow_batchcode.exceptions import (
     AuthenticationError,
+    BatchCodeError,
     ConfigurationError,
     ConflictError,
     InvalidRequestError,
     NotFoundError,
-    QuotaExceededError,
-    RateLimitedError,
-    ServerError,
-    ServiceError,
-    TransportError,
     UnexpectedResponseError,
 )
 from airflow_batchcode.services.apikey import ApiKeyBase, ApiKeyClient, AsyncApiKeyClient
@@ -26,10 +21,11 @@ from airflow_batchcode.services.base import ManifestSource, Operation, Operation
 from airflow_batchcode.services.gravity.envelope import JOBS_PATH, job_operation, job_path, parse_job, unwrap
 from airflow_batchcode.services.gravity.manifest import CSV_MIME, manifest_to_csv, upload_filename
 from airflow_batchcode.services.gravity.settings import SERVICE, GravitySettings
+from airflow_batchcode.services.http.errors import s3_message_reader
+from airflow_batchcode.services.http.settings import check_url
 from airflow_batchcode.services.links import download_fresh, read_first_byte
 from airflow_batchcode.services.multipart import FieldPart, FilePart, MultipartBody
 from airflow_batchcode.services.parsing import json_kind, segment
-from airflow_batchcode.services.transport import check_url, s3_message_reader
 
 log = logging.getLogger("airflow_batchcode.services")
 
@@ -159,32 +155,21 @@ class GravityClient(_GravityBase, ApiKeyClient[GravitySettings]):
         return UploadTarget(operation_id=job["id"], upload_url="")
 
     def _submit(self, body: MultipartBody, name: str | None) -> dict[str, Any]:
-        """POST the job once per try; after an answer that may have been lost, look for the job by name first."""
+        """POST the job, retried as the policy says; after a lost answer the job is looked up by name
+        first (Gravity has no idempotency key: without a name a lost answer is final)."""
         what = "create job"
-        policy = self.settings.http.retry
         headers = lambda: {**self._headers(), "Content-Type": body.content_type, "Content-Length": str(len(body))}  # noqa: E731
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                answer = self._once.api_json(
-                    "POST", self._url(JOBS_PATH), headers=headers, what=what, body_factory=lambda: body
-                )
-                return parse_job(self._data(answer, what), "Gravity create job")
-            except (TransportError, ServerError, RateLimitedError) as exc:
-                if isinstance(exc, QuotaExceededError):
-                    raise
-                retry_after = exc.retry_after if isinstance(exc, ServiceError) else None
-                if name and not isinstance(exc, RateLimitedError):
-                    existing = self.find_job(name)
-                    if existing is not None:
-                        log.warning("Gravity %s: the answer was lost but job %s was created", what, existing["id"])
-                        return existing
-                if not policy.can_retry(attempt, retry_after):
-                    raise
-                delay = policy.delay(attempt, retry_after)
-                log.warning("Gravity %s: try %d failed (%s); retrying in %.1f s", what, attempt, exc, delay)
-                time.sleep(delay)
+
+        def post() -> dict[str, Any]:
+            answer = self._once.api_json(
+                "POST", self._url(JOBS_PATH), headers=headers, what=what, body_factory=lambda: body
+            )
+            return parse_job(self._data(answer, what), "Gravity create job")
+
+        def created(error: BatchCodeError) -> dict[str, Any] | None:
+            return self.find_job(name) if name else None
+
+        return self._http.retrying(post, what=what, idempotent=False, recover=created if name else None)
 
     def upload_manifest(self, target: UploadTarget, manifest: ManifestSource) -> int:
         """Not part of Gravity's flow: the manifest goes with :meth:`create_operation`."""

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from airflow_batchcode.exceptions import ConfigurationError
 from airflow_batchcode.services.apikey import ApiKeyOrigin
+from airflow_batchcode.services.http.settings import HttpSettings
 from airflow_batchcode.services.registry import ServiceConfig
-from airflow_batchcode.services.transport import HttpSettings
 
 SERVICE = "gravity"
 
@@ -94,17 +95,40 @@ class GravitySettings(ApiKeyOrigin):
     def __post_init__(self) -> None:
         self.check_connection("Gravity needs an API key (the connection's password)")
 
+    @classmethod
+    def from_config(cls, config: ServiceConfig) -> GravitySettings:
+        """Settings from a connection: the password is the API key; extras ``version``, ``mapping``,
+        ``output_mapping`` and ``rate_limit``.
 
-def settings_from_config(config: ServiceConfig) -> GravitySettings:
-    """Read a connection's settings: the password is the API key; extras ``version``, ``mapping``,
-    ``output_mapping`` and ``rate_limit``."""
-    extra = config.extra
-    return GravitySettings(
-        base_url=config.base_url or DEFAULT_BASE_URL,
-        api_key=config.password,
-        version=config.text("version"),
-        mapping=parse_mapping(extra["mapping"], "mapping") if "mapping" in extra else DEFAULT_MAPPING,
-        output_mapping=parse_mapping(extra.get("output_mapping"), "output_mapping"),
-        rate_limit=config.number("rate_limit", DEFAULT_RATE_LIMIT),
-        http=config.http_settings(),
-    )
+        :raises ConfigurationError: the connection points at Gravity's own service without a ``mapping``:
+            its model's feature names are not the emulated model's ``job_title`` and ``duties``.
+        """
+        extra = config.extra
+        base_url = config.base_url or DEFAULT_BASE_URL
+        if "mapping" in extra:
+            mapping = parse_mapping(extra["mapping"], "mapping")
+        elif hosted_by_gravity(base_url):
+            raise ConfigurationError(
+                "Gravity needs the connection extra 'mapping': the input columns occp_text and tasks_text (and "
+                "line, record_id) renamed to your model's feature names, e.g. "
+                '[{"source": "occp_text", "destination": "<title feature>"}, '
+                '{"source": "tasks_text", "destination": "<duties feature>"}]; '
+                "without one only the emulated model's names (job_title, duties) are known"
+            )
+        else:
+            mapping = DEFAULT_MAPPING
+        return cls(
+            base_url=base_url,
+            api_key=config.password,
+            version=config.text("version"),
+            mapping=mapping,
+            output_mapping=parse_mapping(extra.get("output_mapping"), "output_mapping"),
+            rate_limit=config.number("rate_limit", DEFAULT_RATE_LIMIT),
+            http=config.http_settings(),
+        )
+
+
+def hosted_by_gravity(base_url: str) -> bool:
+    """Whether ``base_url`` is Gravity's own service (whose models are not the emulated one)."""
+    host = (urlsplit(base_url).hostname or "").lower()
+    return host == "gravity-ai.com" or host.endswith(".gravity-ai.com")

@@ -1,6 +1,6 @@
 """ASG Refinery batch jobs: a canonical manifest staged in object storage, a consensus label per record.
 
-Wire contract: ``shared/SERVICES.md`` §2 and the Refinery "Batch jobs" page. ``Authorization:
+Wire contract: Refinery's "Batch jobs" documentation page. ``Authorization:
 Bearer <api_key>``; errors are ``{"error": "..."}`` (401 bad key, 403 quota exhausted, 404 for
 another customer's job). ``POST /v1/jobs`` takes the manifest URL, the label question and options,
 the consensus threshold and the storage credentials, and answers 202 with a ``job_id``; ``GET
@@ -29,44 +29,34 @@ for an export that answers 409), plus the shared HTTP settings.
 
 from __future__ import annotations
 
-from airflow_batchcode.services.refinery.client import AsyncRefineryClient, RefineryClient
-from airflow_batchcode.services.refinery.settings import (
-    DEFAULT_DELIVERY_KEY,
-    DEFAULT_QUESTION,
-    DEFAULT_TASK_TYPE,
-    DEFAULT_THRESHOLD,
-    MAJOR_GROUPS,
-    POLL_CAP,
-    POLL_SCHEDULE,
-    SERVICE,
-    TOPIC_NAMES,
-    RefinerySettings,
-    poll_delay,
-)
-from airflow_batchcode.services.refinery.wire import (
-    DATA_URL_PREFIX,
-    convert_manifest,
-    data_url,
-    job_path,
-    parse_created,
-    parse_job,
-    translate_error,
-)
-from airflow_batchcode.services.registry import ServiceFactory
+from typing import TYPE_CHECKING
 
-_translated = translate_error
-"""The name :func:`translate_error` had while this package was one module."""
+from airflow_batchcode.services.lazy import exported_from
 
-
-def service_factory() -> ServiceFactory:
-    """How the registry builds Refinery clients from a connection."""
-    return ServiceFactory(
-        sync=lambda config, on_secret: RefineryClient(
-            RefinerySettings.from_config(config), object_store=config.object_store, on_secret=on_secret
-        ),
-        async_=lambda config, on_secret: AsyncRefineryClient(RefinerySettings.from_config(config), on_secret=on_secret),
+if TYPE_CHECKING:
+    from airflow_batchcode.services.refinery.client import AsyncRefineryClient, RefineryClient
+    from airflow_batchcode.services.refinery.settings import (
+        DEFAULT_DELIVERY_KEY,
+        DEFAULT_QUESTION,
+        DEFAULT_TASK_TYPE,
+        DEFAULT_THRESHOLD,
+        MAJOR_GROUPS,
+        POLL_CAP,
+        POLL_SCHEDULE,
+        SERVICE,
+        TOPIC_NAMES,
+        RefinerySettings,
+        poll_delay,
     )
-
+    from airflow_batchcode.services.refinery.wire import (
+        DATA_URL_PREFIX,
+        convert_manifest,
+        data_url,
+        job_path,
+        parse_created,
+        parse_job,
+        translate_error,
+    )
 
 __all__ = [
     "DATA_URL_PREFIX",
@@ -88,6 +78,10 @@ __all__ = [
     "parse_created",
     "parse_job",
     "poll_delay",
-    "service_factory",
     "translate_error",
 ]
+
+# ``_translated`` is the name ``translate_error`` had while this package was one module.
+__getattr__ = exported_from(
+    __name__, __all__, ("client", "settings", "wire"), aliases={"_translated": "translate_error"}
+)

@@ -13,13 +13,17 @@ from typing import IO, Any
 import requests
 
 from airflow_batchcode.exceptions import (
+    BatchCodeError,
     ConfigurationError,
     ConflictError,
+    CreateOutcomeUnknownError,
     IncompleteDownloadError,
     InvalidRequestError,
     NotFoundError,
     OperationFailedError,
+    ServerError,
     ServiceError,
+    TransportError,
     UnexpectedResponseError,
 )
 from airflow_batchcode.services.apikey import ApiKeyBase, ApiKeyClient, AsyncApiKeyClient
@@ -32,19 +36,32 @@ from airflow_batchcode.services.base import (
     StagedInput,
     UploadTarget,
 )
+from airflow_batchcode.services.http.bodies import CHUNK_BYTES, declared_length
+from airflow_batchcode.services.http.errors import describe_exception
 from airflow_batchcode.services.parsing import require_object
-from airflow_batchcode.services.refinery.settings import BUCKET, SERVICE, RefinerySettings, poll_delay
+from airflow_batchcode.services.redact import redact_url
+from airflow_batchcode.services.refinery.settings import (
+    BUCKET,
+    PRESIGNED_SECONDS,
+    SERVICE,
+    RefinerySettings,
+    poll_delay,
+)
 from airflow_batchcode.services.refinery.wire import (
+    RecordUrl,
     convert_manifest,
+    inline_record,
     job_path,
     parse_created,
     parse_job,
+    record_object,
     translate_error,
 )
-from airflow_batchcode.services.transport import CHUNK_BYTES, declared_length, describe_exception
 
 log = logging.getLogger("airflow_batchcode.services")
 
+RECORD_WORKERS = 8
+"""Record objects staged at once when each record is its own object."""
 _OBJECT_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
 _CREDENTIAL_KEYS = frozenset({"credentials"})
 
@@ -91,7 +108,21 @@ class RefineryClient(_RefineryBase, ApiKeyClient[RefinerySettings]):
     # --- jobs ---------------------------------------------------------------------------------
 
     def job_request(self, topic: str, staged: StagedInput) -> dict[str, Any]:
-        """The body of ``POST /v1/jobs`` for a staged manifest (holds the storage credentials)."""
+        """The body of ``POST /v1/jobs`` for a staged manifest (holds the storage credentials).
+
+        :raises ConfigurationError: the credentials are temporary and ``session_credentials`` is ``refuse``.
+        """
+        if staged.credentials.get("session_token"):
+            if self.settings.session_credentials == "refuse":
+                raise ConfigurationError(
+                    "The storage connection gives temporary AWS credentials (a session token), which Refinery's "
+                    "documented credentials (access_key_id, secret_access_key, region) cannot carry: use a "
+                    "long-lived key pair, or set session_credentials to 'pass' in the connection's extra"
+                )
+            log.warning(
+                "Refinery job credentials are temporary (a session token): they are passed on as session_token, "
+                "and the job cannot read its manifest once they expire"
+            )
         body: dict[str, Any] = {
             "manifest_url": staged.url,
             "label_spec": self.settings.label_spec(topic),
@@ -119,15 +150,54 @@ class RefineryClient(_RefineryBase, ApiKeyClient[RefinerySettings]):
         if not _OBJECT_NAME.match(stem):
             raise ConfigurationError(f"Invalid manifest name {stem!r}: expected letters, digits, '.', '_' or '-'")
         with tempfile.TemporaryFile(prefix="refinery-manifest-") as converted:
-            convert_manifest(manifest, converted)
+            workers = 1 if self.settings.record_urls == "data" else RECORD_WORKERS
+            convert_manifest(manifest, converted, self._record_url(store, stem), workers=workers)
             converted.flush()
             converted.seek(0)
             staged = store.stage(converted, f"{stem}.jsonl")
         for key, value in staged.credentials.items():
             if key != "region" and isinstance(value, str):
                 self._report_secret(value)
-        body = self._api("POST", "/v1/jobs", what=f"create {topic} job", json=self.job_request(topic, staged))
-        return parse_created(body)
+        return parse_created(self._create_job(topic, staged))
+
+    def _create_job(self, topic: str, staged: StagedInput) -> Any:
+        """``POST /v1/jobs`` once: a job is paid work, so an answer that may have been lost is not retried.
+
+        :raises CreateOutcomeUnknownError: time-out, broken connection or 5xx; names the manifest.
+        """
+        what = f"create {topic} job"
+        try:
+            with self._service_errors(what):
+                request = self.job_request(topic, staged)
+                url = self._url("/v1/jobs")
+                body = self._once.api_json("POST", url, headers=self._headers, what=what, json=request)
+        except (TransportError, ServerError) as exc:
+            raise CreateOutcomeUnknownError(
+                f"Refinery {what} for manifest {redact_url(staged.url)} got no usable answer ({exc}). "
+                "A job may have been created all the same: look for a job reading this manifest in Refinery "
+                "before running the task again, to avoid paying for the job twice"
+            ) from None
+        return self._data(body, what)
+
+    def _record_url(self, store: ObjectStore, stem: str) -> RecordUrl:
+        """How each record is referenced (``record_urls``): its own object beside the manifest, by its
+        store URL or a presigned https URL, or (opt-in) a ``data:`` URL in the manifest."""
+        mode = self.settings.record_urls
+        if mode == "data":
+            return inline_record
+        presign = getattr(store, "presign", None)
+        if mode == "presigned" and presign is None:
+            raise ConfigurationError("record_urls 'presigned' needs S3 storage: the staging store cannot presign URLs")
+
+        def staged(line: int, occp_text: str, tasks_text: str) -> str:
+            url = store.put(f"{stem}.record-{line}.json", record_object(occp_text, tasks_text))
+            if presign is not None and mode == "presigned":
+                signed: str = presign(url, PRESIGNED_SECONDS)
+                self._report_secret(signed)
+                return signed
+            return url
+
+        return staged
 
     def upload_manifest(self, target: UploadTarget, manifest: ManifestSource) -> int:
         """Refinery takes its manifest with :meth:`create_operation`; nothing is left to upload."""
@@ -159,16 +229,19 @@ class RefineryClient(_RefineryBase, ApiKeyClient[RefinerySettings]):
         return f"s3://{bucket}/{self.settings.delivery_key.replace('{job_id}', job_id)}"
 
     def results_available(self, operation: Operation) -> bool:
-        """Whether a completed job's results can still be read: a one-byte ranged export, or opening
-        the delivered object."""
+        """Whether a completed job's results can still be read: opening the delivered object, else
+        (none delivered, or absent) a one-byte ranged export."""
         if operation.state is not OperationState.COMPLETE:
             return False
         job_id = operation.operation_id
         delivered = self.delivery_url(self.job(job_id), job_id)
-        try:
-            if delivered:
+        if delivered:
+            try:
                 with self._store("delivered results").open(delivered):
                     return True
+            except NotFoundError:
+                log.info("Refinery job %s: no delivered results at %s; checking the export", job_id, delivered)
+        try:
             response = self._export("export availability check", job_id, {"Range": "bytes=0-0"})
         except (NotFoundError, ConflictError):
             return False
@@ -194,8 +267,12 @@ class RefineryClient(_RefineryBase, ApiKeyClient[RefinerySettings]):
         if delivered:
             if operation.state is not OperationState.COMPLETE:
                 job = self._wait_completed(operation_id)
-            written = self._copy_delivered(delivered, output, operation_id)
-        else:
+            try:
+                written = self._copy_delivered(delivered, output, operation_id)
+            except NotFoundError as exc:
+                log.warning("%s: reading the job's export instead", exc)
+                delivered = None
+        if not delivered:
             written = self._download_export(operation_id, output)
             if operation.state is not OperationState.COMPLETE:
                 job = self.job(operation_id)
@@ -268,27 +345,24 @@ class RefineryClient(_RefineryBase, ApiKeyClient[RefinerySettings]):
 
         def copy(into: IO[bytes]) -> int:
             written = 0
-            with self._export(what, job_id, {"Accept": "application/x-ndjson"}) as response:
-                expected = declared_length(response.headers)
-                for chunk in response.iter_content(CHUNK_BYTES):
-                    into.write(chunk)
-                    written += len(chunk)
+            try:
+                with self._export(what, job_id, {"Accept": "application/x-ndjson"}) as response:
+                    expected = declared_length(response.headers)
+                    for chunk in response.iter_content(CHUNK_BYTES):
+                        into.write(chunk)
+                        written += len(chunk)
+            except requests.RequestException as exc:
+                raise IncompleteDownloadError(describe_exception(exc)) from None
             if expected is not None and written != expected:
                 raise IncompleteDownloadError(f"{what}: got {written} bytes of {expected}")
             return written
 
-        def give_up(exc: Exception, written: int) -> Exception:
+        def give_up(exc: BatchCodeError, written: int) -> Exception:
             return IncompleteDownloadError(
                 f"{what}: broke off after {written} bytes ({describe_exception(exc)}); run the download again"
             )
 
-        return self._restarting(
-            sink,
-            copy,
-            (requests.RequestException, IncompleteDownloadError),
-            give_up,
-            lambda exc, written: f"{what} broke off after {written} bytes",
-        )
+        return self._restarting(what, sink, copy, give_up)
 
     def _copy_delivered(self, url: str, sink: IO[bytes], job_id: str) -> int:
         """Stream a delivered results object into ``sink``; a broken read starts over (bounded)."""
@@ -310,46 +384,36 @@ class RefineryClient(_RefineryBase, ApiKeyClient[RefinerySettings]):
                 ) from None
             return written
 
-        return self._restarting(
-            sink,
-            copy,
-            (IncompleteDownloadError,),
-            lambda exc, written: exc,
-            lambda exc, written: f"job {job_id}: {exc}",
-        )
+        return self._restarting(f"results of job {job_id}", sink, copy, lambda exc, written: exc)
 
     def _restarting(
         self,
+        what: str,
         sink: IO[bytes],
         copy: Callable[[IO[bytes]], int],
-        broken: tuple[type[Exception], ...],
-        give_up: Callable[[Exception, int], Exception],
-        describe: Callable[[Exception, int], str],
+        give_up: Callable[[BatchCodeError, int], Exception],
     ) -> int:
-        """Run ``copy`` into ``sink`` from where ``sink`` stands; a ``broken`` copy is thrown away and
-        started over while the retry policy allows, then ``give_up`` says what is raised.
+        """Run ``copy`` (``what``, for messages) into ``sink`` from where ``sink`` stands; a copy that broke off
+        (:class:`IncompleteDownloadError`) is thrown away and started over while the retry policy
+        allows, then ``give_up`` says what is raised.
 
         :return: the bytes ``copy`` wrote.
         """
-        policy = self.settings.http.retry
         start = sink.tell()
-        attempt = 0
-        while True:
-            attempt += 1
+
+        def attempt() -> int:
             sink.seek(start)
             sink.truncate()
-            try:
-                written = copy(sink)
-            except broken as exc:
-                written = sink.tell() - start
-                if not policy.can_retry(attempt):
-                    raise give_up(exc, written) from None
-                delay = policy.delay(attempt)
-                log.warning("Refinery %s; starting over in %.1f s", describe(exc, written), delay)
-                time.sleep(delay)
-                continue
+            written = copy(sink)
             sink.flush()
             return written
+
+        return self._http.retrying(
+            attempt,
+            what=what,
+            handled=(IncompleteDownloadError,),
+            give_up=lambda exc: give_up(exc, sink.tell() - start),
+        )
 
 
 class AsyncRefineryClient(_RefineryBase, AsyncApiKeyClient[RefinerySettings]):

@@ -10,8 +10,8 @@ from urllib.parse import urlsplit
 
 from airflow_batchcode.exceptions import ConfigurationError
 from airflow_batchcode.services.apikey import ApiKeyOrigin
+from airflow_batchcode.services.http.settings import HttpSettings
 from airflow_batchcode.services.registry import ServiceConfig
-from airflow_batchcode.services.transport import HttpSettings
 
 SERVICE = "refinery"
 DEFAULT_TASK_TYPE = "text_classification"
@@ -33,6 +33,12 @@ TOPIC_NAMES = {"anzsco": "ANZSCO", "osca": "OSCA"}
 POLL_SCHEDULE = (5.0, 10.0, 20.0)
 POLL_CAP = 60.0
 """The service's advice for status polls: 5, 10, 20 s, then doubling, at most 60 s apart."""
+SESSION_CHOICES = ("pass", "refuse")
+RECORD_URL_CHOICES = ("object", "presigned", "data")
+"""How manifest lines reference their record (see :attr:`RefinerySettings.record_urls`)."""
+PRESIGNED_SECONDS = 7 * 24 * 3600
+"""Lifetime of presigned record URLs: SigV4's longest, so a job that waits in a queue can still read them."""
+"""What a client may do with temporary AWS credentials (see :attr:`RefinerySettings.session_credentials`)."""
 BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
@@ -71,6 +77,13 @@ class RefinerySettings(ApiKeyOrigin):
     :param export_wait_attempts: retries of an export answering 409 before giving up.
     :param export_wait_base: first wait between those retries (then doubling, capped at 60 s).
     :param rate_limit: API requests per second (0 = no limit: none is documented).
+    :param record_urls: how manifest lines reference their record: ``"object"`` (default) stages each record
+        as a small JSON object beside the manifest and references it by its ``s3://`` or ``gs://`` URL (read
+        with the job's credentials), ``"presigned"`` by a presigned https URL of that object (S3 only),
+        ``"data"`` (opt-in) puts the texts in the manifest as ``data:`` URLs.
+    :param session_credentials: what to do with temporary AWS credentials (a session token), which the
+        seed's ``credentials`` object does not name: ``"pass"`` sends them as ``session_token``
+        (an assumption about the real service), ``"refuse"`` fails before the job is created.
     :param http: timeouts, retries and URL rules.
     """
 
@@ -88,6 +101,8 @@ class RefinerySettings(ApiKeyOrigin):
     export_wait_attempts: int = 4
     export_wait_base: float = POLL_SCHEDULE[0]
     rate_limit: float = 0.0
+    session_credentials: str = "pass"
+    record_urls: str = "object"
     http: HttpSettings = field(default_factory=HttpSettings)
 
     def __post_init__(self) -> None:
@@ -105,6 +120,14 @@ class RefinerySettings(ApiKeyOrigin):
             raise ConfigurationError(f"delivery_bucket {self.delivery_bucket!r} is not a valid S3 bucket name")
         if "{job_id}" not in self.delivery_key:
             raise ConfigurationError("delivery_key must contain {job_id}")
+        if self.record_urls not in RECORD_URL_CHOICES:
+            raise ConfigurationError(
+                f"record_urls must be one of {', '.join(RECORD_URL_CHOICES)}, got {self.record_urls!r}"
+            )
+        if self.session_credentials not in SESSION_CHOICES:
+            raise ConfigurationError(
+                f"session_credentials must be one of {', '.join(SESSION_CHOICES)}, got {self.session_credentials!r}"
+            )
         if self.export_wait_attempts < 0 or self.export_wait_base < 0:
             raise ConfigurationError("export_wait_attempts and export_wait_base must not be negative")
 
@@ -128,6 +151,8 @@ class RefinerySettings(ApiKeyOrigin):
             export_wait_attempts=int(config.number("export_wait_attempts", 4)),
             export_wait_base=config.number("export_wait_base", POLL_SCHEDULE[0]),
             rate_limit=config.number("rate_limit", 0.0),
+            session_credentials=config.text("session_credentials", "pass") or "pass",
+            record_urls=config.text("record_urls", "object") or "object",
             http=config.http_settings(),
         )
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any
 from urllib.parse import quote
 
@@ -18,6 +21,8 @@ from airflow_batchcode.services.base import ManifestSource, Operation, Operation
 from airflow_batchcode.services.parsing import is_plain_id, json_kind, numbers, opened, require_object, segment
 
 DATA_URL_PREFIX = "data:application/json;charset=utf-8,"
+_BATCH_LINES = 512
+"""Manifest lines converted at a time (their record objects are staged in parallel)."""
 _STATES = {
     "accepted": OperationState.IN_PROGRESS,
     "processing": OperationState.IN_PROGRESS,
@@ -48,18 +53,41 @@ def _canonical(raw: bytes, line: int) -> tuple[str, str, str | None]:
     return occp, tasks, rid
 
 
-def convert_manifest(source: ManifestSource, sink: IO[bytes]) -> int:
+def record_object(occp_text: str, tasks_text: str) -> bytes:
+    """A record's texts as the small JSON object staged beside the manifest."""
+    return json.dumps({"occp_text": occp_text, "tasks_text": tasks_text}, separators=(",", ":")).encode()
+
+
+RecordUrl = Callable[[int, str, str], str]
+"""Where one record is for the service: (0-based line, occp_text, tasks_text) → its ``data_url``."""
+
+
+def inline_record(line: int, occp_text: str, tasks_text: str) -> str:
+    """The opt-in :data:`RecordUrl`: the texts inside the manifest as a ``data:`` URL."""
+    return data_url(occp_text, tasks_text)
+
+
+def convert_manifest(
+    source: ManifestSource, sink: IO[bytes], record_url: RecordUrl = inline_record, *, workers: int = 1
+) -> int:
     """Stream a canonical manifest into Refinery's manifest JSONL; return the number of lines.
 
-    Each line becomes ``{"data_url": <data: URL>, "metadata": {"line": <0-based>, "record_id": ...}}``.
+    Each line becomes ``{"data_url": record_url(...), "metadata": {"line": <0-based>, "record_id": ...}}``.
+    With ``workers`` > 1, ``record_url`` (which may upload a record object) runs on that many threads,
+    a batch of lines at a time; the lines keep their order.
     """
     count = 0
-    with opened(source) as handle:
-        for raw in handle:
-            occp, tasks, rid = _canonical(raw, count)
-            entry = {"data_url": data_url(occp, tasks), "metadata": {"line": count, "record_id": rid}}
-            sink.write(json.dumps(entry, separators=(",", ":")).encode() + b"\n")
-            count += 1
+    with opened(source) as handle, ThreadPoolExecutor(max(1, workers), thread_name_prefix="refinery-records") as pool:
+        while batch := [_canonical(raw, count + i) for i, raw in enumerate(itertools.islice(handle, _BATCH_LINES))]:
+            lines = range(count, count + len(batch))
+            if workers > 1:
+                urls = list(pool.map(record_url, lines, (b[0] for b in batch), (b[1] for b in batch)))
+            else:
+                urls = [record_url(line, occp, tasks) for line, (occp, tasks, _) in zip(lines, batch, strict=True)]
+            for line, url, (_, _, rid) in zip(lines, urls, batch, strict=True):
+                entry = {"data_url": url, "metadata": {"line": line, "record_id": rid}}
+                sink.write(json.dumps(entry, separators=(",", ":")).encode() + b"\n")
+            count += len(batch)
     if count == 0:
         raise ConfigurationError("The manifest is empty: Refinery needs at least one record")
     return count

@@ -1,6 +1,6 @@
 """super.ai job batches: one labelling job per manifest record, created in one call and read back job by job.
 
-Wire contract: ``shared/SERVICES.md`` §3 and the job batch object of seed 002.
+Wire contract: super.ai's API documentation, "The job batch object".
 
 Documented by super.ai:
 
@@ -10,17 +10,19 @@ Documented by super.ai:
 - ``GET /apps/{app_uuid}/batches/{batch_id}``: the job batch object (``batch_processed``, ``batch_total``,
   ``valid_count``, ``total_processed``, ``invalid_index``, ``error_message``, ``errors_with_filename``, which the
   docs' own example spells ``errors_with_file``: both are read);
+- ``GET /apps/{app_uuid}/jobs`` lists the app's jobs: ``page`` from 0, ``size`` up to 500, ``statusIn`` repeatable,
+  ``sortBy``, ``orderBy``, ``createdStartDate``/``createdEndDate``/``completedStartDate``/``completedEndDate`` →
+  ``{"jobs", "page", "size", "pages", "total"}``; a batch's jobs are the ones carrying its batch id, listed from
+  the batch's ``created`` time on (``createdStartDate``);
 - ``GET /jobs/{id}``, ``GET /jobs/{id}/response``, ``POST /jobs/{id}/cancel``; job states SCHEDULED, IN_PROGRESS,
   SUSPENDED (still live), FAILED, CANCELED, EXPIRED, COMPLETED (settled);
 - inline inputs of at most 4 MB; in non-strict mode the valid inputs become jobs and the invalid ones are reported.
 
 Assumed here, and kept by the emulator (``emulator/superai_app.py``):
 
-- the batch's jobs are listed with ``GET /apps/{app_uuid}/batches/{batch_id}/jobs?page=&size=&statusIn=`` (the
-  seed says the IDs can be retrieved without naming the call; this mirrors super.ai's app-wide job list: 0-based
-  ``page``, ``size``, repeated ``statusIn``) → ``{"jobs": [...], "page", "size", "pages", "total"}``, jobs in input
-  order, each ``{"id", "state", "input_index", "input", "error"?}``; without ``total``, ``pages`` of a ``size=1``
-  query is the count;
+- a listed job carries its batch as ``batchId`` (``batch_id`` is read too), its id as ``uuid`` (or ``id``), its
+  failure as ``errorMessage`` (or ``error``), and its ``input`` (whose ``line`` the client set at create);
+  ``metadata.batchcode_name`` and the tags the client sets at create name the run for a person looking;
 - create answers ``{"batch_id": ...}`` (``batchId`` is read too); ``GET /jobs/{id}/response`` answers
   ``{"response": {...}}`` or the response object itself;
 - ``batch_processed`` means ingestion is over (jobs may still run): the batch is complete once no job is SCHEDULED,
@@ -35,38 +37,33 @@ Assumed here, and kept by the emulator (``emulator/superai_app.py``):
 
 from __future__ import annotations
 
-from airflow_batchcode.services.registry import ServiceFactory
-from airflow_batchcode.services.superai.batches import (
-    PENDING_STATES,
-    SETTLED_STATES,
-    Batch,
-    JobsPage,
-    batch_errors,
-    batch_operation,
-    output_line,
-    parse_batch,
-    parse_jobs_page,
-    pending_count,
-)
-from airflow_batchcode.services.superai.client import AsyncSuperAiClient, SuperAiClient
-from airflow_batchcode.services.superai.create import MAX_INLINE_BYTES, parse_create, write_create_body
-from airflow_batchcode.services.superai.settings import (
-    DEFAULT_BASE_URL,
-    DEFAULT_RATE_LIMIT,
-    DEFAULT_TAGS,
-    MAX_PAGE_SIZE,
-    SERVICE,
-    SuperAiSettings,
-)
+from typing import TYPE_CHECKING
 
+from airflow_batchcode.services.lazy import exported_from
 
-def service_factory() -> ServiceFactory:
-    """How the registry builds super.ai clients from a connection."""
-    return ServiceFactory(
-        sync=lambda config, on_secret: SuperAiClient(SuperAiSettings.from_config(config), on_secret=on_secret),
-        async_=lambda config, on_secret: AsyncSuperAiClient(SuperAiSettings.from_config(config), on_secret=on_secret),
+if TYPE_CHECKING:
+    from airflow_batchcode.services.superai.batches import (
+        PENDING_STATES,
+        SETTLED_STATES,
+        Batch,
+        JobsPage,
+        batch_errors,
+        batch_operation,
+        output_line,
+        parse_batch,
+        parse_jobs_page,
+        pending_count,
     )
-
+    from airflow_batchcode.services.superai.client import AsyncSuperAiClient, SuperAiClient
+    from airflow_batchcode.services.superai.create import MAX_INLINE_BYTES, parse_create, write_create_body
+    from airflow_batchcode.services.superai.settings import (
+        DEFAULT_BASE_URL,
+        DEFAULT_RATE_LIMIT,
+        DEFAULT_TAGS,
+        MAX_PAGE_SIZE,
+        SERVICE,
+        SuperAiSettings,
+    )
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -89,6 +86,7 @@ __all__ = [
     "parse_create",
     "parse_jobs_page",
     "pending_count",
-    "service_factory",
     "write_create_body",
 ]
+
+__getattr__ = exported_from(__name__, __all__, ("batches", "client", "create", "settings"))

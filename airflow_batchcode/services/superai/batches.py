@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from airflow_batchcode.exceptions import UnexpectedResponseError
@@ -91,7 +92,8 @@ def parse_batch(body: Any, batch_id: str) -> Batch:
 
 @dataclass(frozen=True)
 class JobsPage:
-    """One page of a batch's jobs; each job has at least a string ``id`` and an upper-case ``state``."""
+    """One page of jobs; each job has at least a string ``id``, an upper-case ``state`` and ``batch``
+    (the batch id it carries, or ``None``)."""
 
     jobs: list[dict[str, Any]]
     pages: int
@@ -99,7 +101,11 @@ class JobsPage:
 
 
 def parse_jobs_page(body: Any, batch_id: str) -> JobsPage:
-    """Read one page of a batch's job list."""
+    """Read one page of a job list (``GET /apps/{app_uuid}/jobs``), for the messages about ``batch_id``.
+
+    Job fields are read under super.ai's camelCase names or the snake_case ones: ``uuid``/``id``/``job_id``,
+    ``batchId``/``batch_id``.
+    """
     what = f"super.ai jobs of batch {batch_id}"
     values = require_object(body, what)
     items = values.get("jobs")
@@ -112,14 +118,35 @@ def parse_jobs_page(body: Any, batch_id: str) -> JobsPage:
         state = item.get("state", item.get("status"))
         if not isinstance(state, str) or not state:
             raise UnexpectedResponseError(f"{what}: job {index} of the page has no state")
-        job_id = identifier(item.get("id", item.get("job_id")), "job id", UnexpectedResponseError)
-        jobs.append({**item, "id": job_id, "state": state.upper()})
+        raw_id = next((item[key] for key in ("uuid", "id", "job_id") if item.get(key) not in (None, "")), None)
+        job_id = identifier(raw_id, "job id", UnexpectedResponseError)
+        owner = item.get("batchId", item.get("batch_id"))
+        batch = str(owner) if isinstance(owner, str | int) and not isinstance(owner, bool) else None
+        jobs.append({**item, "id": job_id, "state": state.upper(), "batch": batch})
     total_key = next((key for key in ("total", "totalElements") if values.get(key) is not None), None)
     return JobsPage(
         jobs=jobs,
         pages=_count(values, "pages", what),
         total=_count(values, total_key, what) if total_key else None,
     )
+
+
+def of_batch(page: JobsPage, batch_id: str) -> list[dict[str, Any]]:
+    """The jobs of a page that carry ``batch_id`` (an app's job list mixes every batch)."""
+    return [job for job in page.jobs if job["batch"] == batch_id]
+
+
+def created_since(batch: Batch) -> str | None:
+    """The batch's ``created`` time, to the second, as ``createdStartDate`` takes it; ``None`` when unreadable."""
+    created = batch.raw.get("created")
+    if not isinstance(created, str):
+        return None
+    try:
+        when = datetime.fromisoformat(created.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    when = when if when.tzinfo else when.replace(tzinfo=UTC)
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def pending_count(page: JobsPage) -> int:
@@ -163,7 +190,7 @@ def output_line(job: Mapping[str, Any], response: Any) -> bytes:
     if isinstance(line, bool) or not isinstance(line, int):
         raise UnexpectedResponseError(f"super.ai job {job['id']}: neither its input nor the job says its line")
     record_id = given.get("record_id")
-    error = job.get("error", job.get("error_message"))
+    error = next((job[key] for key in ("errorMessage", "error", "error_message") if job.get(key)), None)
     body = {
         "job_id": job["id"],
         "state": job["state"],

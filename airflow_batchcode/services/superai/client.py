@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import tempfile
-import time
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +13,7 @@ from urllib.parse import quote
 from airflow_batchcode.exceptions import (
     AuthenticationError,
     ConfigurationError,
+    ConflictError,
     NotFoundError,
     ServiceError,
     TransportError,
@@ -21,12 +21,15 @@ from airflow_batchcode.exceptions import (
 )
 from airflow_batchcode.services.apikey import ApiKeyBase, ApiKeyClient, AsyncApiKeyClient
 from airflow_batchcode.services.base import ManifestSource, Operation, OperationState, SecretCallback, UploadTarget
+from airflow_batchcode.services.http.bodies import FileBody
 from airflow_batchcode.services.parsing import require_object
 from airflow_batchcode.services.superai.batches import (
     PENDING_STATES,
     Batch,
     JobsPage,
     batch_operation,
+    created_since,
+    of_batch,
     output_line,
     parse_batch,
     parse_jobs_page,
@@ -34,7 +37,6 @@ from airflow_batchcode.services.superai.batches import (
 )
 from airflow_batchcode.services.superai.create import parse_create, write_create_body
 from airflow_batchcode.services.superai.settings import MAX_PAGE_SIZE, SERVICE, SuperAiSettings, identifier
-from airflow_batchcode.services.transport import FileBody, is_retryable
 
 log = logging.getLogger("airflow_batchcode.services")
 
@@ -60,11 +62,18 @@ class _SuperAiBase(ApiKeyBase[SuperAiSettings]):
     def _job_path(self, job_id: str) -> str:
         return f"/jobs/{quote(identifier(job_id, 'job id'), safe='')}"
 
+    @property
+    def _jobs_path(self) -> str:
+        """The app's job list, ``GET /apps/{app_uuid}/jobs`` (every batch's jobs)."""
+        return f"/apps/{self._app}/jobs"
+
     @staticmethod
-    def _page_params(page: int, size: int, states: Sequence[str] | None) -> dict[str, Any]:
+    def _page_params(page: int, size: int, states: Sequence[str] | None, since: str | None = None) -> dict[str, Any]:
         params: dict[str, Any] = {"page": page, "size": size}
         if states:
             params["statusIn"] = list(states)
+        if since:
+            params["createdStartDate"] = since
         return params
 
     def _explain(self, exc: ServiceError, operation_id: str | None = None, what: str = "") -> ServiceError:
@@ -126,32 +135,25 @@ class SuperAiClient(_SuperAiBase, ApiKeyClient[SuperAiSettings]):
         return UploadTarget(operation_id=batch_id, upload_url="")
 
     def _post_create(self, body: FileBody, count: int, name: str | None) -> Any:
-        """POST the inputs; retried only when the service answered that it did not take them."""
-        policy = self.settings.http.retry
+        """POST the inputs: retried when the service answered that it did not take them, never after a
+        lost answer (super.ai has no idempotency key, and a second batch would be billed)."""
         what = f"create {count} super.ai jobs"
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return self._once.api_json(
+        try:
+            with self._service_errors(what):
+                return self._http.api_json(
                     "POST",
                     self._url(f"/apps/{self._app}/jobs"),
                     headers=lambda: {**self._headers(), "Content-Type": "application/json"},
                     what=what,
                     body_factory=lambda: body,
+                    idempotent=False,
                 )
-            except TransportError as exc:
-                found = f" (look for metadata batchcode_name={name!r})" if name else ""
-                raise TransportError(
-                    f"{exc}. The batch may have been created all the same: check the app's batches in super.ai"
-                    f"{found} and cancel it before running again, to avoid paying for the jobs twice"
-                ) from None
-            except ServiceError as exc:
-                if not is_retryable(exc) or not policy.can_retry(attempt, exc.retry_after):
-                    raise self._explain(exc, None) from None
-                delay = policy.delay(attempt, exc.retry_after)
-                log.warning("super.ai %s: try %d failed (%s); retrying in %.1f s", what, attempt, exc, delay)
-                time.sleep(delay)
+        except TransportError as exc:
+            found = f" (look for metadata batchcode_name={name!r})" if name else ""
+            raise TransportError(
+                f"{exc}. The batch may have been created all the same: check the app's batches in super.ai"
+                f"{found} and cancel it before running again, to avoid paying for the jobs twice"
+            ) from None
 
     def upload_manifest(self, target: UploadTarget, manifest: ManifestSource) -> int:
         """Nothing to do: the inputs went with :meth:`create_operation`. :return: 0 bytes sent."""
@@ -165,38 +167,48 @@ class SuperAiClient(_SuperAiBase, ApiKeyClient[SuperAiSettings]):
         return parse_batch(body, batch_id)
 
     def list_jobs(
-        self, batch_id: str, page: int = 0, size: int = MAX_PAGE_SIZE, states: Sequence[str] = ()
+        self,
+        batch_id: str,
+        page: int = 0,
+        size: int = MAX_PAGE_SIZE,
+        states: Sequence[str] = (),
+        since: str | None = None,
     ) -> JobsPage:
-        """One page (0-based) of the batch's jobs in input order, optionally only those in ``states``."""
+        """One page (0-based) of the app's jobs, from ``since`` (``createdStartDate``) on, optionally only those
+        in ``states``; :func:`of_batch` picks the batch's own."""
         body = self._api(
             "GET",
-            self._batch_path(batch_id) + "/jobs",
-            what=f"list jobs of super.ai batch (page {page})",
+            self._jobs_path,
+            what=f"list jobs of super.ai app (page {page}, for batch {batch_id})",
             operation_id=batch_id,
-            params=self._page_params(page, size, states),
+            params=self._page_params(page, size, states, since),
         )
         return parse_jobs_page(body, batch_id)
 
-    def iter_job_pages(self, batch_id: str, states: Sequence[str] = ()) -> Iterator[list[dict[str, Any]]]:
-        """Every page of the batch's jobs."""
+    def iter_job_pages(
+        self, batch_id: str, states: Sequence[str] = (), since: str | None = None
+    ) -> Iterator[list[dict[str, Any]]]:
+        """The batch's jobs, a page of the app's job list at a time (pages without any of them are skipped)."""
         page = 0
         while True:
-            listed = self.list_jobs(batch_id, page, self.settings.page_size, states)
-            if listed.jobs:
-                yield listed.jobs
+            listed = self.list_jobs(batch_id, page, self.settings.page_size, states, since)
+            mine = of_batch(listed, batch_id)
+            if mine:
+                yield mine
             page += 1
             if not listed.jobs or page >= listed.pages:
                 return
 
     def get_operation(self, operation_id: str, topic: str, model: str | None = None) -> Operation:
-        """The batch's state: one request while ingesting, two once its jobs exist."""
+        """The batch's state: one request while ingesting, then the app's live jobs from the batch's creation on."""
         return self._status(operation_id)[1]
 
     def _status(self, batch_id: str) -> tuple[Batch, Operation]:
         batch = self.get_batch(batch_id)
         pending = None
         if batch.processed and batch.valid_count:
-            pending = self.list_jobs(batch_id, 0, 1, PENDING_STATES)
+            live = [job for jobs in self.iter_job_pages(batch_id, PENDING_STATES, created_since(batch)) for job in jobs]
+            pending = JobsPage(jobs=live, pages=1, total=len(live))
         return batch, batch_operation(batch, pending)
 
     def get_job(self, job_id: str) -> dict[str, Any]:
@@ -226,14 +238,24 @@ class SuperAiClient(_SuperAiBase, ApiKeyClient[SuperAiSettings]):
         return require_object(body, "super.ai cancel job")
 
     def cancel_batch(self, batch_id: str) -> int:
-        """Cancel every live job of a batch; return how many were cancelled."""
+        """Cancel every live job of a batch; return how many were cancelled.
+
+        A job that settles between the listing and its cancel (409) is skipped.
+        """
+        since = created_since(self.get_batch(batch_id))
         cancelled = 0
+        tried: set[str] = set()
         for _ in range(_MAX_CANCEL_ROUNDS):
-            live = self.list_jobs(batch_id, 0, self.settings.page_size, PENDING_STATES).jobs
+            live = [j for jobs in self.iter_job_pages(batch_id, PENDING_STATES, since) for j in jobs]
+            live = [job for job in live if job["id"] not in tried]
             if not live:
                 break
             for job in live:
-                self.cancel_job(job["id"])
+                tried.add(job["id"])
+                try:
+                    self.cancel_job(job["id"])
+                except ConflictError:
+                    continue
                 cancelled += 1
         return cancelled
 
@@ -243,7 +265,8 @@ class SuperAiClient(_SuperAiBase, ApiKeyClient[SuperAiSettings]):
         """Whether a complete batch's responses can still be read: one completed job's response is tried."""
         if operation.state is not OperationState.COMPLETE:
             return False
-        done = self.list_jobs(operation.operation_id, 0, 1, ("COMPLETED",)).jobs
+        batch_id = operation.operation_id
+        done = next(iter(self.iter_job_pages(batch_id, ("COMPLETED",), created_since(self.get_batch(batch_id)))), [])
         if not done:
             return True
         try:
@@ -271,7 +294,7 @@ class SuperAiClient(_SuperAiBase, ApiKeyClient[SuperAiSettings]):
             return self.get_job_response(job["id"], operation_id) if job["state"] == "COMPLETED" else None
 
         with ThreadPoolExecutor(self.settings.download_workers, thread_name_prefix="superai-download") as pool:
-            for jobs in self.iter_job_pages(operation_id):
+            for jobs in self.iter_job_pages(operation_id, (), created_since(batch)):
                 fresh = [job for job in jobs if job["id"] not in seen]
                 seen.update(job["id"] for job in fresh)
                 for job, answer in zip(fresh, pool.map(response, fresh), strict=True):
@@ -290,21 +313,53 @@ class SuperAiClient(_SuperAiBase, ApiKeyClient[SuperAiSettings]):
 
 
 class AsyncSuperAiClient(_SuperAiBase, AsyncApiKeyClient[SuperAiSettings]):
-    """Async super.ai status client for the trigger: at most two small requests per poll, never blocking."""
+    """Async super.ai status client for the trigger: the batch, then its live jobs a page at a time, never blocking."""
+
+    async def _batch(self, batch_id: str) -> Batch:
+        body = await self._api("GET", self._batch_path(batch_id), what="super.ai batch status", operation_id=batch_id)
+        return parse_batch(body, batch_id)
+
+    async def _live_jobs(self, batch_id: str, since: str | None) -> list[dict[str, Any]]:
+        """The batch's SCHEDULED, IN_PROGRESS and SUSPENDED jobs, from every page of the app's job list."""
+        live: list[dict[str, Any]] = []
+        page, pages = 0, 1
+        while page < pages:
+            body = await self._api(
+                "GET",
+                self._jobs_path,
+                what=f"list live jobs of super.ai app (page {page}, for batch {batch_id})",
+                operation_id=batch_id,
+                params=self._page_params(page, self.settings.page_size, PENDING_STATES, since),
+            )
+            listed = parse_jobs_page(body, batch_id)
+            live += of_batch(listed, batch_id)
+            page, pages = page + 1, listed.pages if listed.jobs else 0
+        return live
 
     async def get_operation(self, operation_id: str, topic: str, model: str | None = None) -> Operation:
         """The batch's state (see :meth:`SuperAiClient.get_operation`)."""
-        path = self._batch_path(operation_id)
-        body = await self._api("GET", path, what="super.ai batch status", operation_id=operation_id)
-        batch = parse_batch(body, operation_id)
+        batch = await self._batch(operation_id)
         pending = None
         if batch.processed and batch.valid_count:
-            body = await self._api(
-                "GET",
-                path + "/jobs",
-                what="list live jobs of super.ai batch",
-                operation_id=operation_id,
-                params=self._page_params(0, 1, PENDING_STATES),
-            )
-            pending = parse_jobs_page(body, operation_id)
+            live = await self._live_jobs(operation_id, created_since(batch))
+            pending = JobsPage(jobs=live, pages=1, total=len(live))
         return batch_operation(batch, pending)
+
+    async def cancel_batch(self, batch_id: str) -> int:
+        """Cancel every live job of a batch (see :meth:`SuperAiClient.cancel_batch`); return how many."""
+        since = created_since(await self._batch(batch_id))
+        cancelled = 0
+        tried: set[str] = set()
+        for _ in range(_MAX_CANCEL_ROUNDS):
+            live = [job for job in await self._live_jobs(batch_id, since) if job["id"] not in tried]
+            if not live:
+                break
+            for job in live:
+                tried.add(job["id"])
+                try:
+                    path, what = self._job_path(job["id"]) + "/cancel", f"cancel super.ai job {job['id']}"
+                    await self._api("POST", path, what=what)
+                except ConflictError:
+                    continue
+                cancelled += 1
+        return cancelled

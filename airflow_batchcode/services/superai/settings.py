@@ -7,9 +7,9 @@ from typing import Any
 
 from airflow_batchcode.exceptions import ConfigurationError
 from airflow_batchcode.services.apikey import ApiKeyOrigin
+from airflow_batchcode.services.http.settings import HttpSettings
 from airflow_batchcode.services.parsing import plain_id
 from airflow_batchcode.services.registry import ServiceConfig
-from airflow_batchcode.services.transport import HttpSettings
 
 SERVICE = "superai"
 

@@ -121,6 +121,9 @@ class FakeBlob:
     def upload_from_file(self, handle: Any, content_type: str) -> None:
         self.bucket.objects[self.name] = handle.read()
 
+    def upload_from_string(self, data: bytes, content_type: str) -> None:
+        self.bucket.objects[self.name] = data
+
     def open(self, mode: str) -> io.BytesIO:
         if self.name not in self.bucket.objects:
             raise type("NotFound", (Exception,), {})()
@@ -166,6 +169,9 @@ def test_the_gcs_store_stages_reads_and_hands_over_the_service_account_key() -> 
         assert reader.read() == b"line\n"
     with pytest.raises(NotFoundError), store.open("gs://gbucket/none"):
         pass
+    assert store.put("r.json", b"{}") == "gs://gbucket/pre/fix/r.json"
+    with store.open("gs://gbucket/pre/fix/r.json") as reader:
+        assert reader.read() == b"{}"
     keyless = GcsObjectStore("gbucket")
     keyless.__dict__["hook"] = FakeGcsHook(None)
     with pytest.raises(ConfigurationError, match="service account key"):

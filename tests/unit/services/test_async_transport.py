@@ -9,14 +9,11 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from airflow_batchcode.services.ratelimit import RateLimiter
-from airflow_batchcode.services.transport import (
-    SHARED_CONNECTIONS,
-    AsyncTransport,
-    HttpSettings,
-    json_message_reader,
-    shared_async_client_count,
-)
+from airflow_batchcode.services.budget import Budget, BudgetSettings
+from airflow_batchcode.services.http.aio import AsyncTransport
+from airflow_batchcode.services.http.errors import json_message_reader
+from airflow_batchcode.services.http.pool import SHARED_CONNECTIONS, shared_async_client_count
+from airflow_batchcode.services.http.settings import HttpSettings
 
 
 @dataclass
@@ -67,7 +64,7 @@ async def serving(delay: float = 0.0) -> AsyncIterator[Server]:
 
 def transport(service: str = "svc", read_timeout: float = 60.0) -> AsyncTransport:
     settings = HttpSettings(read_timeout=read_timeout)
-    return AsyncTransport(settings, json_message_reader("message"), RateLimiter(0), service=service)
+    return AsyncTransport(settings, json_message_reader("message"), Budget(BudgetSettings("test")), service=service)
 
 
 async def poll(t: AsyncTransport, url: str) -> object:

@@ -29,18 +29,12 @@ from airflow_batchcode.services.abs import (
     topic_path,
 )
 from airflow_batchcode.services.base import OperationState
-from airflow_batchcode.services.ratelimit import RateLimiter, shared_limiter
+from airflow_batchcode.services.http.bodies import FileBody
+from airflow_batchcode.services.http.errors import error_for_status, json_message_reader, s3_message_reader
+from airflow_batchcode.services.http.retry import RetryPolicy, parse_retry_after
+from airflow_batchcode.services.http.settings import check_url
 from airflow_batchcode.services.redact import redact_url
-from airflow_batchcode.services.retry import RetryPolicy, parse_retry_after
 from airflow_batchcode.services.tokens import Token, TokenCache
-from airflow_batchcode.services.transport import (
-    FileBody,
-    check_url,
-    error_for_status,
-    is_retryable,
-    json_message_reader,
-    s3_message_reader,
-)
 
 
 def test_operation_state_terminality() -> None:
@@ -75,46 +69,6 @@ def test_parse_retry_after_reads_seconds_and_http_dates() -> None:
     assert 25 <= (parse_retry_after(future) or 0) <= 31
 
 
-def test_rate_limiter_spaces_requests_and_is_shared_per_key() -> None:
-    limiter = RateLimiter(20.0)
-    start = time.monotonic()
-    for _ in range(5):
-        limiter.acquire()
-    assert time.monotonic() - start >= 0.19
-    assert shared_limiter("k-test", 2.0) is shared_limiter("k-test", 2.0)
-    assert shared_limiter("k-test", 3.0).rate == 3.0
-    assert RateLimiter(0).reserve() == 0.0
-
-
-def test_rate_limiter_async_waits_without_blocking_the_loop() -> None:
-    limiter = RateLimiter(10.0)
-
-    async def main() -> tuple[float, int]:
-        ticks = 0
-
-        async def ticker() -> None:
-            nonlocal ticks
-            while True:
-                await asyncio.sleep(0.01)
-                ticks += 1
-
-        task = asyncio.create_task(ticker())
-        start = time.monotonic()
-        await asyncio.gather(*(limiter.acquire_async() for _ in range(4)))
-        task.cancel()
-        return time.monotonic() - start, ticks
-
-    elapsed, ticks = asyncio.run(main())
-    assert elapsed >= 0.29
-    assert ticks >= 15, "the event loop kept running while callers waited"
-
-
-def test_rate_limiter_hold_off_delays_every_caller() -> None:
-    limiter = RateLimiter(1000.0)
-    limiter.hold_off(0.2)
-    assert limiter.reserve() >= 0.19
-
-
 def test_token_cache_is_single_flight_and_renews_before_expiry() -> None:
     cache = TokenCache()
     calls: list[int] = []
@@ -130,7 +84,11 @@ def test_token_cache_is_single_flight_and_renews_before_expiry() -> None:
     assert cache.get(fetch) == "tok1"
     cache.invalidate()
     assert cache.get(fetch) == "tok2"
-    assert not Token.from_lifetime("x", 0.5).fresh or Token.from_lifetime("x", 0.5).renew_at > 0
+    before = time.monotonic()
+    long_lived, short_lived = Token.from_lifetime("x", 3600), Token.from_lifetime("y", 0.5)
+    after = time.monotonic()
+    assert before + 3600 - 120 <= long_lived.renew_at <= after + 3600 - 120, "renewed 120 s before expiry"
+    assert before + 0.45 <= short_lived.renew_at <= after + 0.45, "a short-lived token keeps 90 % of its life"
 
 
 def test_token_cache_async_fetches_once_for_many_waiters() -> None:
@@ -174,7 +132,7 @@ def test_error_for_status_maps_the_documented_errors(status: int, message: str, 
     error = error_for_status(status, message, what="thing", operation_id="op-1")
     assert type(error) is kind
     assert "op-1" in str(error) and message in str(error) and str(status) in str(error)
-    assert is_retryable(error) == (status in (429, 500) and kind is not QuotaExceededError)
+    assert error.transient == (status in (429, 500) and kind is not QuotaExceededError)
 
 
 def test_error_readers() -> None:

@@ -13,7 +13,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 
-from airflow_batchcode.services.transport import DOWNLOAD_READ_BYTES, copy_body, describe_exception
+from airflow_batchcode.services.http.bodies import DOWNLOAD_READ_BYTES, copy_body
+from airflow_batchcode.services.http.errors import describe_exception
 
 BODY = os.urandom(3 * DOWNLOAD_READ_BYTES + 17)
 

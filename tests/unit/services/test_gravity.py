@@ -22,6 +22,7 @@ from airflow_batchcode.exceptions import (
     UnexpectedResponseError,
 )
 from airflow_batchcode.services.base import BatchCodeClient, OperationState
+from airflow_batchcode.services.catalogue import spec_for
 from airflow_batchcode.services.gravity import (
     CSV_MIME,
     DEFAULT_MAPPING,
@@ -34,13 +35,12 @@ from airflow_batchcode.services.gravity import (
     manifest_to_csv,
     parse_job,
     parse_mapping,
-    settings_from_config,
     status_state,
     unwrap,
     upload_filename,
 )
 from airflow_batchcode.services.multipart import FieldPart, FilePart, MultipartBody
-from airflow_batchcode.services.registry import ServiceConfig, factory_for
+from airflow_batchcode.services.registry import ServiceConfig
 
 KEY = "gk_live_0123456789abcdef"
 JOB_ID = "59015703-de7f-4e92-9451-6b08210fbb16"
@@ -349,22 +349,40 @@ def test_settings_from_a_connection_read_the_extras() -> None:
             "rate_limit": 2,
         },
     )
-    settings = settings_from_config(config)
+    settings = GravitySettings.from_config(config)
     assert settings.version == "1.0.0" and settings.rate_limit == 2.0
     assert settings.mapping == (ColumnMapping("occp_text", "title"), ColumnMapping("tasks_text", "duties"))
     assert settings.output_mapping == (ColumnMapping("code", "occupation_code", ""),)
-    default = settings_from_config(ServiceConfig(service="gravity", base_url="https://x.example", password=KEY))
+    default = GravitySettings.from_config(ServiceConfig(service="gravity", base_url="https://x.example", password=KEY))
     assert default.mapping == DEFAULT_MAPPING and default.output_mapping is None and default.version is None
+
+
+@pytest.mark.parametrize("base_url", ["https://on-demand.gravity-ai.com", "", "https://api.gravity-ai.com/"])
+def test_gravitys_own_service_needs_a_mapping_in_the_settings_and_the_connection_test(
+    base_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow_batchcode.hooks.batchcode import BatchCodeHook
+
+    config = ServiceConfig(service="gravity", base_url=base_url, password=KEY)
+    with pytest.raises(ConfigurationError, match="needs the connection extra 'mapping'") as caught:
+        GravitySettings.from_config(config)
+    assert "job_title, duties" in str(caught.value)
+    hook = BatchCodeHook()
+    monkeypatch.setattr(BatchCodeHook, "config", property(lambda self: config))
+    ok, message = hook.test_connection()
+    assert not ok and "needs the connection extra 'mapping'" in message
+    explicit = ServiceConfig(service="gravity", base_url=base_url, password=KEY, extra={"mapping": None})
+    assert GravitySettings.from_config(explicit).mapping is None, "an explicit null sends no mapping"
 
 
 def test_the_registry_builds_both_clients_and_reports_the_key() -> None:
     secrets: list[str] = []
     config = ServiceConfig(service="gravity", base_url="http://127.0.0.1:9", password=KEY, extra={"rate_limit": 0})
-    factory = factory_for("gravity")
-    sync = factory.sync(config, secrets.append)
+    spec = spec_for("gravity")
+    sync = spec.build_client(config, secrets.append)
     assert isinstance(sync, GravityClient) and isinstance(sync, BatchCodeClient)
     assert sync.input_with_create and sync.output_name == "output.csv"
-    assert isinstance(factory.async_(config, secrets.append), AsyncGravityClient)
+    assert isinstance(spec.build_async_client(config, secrets.append), AsyncGravityClient)
     assert KEY in secrets
     assert KEY not in repr(sync) and KEY not in repr(sync.settings)
     sync.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -25,6 +26,7 @@ from airflow_batchcode.exceptions import (
     UnexpectedResponseError,
 )
 from airflow_batchcode.services.base import BatchCodeClient, ObjectStore, OperationState, StagedInput
+from airflow_batchcode.services.catalogue import spec_for
 from airflow_batchcode.services.refinery import (
     MAJOR_GROUPS,
     AsyncRefineryClient,
@@ -37,7 +39,6 @@ from airflow_batchcode.services.refinery import (
     parse_created,
     parse_job,
     poll_delay,
-    service_factory,
 )
 from airflow_batchcode.services.registry import ServiceConfig, build_client
 
@@ -58,6 +59,11 @@ class MemoryStore:
         return StagedInput(
             url, {"access_key_id": "AKIDEXAMPLE", "secret_access_key": SECRET, "region": "ap-southeast-2"}
         )
+
+    def put(self, name: str, data: bytes, content_type: str = "application/json") -> str:
+        url = f"s3://stage/manifests/{name}"
+        self.objects[url] = data
+        return url
 
     @contextmanager
     def open(self, url: str) -> Any:
@@ -271,14 +277,21 @@ def test_create_stages_the_manifest_and_posts_the_documented_body(monkeypatch: p
         on_secret=seen.append,
     )
 
-    def fake_api(method: str, path: str, *, what: str, job_id: str | None = None, **kwargs: Any) -> Any:
-        sent.update(method=method, path=path, body=kwargs["json"])
-        return {"job_id": "job_42", "status": "accepted", "message": "Job accepted."}
+    class OneTry:
+        """The one-try transport the create goes through (it is never retried)."""
 
-    monkeypatch.setattr(client, "_api", fake_api)
+        @staticmethod
+        def api_json(method: str, url: str, *, what: str, **kwargs: Any) -> Any:
+            sent.update(method=method, path=url.removeprefix("https://api.asgrefinery.io"), body=kwargs["json"])
+            return {"job_id": "job_42", "status": "accepted", "message": "Job accepted."}
+
+    client.__dict__["_once"] = OneTry()
     target = client.create_operation("osca", manifest=canonical({"occp_text": "chef", "tasks_text": ""}), name="c1")
     assert target.operation_id == "job_42"
-    assert list(store.objects) == ["s3://stage/manifests/c1.jsonl"]
+    assert list(store.objects) == ["s3://stage/manifests/c1.record-0.json", "s3://stage/manifests/c1.jsonl"]
+    assert json.loads(store.objects["s3://stage/manifests/c1.record-0.json"]) == {"occp_text": "chef", "tasks_text": ""}
+    staged_line = json.loads(store.objects["s3://stage/manifests/c1.jsonl"])
+    assert staged_line["data_url"] == "s3://stage/manifests/c1.record-0.json", "each record by its object's URL"
     body = sent["body"]
     assert (sent["method"], sent["path"]) == ("POST", "/v1/jobs")
     assert body["manifest_url"] == "s3://stage/manifests/c1.jsonl"
@@ -313,7 +326,9 @@ def test_delivery_location_comes_from_the_job_or_the_connection() -> None:
         client.delivery_url({"delivery": {"bucket": "Not A Bucket"}}, "job_1")
 
 
-def test_delivered_results_are_copied_and_a_missing_object_names_the_job(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_delivered_results_are_copied_and_a_missing_object_falls_back_to_the_export(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     store = MemoryStore()
     store.objects["s3://b-1/refinery/job_1/results.jsonl"] = b'{"task_id": "t"}\n'
     client = RefineryClient(settings(delivery_bucket="b-1"), object_store=store)
@@ -323,18 +338,24 @@ def test_delivered_results_are_copied_and_a_missing_object_names_the_job(monkeyp
     assert client.download_results("job_1", "anzsco", out, meta) == (17, len(meta.getvalue()))
     assert json.loads(meta.getvalue())["results"] == "s3://b-1/refinery/job_1/results.jsonl"
     monkeypatch.setattr(client, "job", lambda job_id: {**job, "job_id": job_id})
-    with pytest.raises(NotFoundError, match="job_2"):
-        client.download_results("job_2", "anzsco", io.BytesIO())
+    exported: list[str] = []
+    monkeypatch.setattr(client, "_download_export", lambda job_id, sink: exported.append(job_id) or sink.write(b"x\n"))
+    meta = io.BytesIO()
+    with caplog.at_level(logging.WARNING):
+        assert client.download_results("job_2", "anzsco", io.BytesIO(), meta)[0] == 2
+    assert exported == ["job_2"], "an absent delivered object falls back to the export"
+    assert json.loads(meta.getvalue())["results"] == "export"
+    assert "job_2" in caplog.text and "export instead" in caplog.text
 
 
-def test_the_factory_and_registry_build_both_clients() -> None:
+def test_the_spec_and_registry_build_both_clients() -> None:
     config = ServiceConfig("refinery", "https://api.asgrefinery.io", password=API_KEY, object_store=MemoryStore())
-    factory = service_factory()
-    sync = factory.sync(config, None)
+    spec = spec_for("refinery")
+    sync = spec.build_client(config, None)
     assert isinstance(sync, RefineryClient) and isinstance(sync, BatchCodeClient)
     assert sync.input_with_create and sync.output_name == "output.jsonl" and sync.service == "refinery"
     assert isinstance(sync.object_store, ObjectStore)
-    assert isinstance(factory.async_(config, None), AsyncRefineryClient)
+    assert isinstance(spec.build_async_client(config, None), AsyncRefineryClient)
     assert isinstance(build_client(config), RefineryClient)
 
 

@@ -1,0 +1,17 @@
+"""The columnar data path: extract, validate, read results and load on Apache Arrow, through ADBC drivers.
+
+Where the warehouse connection is PostgreSQL or SQLite, the extract streams Arrow record
+batches of bounded size (:mod:`.adbc`), the input rules find the records that need a closer
+look a whole column at a time (:mod:`.rules`, the limits given as :class:`.rules.InputLimits`),
+and manifest chunks are written from those columns in bulk (:mod:`.manifests`); every other
+common-sql connection keeps the DB-API path (:mod:`airflow_batchcode.warehouse`). Both paths
+write the same bytes: the row-at-a-time rules of :mod:`airflow_batchcode.records` still decide
+every record that is not plainly fine, so reasons and repairs are theirs.
+
+The output table is loaded by ADBC bulk ingest into a staging table and one transaction
+replacing the run's rows (:mod:`.load`; used for SQLite, see :func:`.load.load_run_rows`).
+:mod:`.results` reads ABS output into Arrow record batches equal to the row path's rows, for
+:func:`.load.ingest_run_batches`.
+"""
+
+from __future__ import annotations

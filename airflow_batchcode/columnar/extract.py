@@ -1,0 +1,67 @@
+"""The extract, by connection type: ADBC record batches where there is a driver, DB-API rows elsewhere.
+
+Both paths write the same manifest chunks, positions and rejected records for the same rows;
+:func:`extract_chunks` is what the pipeline's extract task calls.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from airflow_batchcode.chunks import ExtractSummary
+from airflow_batchcode.columnar.adbc import stream_batches
+from airflow_batchcode.columnar.manifests import write_batch_chunks
+from airflow_batchcode.columnar.rules import ABS_LIMITS, InputLimits
+from airflow_batchcode.manifests import DEFAULT_MAX_CHUNK_BYTES, FieldMap, write_chunks
+from airflow_batchcode.warehouse import stream_query
+
+log = logging.getLogger(__name__)
+_SQLITE_MISMATCH = "[SQLite] Type mismatch"
+
+
+def extract_chunks(
+    conn_id: str,
+    sql: str,
+    field_map: FieldMap | Mapping[str, str],
+    folder: str,
+    *,
+    chunk_records: int = 100_000,
+    max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES,
+    sanitize_records: bool = False,
+    limits: InputLimits | None = ABS_LIMITS,
+    rules: Any = None,
+    columnar: bool = True,
+) -> ExtractSummary:
+    """Run ``sql`` on ``conn_id`` and write its records as manifest chunks under ``folder``.
+
+    PostgreSQL and SQLite connections stream Arrow record batches through ADBC (unless
+    ``columnar`` is false); the others stream rows through :func:`~airflow_batchcode.warehouse.stream_query`.
+    ``rules`` are the service's input rules (default: ABS's) and ``limits`` their limits for the
+    vectorised mask; without ``limits`` (``None``) the extract takes the DB-API path, whose rules
+    need no limits. SQLite has no column types: the ADBC driver takes them from the first batch and stops at a
+    value of another type further on; the extract then starts over on the DB-API path (the
+    files are rewritten, the summary is the second run's).
+    """
+    options: dict[str, Any] = {
+        "chunk_records": chunk_records,
+        "max_chunk_bytes": max_chunk_bytes,
+        "sanitize_records": sanitize_records,
+    }
+    if columnar and limits is not None:
+        try:
+            with stream_batches(conn_id, sql) as streamed:
+                if streamed is not None:
+                    columns, batches = streamed
+                    return write_batch_chunks(
+                        batches, columns, field_map, folder, limits=limits, rules=rules, **options
+                    )
+        except OSError as exc:  # ADBC's errors; SQLite's column types are only guessed from the first batch
+            if _SQLITE_MISMATCH not in str(exc):
+                raise
+            log.warning("A SQLite column changes type mid-extract; extracting again through the DB-API path")
+    if rules is not None:
+        options["rules"] = rules
+    with stream_query(conn_id, sql) as (columns, rows):
+        return write_chunks(rows, columns, field_map, folder, **options)

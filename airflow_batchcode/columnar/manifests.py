@@ -1,0 +1,180 @@
+"""Arrow record batches → manifest chunks, positions and rejected records, a column at a time.
+
+The same files, byte for byte, as :func:`airflow_batchcode.manifests.write_chunks` writes from
+rows: the texts are read as the row path reads them (:mod:`.text`), the records the vectorised
+rules mark (:mod:`.rules`) go through the row rules one by one, and the manifest and sidecar
+lines of everything else are built by Arrow's string kernels and written in bulk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import msgspec
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from airflow_batchcode.chunks import ExtractSummary
+from airflow_batchcode.columnar.rules import ABS_LIMITS, InputLimits, suspect_mask
+from airflow_batchcode.columnar.text import text_column, value_bytes
+from airflow_batchcode.manifests import DEFAULT_MAX_CHUNK_BYTES, ChunkWriter, FieldMap, check_chunk_limits, open_sink
+from airflow_batchcode.records import Checked, check, sanitize
+from airflow_batchcode.staging import Rejected, rejected_line, rejects_path
+
+_encode = msgspec.json.Encoder().encode
+_ESCAPED = r"[^\x20\x21\x23-\x5b\x5d-\x7e]"
+"""Texts holding a quote, backslash, control or non-ASCII character: msgspec encodes those (as the row path does)."""
+
+
+def write_batch_chunks(
+    batches: Iterable[Any],
+    columns: Sequence[str],
+    field_map: FieldMap | Mapping[str, str],
+    folder: str,
+    *,
+    chunk_records: int = 100_000,
+    max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES,
+    sanitize_records: bool = False,
+    limits: InputLimits = ABS_LIMITS,
+    rules: Any = None,
+) -> ExtractSummary:
+    """Validate the records of ``batches`` (``pyarrow.RecordBatch``) and write them as manifest chunks under ``folder``.
+
+    ``rules`` has the row rules (``check`` and ``sanitize``, as the service's input rules have
+    them; default: ABS's, :mod:`airflow_batchcode.records`) and ``limits`` the same rules'
+    limits for the vectorised mask: the two must describe the same service.
+
+    :return: counts, the chunks written, and where the rejected records went.
+    """
+    check_chunk_limits(chunk_records, max_chunk_bytes)
+    rid_at, occp_at, tasks_at = FieldMap.parse(field_map).indexes(columns)
+    summary = ExtractSummary(rejects=rejects_path(folder))
+    writer = ChunkWriter(folder, chunk_records, max_chunk_bytes)
+    position = 0
+    try:
+        with open_sink(summary.rejects) as rejects:
+            for batch in batches:
+                if batch.num_rows == 0:
+                    continue
+                ids = text_column(batch.column(rid_at)) if rid_at is not None else None
+                occp, tasks = text_column(batch.column(occp_at)), text_column(batch.column(tasks_at))
+                positions = pa.array(range(position + 1, position + batch.num_rows + 1), pa.int64())
+                position += batch.num_rows
+                rule = _row_rule(rules, sanitize_records)
+                checked = _apply_rules(ids, occp, tasks, positions, rule, limits, summary, rejects)
+                summary.sent += len(checked[1])
+                _write(writer, *checked)
+            summary.rows = summary.sent + summary.rejected
+    finally:
+        writer.close()
+    summary.chunks = writer.chunks
+    return summary
+
+
+def _row_rule(rules: Any, sanitize_records: bool) -> Callable[[str, str], Checked]:
+    """The row rule a suspect goes through: the service's ``sanitize`` or ``check`` (ABS's by default)."""
+    if rules is None:
+        return sanitize if sanitize_records else check
+    return rules.sanitize if sanitize_records else rules.check  # type: ignore[no-any-return]
+
+
+def _apply_rules(
+    ids: pa.Array | None,
+    occp: pa.Array,
+    tasks: pa.Array,
+    positions: pa.Array,
+    rule: Callable[[str, str], Checked],
+    limits: InputLimits,
+    summary: ExtractSummary,
+    rejects: Any,
+) -> tuple[pa.Array | None, pa.Array, pa.Array, pa.Array, pa.Array]:
+    """The batch less its rejected records, repairs applied; and each record's note (``""`` when none)."""
+    notes = pa.nulls(len(occp), pa.large_string())
+    suspects = pc.indices_nonzero(suspect_mask(occp, tasks, limits)).to_pylist()
+    if not suspects:
+        return ids, occp, tasks, positions, pc.fill_null(notes, "")
+    occp_of, tasks_of = pc.take(occp, suspects).to_pylist(), pc.take(tasks, suspects).to_pylist()
+    ids_of = pc.take(ids, suspects).to_pylist() if ids is not None else None
+    keep = [True] * len(occp)
+    repaired: dict[int, tuple[str, str, str]] = {}
+    for k, i in enumerate(suspects):
+        outcome = rule(occp_of[k], tasks_of[k])
+        if outcome.note:
+            summary.sanitized += 1
+        if outcome.error is None:
+            if outcome.note:
+                repaired[i] = (outcome.occp_text, outcome.tasks_text, outcome.note)
+            continue
+        keep[i] = False
+        record = Rejected(
+            position=positions[i].as_py(),
+            recordId=ids_of[k] if ids_of is not None else None,
+            occp_text=occp_of[k],
+            tasks_text=tasks_of[k],
+            error=outcome.error,
+            note=outcome.note,
+        )
+        rejects.write(rejected_line(record))
+    summary.rejected += keep.count(False)
+    if repaired:
+        mask = pa.array([i in repaired for i in range(len(occp))])
+        fixed = [repaired[i] for i in sorted(repaired)]
+        occp = pc.replace_with_mask(occp, mask, pa.array([f[0] for f in fixed], pa.large_string()))
+        tasks = pc.replace_with_mask(tasks, mask, pa.array([f[1] for f in fixed], pa.large_string()))
+        notes = pc.replace_with_mask(notes, mask, pa.array([f[2] for f in fixed], pa.large_string()))
+    notes = pc.fill_null(notes, "")
+    kept = pa.array(keep)
+    return (
+        ids.filter(kept) if ids is not None else None,
+        occp.filter(kept),
+        tasks.filter(kept),
+        positions.filter(kept),
+        notes.filter(kept),
+    )
+
+
+def _json_text(texts: pa.Array) -> pa.Array:
+    """``texts`` as they read between a JSON string's quotes: msgspec encodes the few that need escaping."""
+    escape = pc.match_substring_regex(texts, _ESCAPED)
+    where = pc.indices_nonzero(escape)
+    if len(where) == 0:
+        return texts
+    escaped = [_encode(text)[1:-1].decode() for text in pc.take(texts, where).to_pylist()]
+    return pc.replace_with_mask(texts, escape, pa.array(escaped, pa.large_string()))
+
+
+def _large(part: str | pa.Array) -> pa.Array | pa.Scalar:
+    """A constant as a ``large_string`` scalar (Arrow's join wants one string type throughout)."""
+    return pa.scalar(part, pa.large_string()) if isinstance(part, str) else part
+
+
+def _write(
+    writer: ChunkWriter, ids: pa.Array | None, occp: pa.Array, tasks: pa.Array, positions: pa.Array, notes: pa.Array
+) -> None:
+    """Encode the kept records' manifest and sidecar lines and write them, rolling over at the chunk limits."""
+    if len(occp) == 0:
+        return
+    texts = [_json_text(occp), _json_text(tasks)]
+    if ids is None:
+        parts = ['{"occp_text":"', texts[0], '","tasks_text":"', texts[1], '"}\n']
+    else:
+        parts = ['{"recordId":"', _json_text(ids), '","occp_text":"', texts[0], '","tasks_text":"', texts[1], '"}\n']
+    lines = pc.binary_join_element_wise(*map(_large, parts), _large(""))
+    sidecar_parts = (positions.cast(pa.large_string()), "\t", notes, "\n", "")
+    sidecar = pc.binary_join_element_wise(*map(_large, sidecar_parts))
+    start, total = 0, len(lines)
+    while start < total:
+        if writer.room() == 0:
+            writer.roll()
+        end = min(total, start + writer.room())
+        blob = value_bytes(lines.slice(start, end - start))
+        if writer.fits(len(blob)):
+            writer.write_encoded(blob, value_bytes(sidecar.slice(start, end - start)), end - start)
+        else:  # the byte limit falls in this run: line by line, each rolling over when it does not fit
+            for i in range(start, end):
+                line = lines[i].as_py().encode()
+                if writer.room() == 0 or not writer.fits(len(line)):
+                    writer.roll()
+                writer.write_encoded(line, sidecar[i].as_py().encode(), 1)
+        start = end

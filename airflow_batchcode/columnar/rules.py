@@ -1,0 +1,70 @@
+"""The per-record input rules as Arrow compute expressions over whole columns.
+
+:func:`suspect_mask` marks every record the row rules of :mod:`airflow_batchcode.records`
+might reject or repair: both texts blank, too long together, or holding a character the
+service may not take. Only the marked records go through the row rules, which give the
+reason (with the offending character and its position) or the repair; all others are sent
+as they are. The mask may mark more records than the rules reject (a record of spaces and
+tabs, say), never fewer: the property tests hold it to that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from airflow_batchcode.exceptions import ConfigurationError
+from airflow_batchcode.records import MAX_CHARS
+
+_OUTSIDE_PRINTABLE_ASCII = r"[^\x20-\x7e]"
+_NOT_PRINTABLE = r"[^\p{L}\p{M}\p{N}\p{P}\p{S}\x20]"
+"""Python's ``str.isprintable`` as a character class: anything but letters, marks, numbers, punctuation,
+symbols and the space (so control, format, unassigned characters and other separators)."""
+_BLANK = r"^ *$"
+"""Empty or only spaces (any other whitespace is caught as not printable)."""
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    """A service's per-record limits, as the vectorised rules take them.
+
+    :param max_chars: characters allowed across the two texts together (``None``: no character limit).
+    :param ascii_only: whether the service takes printable ASCII only (ABS); else printable UTF-8.
+    :param max_bytes: UTF-8 bytes allowed across the two texts together (``None``: no byte limit).
+    """
+
+    max_chars: int | None = MAX_CHARS
+    ascii_only: bool = True
+    max_bytes: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_chars", "max_bytes"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigurationError(f"{name} must be at least 1, got {value}")
+
+
+ABS_LIMITS = InputLimits()
+"""The ABS service's limits: printable ASCII, 300 characters across both texts."""
+
+
+def utf8_limits(max_bytes: int) -> InputLimits:
+    """The limits of a service taking UTF-8 text up to ``max_bytes`` across both texts (super.ai, Refinery, Gravity)."""
+    return InputLimits(max_chars=None, ascii_only=False, max_bytes=max_bytes)
+
+
+def suspect_mask(occp: pa.Array, tasks: pa.Array, limits: InputLimits = ABS_LIMITS) -> pa.BooleanArray:
+    """Which records (texts as :func:`~airflow_batchcode.columnar.text.text_column` gives them) need the row rules."""
+    pattern = _OUTSIDE_PRINTABLE_ASCII if limits.ascii_only else _NOT_PRINTABLE
+    blank = pc.and_(pc.match_substring_regex(occp, _BLANK), pc.match_substring_regex(tasks, _BLANK))
+    odd = pc.or_(pc.match_substring_regex(occp, pattern), pc.match_substring_regex(tasks, pattern))
+    marked = pc.or_(blank, odd)
+    if limits.max_chars is not None:
+        chars = pc.add(pc.utf8_length(occp), pc.utf8_length(tasks))
+        marked = pc.or_(marked, pc.greater(chars, limits.max_chars))
+    if limits.max_bytes is not None:
+        size = pc.add(pc.binary_length(occp), pc.binary_length(tasks))
+        marked = pc.or_(marked, pc.greater(size, limits.max_bytes))
+    return marked

@@ -1,0 +1,212 @@
+"""Review decisions: kept in ``<output_table>_reviews``, applied to the rows, shown by ``<output_table>_latest``.
+
+A decision names one row of one run by ``(dag_id, dag_run_id, position)`` (the record id
+is checked too, but it need not be unique) and stores who decided, when, and the old and
+new code. Applying a decision sets the row's ``code_status`` to ``reviewed`` and its code
+and label to the reviewer's; the loader applies every decision of a run again after it
+replaces that run's rows (:func:`apply_reviews`), so re-loading a run never loses a review.
+
+``<output_table>_latest`` gives each source record's latest outcome: the row of the most
+recently loaded run that coded it, reviewed codes included. It is rebuilt on every load, so
+it follows new columns; :func:`latest_view_sql` takes the partition key and ordering as
+arguments, so that re-coding runs (issue 14) can widen it without a second view.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from airflow_batchcode.ui.codes import check_code, label_of
+from airflow_batchcode.ui.store import Database
+from airflow_batchcode.warehouse import check_table_name
+
+REVIEWED = "reviewed"
+REVIEW_COLUMNS = (
+    "dag_id",
+    "dag_run_id",
+    "position",
+    "record_id",
+    "topic",
+    "old_status",
+    "old_code",
+    "new_code",
+    "new_label",
+    "reviewer",
+    "reviewed_at",
+)
+_TYPES = {"position": "BIGINT", "reviewed_at": "TIMESTAMP"}
+RECORD_KEY = "COALESCE(record_id, dag_run_id || ':' || CAST(position AS TEXT))"
+"""What makes rows of different runs the same source record (a record id, else the run's own row)."""
+
+
+class ReviewRejected(ValueError):
+    """A decision that cannot be stored; ``status`` is the HTTP status to answer with.
+
+    :param status: 400 for bad input, 404 for a row the run does not have.
+    :param message: what is wrong, for the reviewer.
+    """
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _index_name(table: str, suffix: str) -> str:
+    return f"ix_{table.replace('.', '_')}_{suffix}"
+
+
+def create_reviews_sql(table: str) -> list[str]:
+    """DDL of ``<table>_reviews`` and of an index making the review queue's keyset pages cheap."""
+    check_table_name(table)
+    columns = ",\n  ".join(f"{name} {_TYPES.get(name, 'TEXT')}" for name in REVIEW_COLUMNS)
+    return [
+        f"CREATE TABLE IF NOT EXISTS {table}_reviews (\n  {columns}\n)",
+        f"CREATE INDEX IF NOT EXISTS {_index_name(table, 'reviews_run')} ON {table}_reviews (dag_id, dag_run_id)",
+        f"CREATE INDEX IF NOT EXISTS {_index_name(table, 'queue')} ON {table} (dag_id, dag_run_id, position)",
+    ]
+
+
+def latest_view_sql(table: str, *, key: str = RECORD_KEY, newest_first: str = "loaded_at DESC") -> list[str]:
+    """Statements (re)building ``<table>_latest``: per ``key``, the row ordered first by ``newest_first``."""
+    check_table_name(table)
+    return [
+        f"DROP VIEW IF EXISTS {table}_latest",
+        f"CREATE VIEW {table}_latest AS SELECT * FROM ("  # noqa: S608
+        f"SELECT o.*, ROW_NUMBER() OVER (PARTITION BY {key} ORDER BY {newest_first}) AS outcome_rank "
+        f"FROM {table} o) ranked WHERE outcome_rank = 1",
+    ]
+
+
+def review_ddl(table: str) -> list[str]:
+    """Everything the reviews need beside the output table: their table, the indexes, the latest-outcome view.
+
+    Run by the loader with its own DDL, before (not inside) the transaction that replaces a
+    run's rows: on PostgreSQL, DDL on the output table inside concurrent load transactions
+    would take conflicting locks.
+    """
+    return [*create_reviews_sql(table), *latest_view_sql(table)]
+
+
+def ensure_tables(db: Database, table: str) -> None:
+    """Create the reviews table, its indexes and the latest-outcome view when missing (committed)."""
+    if db.table_exists(f"{table}_reviews") and db.table_exists(f"{table}_latest"):
+        return
+    for statement in review_ddl(table):
+        db.execute(statement)
+    db.conn.commit()
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A reviewer's decision about one row.
+
+    :param dag_id: the DAG whose output the row is.
+    :param run_id: the run that loaded it.
+    :param position: the row's position in its run (unique within the run).
+    :param record_id: the row's record id, checked against the row (``None``: the row has none).
+    :param code: the code chosen (a suggestion or typed), 1 to 6 digits.
+    :param reviewer: who decided (the signed-in user's name).
+    """
+
+    dag_id: str
+    run_id: str
+    position: int
+    record_id: str | None
+    code: str
+    reviewer: str
+
+    def __post_init__(self) -> None:
+        if not self.reviewer:
+            raise ReviewRejected(401, "a decision needs a signed-in reviewer")
+        if not isinstance(self.position, int) or isinstance(self.position, bool) or self.position < 0:
+            raise ReviewRejected(400, "position must be a whole number")
+
+
+def record_decision(db: Database, table: str, decision: Decision) -> dict[str, Any]:
+    """Check ``decision`` against the row and the topic's codes, store it and apply it, in one transaction.
+
+    :raises ReviewRejected: nothing was written.
+    :return: the stored review.
+    """
+    ensure_tables(db, table)
+    rows = db.query(
+        f"SELECT record_id, topic, code_status, code_category FROM {table} "  # noqa: S608
+        "WHERE dag_id = ? AND dag_run_id = ? AND position = ?",
+        (decision.dag_id, decision.run_id, decision.position),
+    )
+    if not rows or rows[0][0] != decision.record_id:
+        raise ReviewRejected(404, f"run {decision.run_id} has no record {decision.record_id!r} at that position")
+    record_id, topic, old_status, old_code = rows[0]
+    problem = check_code(topic or "", decision.code)
+    if problem:
+        raise ReviewRejected(400, problem)
+    review = {
+        "dag_id": decision.dag_id,
+        "dag_run_id": decision.run_id,
+        "position": decision.position,
+        "record_id": record_id,
+        "topic": topic,
+        "old_status": old_status,
+        "old_code": old_code,
+        "new_code": decision.code,
+        "new_label": label_of(topic or "", decision.code),
+        "reviewer": decision.reviewer,
+        "reviewed_at": datetime.now(UTC).replace(tzinfo=None, microsecond=0),
+    }
+    try:
+        values = ", ".join("?" for _ in REVIEW_COLUMNS)
+        db.execute(
+            f"INSERT INTO {table}_reviews ({', '.join(REVIEW_COLUMNS)}) VALUES ({values})",  # noqa: S608
+            [review[name] if name != "reviewed_at" or not db.sqlite else str(review[name]) for name in REVIEW_COLUMNS],
+        )
+        _apply(
+            db, table, [(review["new_code"], review["new_label"], decision.dag_id, decision.run_id, decision.position)]
+        )
+        db.conn.commit()
+    except Exception:
+        db.conn.rollback()
+        raise
+    return review
+
+
+def _apply(db: Database, table: str, updates: list[tuple[Any, ...]]) -> int:
+    statement = db.sql(
+        f"UPDATE {table} SET code_status = '{REVIEWED}', code_category = ?, code_label = ? "  # noqa: S608
+        "WHERE dag_id = ? AND dag_run_id = ? AND position = ?"
+    )
+    cursor = db.conn.cursor()
+    try:
+        cursor.executemany(statement, updates)
+    finally:
+        cursor.close()
+    return len(updates)
+
+
+def apply_reviews(conn: Any, table: str, *, dag_id: str, run_id: str) -> int:
+    """Apply the run's stored decisions (the latest per row) to its freshly loaded rows; the caller commits.
+
+    Called by :func:`airflow_batchcode.warehouse.replace_run_rows` inside its transaction, after
+    the insert, once :func:`review_ddl` has run. Only reads the decisions and updates the run's rows.
+    """
+    db = Database(conn)
+    decisions = db.query(
+        f"SELECT position, new_code, new_label FROM {table}_reviews "  # noqa: S608
+        "WHERE dag_id = ? AND dag_run_id = ? ORDER BY reviewed_at",
+        (dag_id, run_id),
+    )
+    latest = {position: (code, label) for position, code, label in decisions}
+    return _apply(db, table, [(code, label, dag_id, run_id, pos) for pos, (code, label) in latest.items()])
+
+
+def recent_reviews(db: Database, table: str, dag_ids: list[str], limit: int = 10) -> list[tuple[Any, ...]]:
+    """The latest decisions on ``dag_ids``' outputs, newest first."""
+    if not dag_ids or not db.table_exists(f"{table}_reviews"):
+        return []
+    marks = ", ".join("?" for _ in dag_ids)
+    return db.query(
+        f"SELECT reviewed_at, reviewer, dag_id, dag_run_id, record_id, old_status, old_code, new_code, new_label "  # noqa: S608
+        f"FROM {table}_reviews WHERE dag_id IN ({marks}) ORDER BY reviewed_at DESC LIMIT {int(limit)}",
+        dag_ids,
+    )

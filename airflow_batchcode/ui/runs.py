@@ -1,0 +1,101 @@
+"""What Airflow's metadata database knows about a run: its XCom summaries and each chunk's task times.
+
+``extract`` returns the extract summary (``rows``: records in); ``load`` returns the run
+summary (operations, service, billed usage). The per-chunk timeline is read from the task
+instances of ``code_chunk.create/upload/wait/download`` (one map index per chunk) and ``load``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+log = logging.getLogger(__name__)
+STEPS = ("create", "upload", "wait", "download")
+
+
+@dataclass(frozen=True)
+class Span:
+    """One task try's time on the timeline.
+
+    :param lane: ``chunk <n>`` or the task's name.
+    :param step: create, upload, wait, download, extract or load.
+    :param start: when it started.
+    :param end: when it ended (``None``: still running).
+    :param state: its state.
+    """
+
+    lane: str
+    step: str
+    start: datetime
+    end: datetime | None
+    state: str
+
+
+def _step(task_id: str) -> str:
+    return task_id.rsplit(".", 1)[-1]
+
+
+def run_xcoms(dag_id: str, run_id: str) -> dict[str, Any]:
+    """``{"extract": ..., "load": ...}``: the return values of the pipeline's extract and load tasks."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    found: dict[str, Any] = {}
+    with create_session() as session:
+        rows = session.execute(
+            select(XComModel.task_id, XComModel.value).where(
+                XComModel.dag_id == dag_id,
+                XComModel.run_id == run_id,
+                XComModel.key == "return_value",
+                XComModel.map_index == -1,
+            )
+        ).all()
+    for task_id, value in rows:
+        step = _step(task_id)
+        if step in ("extract", "load", "summary"):
+            try:
+                found[step] = XComModel.deserialize_value(_Row(value))
+            except Exception:  # a value this page cannot read is left out, not an error page
+                log.warning("Cannot read the %s XCom of %s %s", step, dag_id, run_id)
+    return found
+
+
+class _Row:
+    """The one attribute :meth:`XComModel.deserialize_value` reads."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+def timeline(dag_id: str, run_id: str) -> list[Span]:
+    """The run's extract, per-chunk create/upload/wait/download, and load task times, in start order."""
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        rows = session.execute(
+            select(
+                TaskInstance.task_id,
+                TaskInstance.map_index,
+                TaskInstance.start_date,
+                TaskInstance.end_date,
+                TaskInstance.state,
+            ).where(TaskInstance.dag_id == dag_id, TaskInstance.run_id == run_id, TaskInstance.start_date.is_not(None))
+        ).all()
+    spans = []
+    for task_id, map_index, start, end, state in rows:
+        step = _step(task_id)
+        if step in STEPS:
+            lane = f"chunk {map_index}"
+        elif step in ("extract", "load"):
+            lane = step
+        else:
+            continue
+        if start is not None:
+            spans.append(Span(lane, step, start, end, str(state or "")))
+    return sorted(spans, key=lambda span: span.start)

@@ -1,0 +1,123 @@
+"""The ADBC extract writes the same files, byte for byte, as the DB-API extract (real SQLite and PostgreSQL).
+
+The warehouses are the pipeline test's (its ``warehouse`` fixture, connection ``test_warehouse``).
+
+Same manifests, positions and rejected records for the same rows, the nasty inputs of the
+pipeline test included, with and without ``sanitize``, across chunk and byte limits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airflow_batchcode.columnar.extract import extract_chunks
+from tests.integration import test_pipeline
+from tests.integration.test_pipeline import seed
+
+warehouse = test_pipeline.warehouse  # the fixture, shared
+FIELDS = {"record_id": "respondent_id", "occp_text": "occupation", "tasks_text": "duties"}
+ODD = [
+    ("ONLY-WHITESPACE", "  \t ", " \n"),
+    ("UNICODE-SPACE", "nurse\u00a0aide", "caring\u2028for"),
+    ("CONTROL", "clerk\x01", "filing\x7f"),
+    ("ESCAPES", 'say "hi"\\', "back\\slash"),
+    ("EXACT-300", "a" * 150, "b" * 150),
+    ("OVER-300", "a" * 150, "b" * 151),
+    ("SANITISABLE", "caf\u00e9   owner", "runs  the caf\u00e9 " * 30),
+]
+
+
+def _seed(kind: str, connect: Any) -> int:
+    placeholder = "?" if kind == "sqlite" else "%s"
+    with closing(connect()) as conn:
+        total = seed(conn, placeholder, sample=1200)
+        insert = f"INSERT INTO survey_responses VALUES ({', '.join([placeholder] * 4)})"
+        conn.cursor().executemany(insert, [(rid, "2026-01-01", occp, tasks) for rid, occp, tasks in ODD])
+        conn.commit()
+    return total + len(ODD)
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize("sanitize", [False, True])
+@pytest.mark.parametrize(("chunk_records", "max_chunk_bytes"), [(150, 5 * 1024**3 - 64 * 1024**2), (10_000, 4096)])
+def test_adbc_extract_writes_the_db_api_files(
+    warehouse: tuple[str, Any], tmp_path: Path, sanitize: bool, chunk_records: int, max_chunk_bytes: int
+) -> None:
+    total = _seed(*warehouse)
+    sql = "SELECT respondent_id, occupation, duties FROM survey_responses ORDER BY respondent_id, occupation, duties"
+    summaries = {}
+    for columnar in (True, False):
+        summaries[columnar] = extract_chunks(
+            "test_warehouse",
+            sql,
+            FIELDS,
+            str(tmp_path / str(columnar)),
+            chunk_records=chunk_records,
+            max_chunk_bytes=max_chunk_bytes,
+            sanitize_records=sanitize,
+            columnar=columnar,
+        )
+    arrow, rows = summaries[True], summaries[False]
+    assert rows.rows == total
+    assert (arrow.rows, arrow.sent, arrow.rejected, arrow.sanitized) == (
+        rows.rows,
+        rows.sent,
+        rows.rejected,
+        rows.sanitized,
+    )
+    assert [(c.records, c.bytes, c.digest) for c in arrow.chunks] == [
+        (c.records, c.bytes, c.digest) for c in rows.chunks
+    ]
+    assert len(rows.chunks) > 1 and rows.rejected > 0
+    columnar_files, row_files = _files(tmp_path / "True"), _files(tmp_path / "False")
+    assert columnar_files == row_files
+    assert b"ONLY-WHITESPACE" in row_files["rejected.jsonl"]
+
+
+def test_sqlite_bytes_bad_utf8_and_mixed_types_read_as_the_db_api_reads_them(tmp_path: Path) -> None:
+    path = tmp_path / "warehouse.db"
+    with closing(sqlite3.connect(path)) as conn:
+        conn.execute("CREATE TABLE t (id, occupation, duties)")
+        conn.executemany("INSERT INTO t VALUES (?, ?, ?)", [(i, f"job {i}", "tasks") for i in range(2500)])
+        conn.execute("INSERT INTO t VALUES ('text-id', CAST(x'ff41' AS TEXT), x'c3a9c3')")
+        conn.execute("INSERT INTO t VALUES (NULL, 'clerk', x'6f6b')")
+        conn.commit()
+    os.environ["AIRFLOW_CONN_TEST_COLUMNAR"] = json.dumps({"conn_type": "sqlite", "host": str(path)})
+    try:
+        fields = {"record_id": "id", "occp_text": "occupation", "tasks_text": "duties"}
+        for columnar in (True, False):
+            extract_chunks("test_columnar", "SELECT * FROM t", fields, str(tmp_path / str(columnar)), columnar=columnar)
+    finally:
+        os.environ.pop("AIRFLOW_CONN_TEST_COLUMNAR", None)
+    assert _files(tmp_path / "True") == _files(tmp_path / "False")
+    assert b'"recordId":"","occp_text":"clerk","tasks_text":"ok"' in _files(tmp_path / "True")["chunk-00001.jsonl"]
+
+
+def test_sqlite_column_changing_type_after_the_first_batch_falls_back_to_the_db_api_path(tmp_path: Path) -> None:
+    path = tmp_path / "warehouse.db"
+    with closing(sqlite3.connect(path)) as conn:
+        conn.execute("CREATE TABLE t (id, occupation, duties)")
+        conn.executemany("INSERT INTO t VALUES (?, 'job', 'tasks')", [(i,) for i in range(10_001)] + [(1.5,)])
+        conn.commit()
+    os.environ["AIRFLOW_CONN_TEST_COLUMNAR"] = json.dumps({"conn_type": "sqlite", "host": str(path)})
+    try:
+        fields = {"record_id": "id", "occp_text": "occupation", "tasks_text": "duties"}
+        summaries = [
+            extract_chunks("test_columnar", "SELECT * FROM t", fields, str(tmp_path / str(c)), columnar=c)
+            for c in (True, False)
+        ]
+    finally:
+        os.environ.pop("AIRFLOW_CONN_TEST_COLUMNAR", None)
+    assert summaries[0].sent == summaries[1].sent == 10_002
+    assert _files(tmp_path / "True") == _files(tmp_path / "False")
+    assert b'"recordId":"1.5"' in _files(tmp_path / "True")["chunk-00001.jsonl"]

@@ -1,0 +1,90 @@
+"""ADBC bulk ingest loads the output table as the DB-API loader does (real SQLite and PostgreSQL).
+
+Same values and types, the run's earlier rows replaced, other runs' rows kept, and nothing
+changed when the rows fail part way (one transaction).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airflow_batchcode.columnar.load import ingest_run_rows, load_run_rows
+from airflow_batchcode.rows import Row
+from airflow_batchcode.warehouse import TABLE_COLUMNS, replace_run_rows
+from tests.support import postgres_database
+
+NASTY = ['quote "', "back\\slash", "tab\tnew\nline\r", "caf\u00e9 \u2615", "", "\\N", "NULL"]
+
+
+def _rows(count: int, run: int = 0) -> list[Row]:
+    rows = []
+    for i in range(1, count + 1):
+        text = NASTY[i % len(NASTY)]
+        coded = i % 3 != 0
+        rows.append(
+            Row(
+                *(None if i % 5 == 0 else f"r{run}-{i}", i, "successful" if coded else "error"),
+                *(("1234", "Cook", 0.25 * (i % 4)) if coded else (None, None, None)),
+                *(None, None if coded else f"bad {text}", text, f"duties {text}", None if i % 2 else "sanitized"),
+                *("topic", "model", "op-1", i // 100 + 1, "abs", None, 0.5 if i % 7 == 0 else None, '{"k": 1}'),
+            )
+        )
+    return rows
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def output_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """A DB-API connection opener, with the connection ``test_columnar_out`` in the environment."""
+    if request.param == "sqlite":
+        path = tmp_path / "out.db"
+        os.environ["AIRFLOW_CONN_TEST_COLUMNAR_OUT"] = json.dumps({"conn_type": "sqlite", "host": str(path)})
+        yield lambda: sqlite3.connect(path)
+    else:
+        import psycopg
+
+        with postgres_database() as fields:
+            os.environ["AIRFLOW_CONN_TEST_COLUMNAR_OUT"] = json.dumps(fields)
+            dsn = f"host={fields['host']} port={fields['port']} user={fields['login']} dbname={fields['schema']}"
+            yield lambda: psycopg.connect(dsn)
+    os.environ.pop("AIRFLOW_CONN_TEST_COLUMNAR_OUT", None)
+
+
+def _table(connect: Any, table: str) -> list[tuple[Any, ...]]:
+    names = ", ".join(name for name in TABLE_COLUMNS if name != "loaded_at")
+    with closing(connect()) as conn:
+        cursor = conn.cursor()
+        cursor.execute(f"SELECT {names}, loaded_at FROM {table} ORDER BY dag_run_id, position")
+        return [(*row[:-1], type(row[-1]).__name__) for row in cursor.fetchall()]
+
+
+def test_ingest_loads_what_the_db_api_loader_loads(output_db: Any) -> None:
+    conn_id = "test_columnar_out"
+    for table, load in (("out_adbc", ingest_run_rows), ("out_dbapi", replace_run_rows)):
+        assert load(conn_id, table, _rows(120_000, 1), dag_id="d", run_id="other") == 120_000
+        assert load(conn_id, table, _rows(300), dag_id="d", run_id="r") == 300
+        assert load(conn_id, table, _rows(250, 2), dag_id="d", run_id="r") == 250  # a re-run replaces
+    ingested, inserted = _table(output_db, "out_adbc"), _table(output_db, "out_dbapi")
+    assert len(ingested) == 120_250
+    assert ingested == inserted
+
+
+def test_a_failure_part_way_changes_nothing(output_db: Any) -> None:
+    conn_id = "test_columnar_out"
+    load_run_rows(conn_id, "out", _rows(10), dag_id="d", run_id="r")
+    before = _table(output_db, "out")
+
+    def failing() -> Iterator[Row]:
+        yield from _rows(60_000, 3)
+        raise RuntimeError("the results ran out")
+
+    with pytest.raises(RuntimeError):
+        load_run_rows(conn_id, "out", failing(), dag_id="d", run_id="r")
+    assert _table(output_db, "out") == before

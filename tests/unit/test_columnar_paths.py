@@ -1,0 +1,79 @@
+"""Which path the extract and the load take, by connection type; and the ADBC URI built from a connection."""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import closing, contextmanager
+from pathlib import Path
+from typing import Any
+from unittest import mock
+from urllib.parse import unquote, urlsplit
+
+import pytest
+
+from airflow_batchcode.columnar import extract, load
+from airflow_batchcode.columnar.adbc import postgres_uri, stream_batches
+from tests.support import env_connection
+
+FIELDS = {"record_id": "id", "occp_text": "title", "tasks_text": "duties"}
+
+
+def _warehouse(tmp_path: Path) -> Path:
+    path = tmp_path / "w.db"
+    with closing(sqlite3.connect(path)) as conn:
+        conn.execute("CREATE TABLE t (id TEXT, title TEXT, duties TEXT)")
+        conn.executemany("INSERT INTO t VALUES (?, ?, ?)", [("1", "cook", "cooking"), ("2", "", "")])
+        conn.commit()
+    return path
+
+
+def test_a_sqlite_connection_extracts_through_adbc(tmp_path: Path) -> None:
+    with (
+        env_connection("w", {"conn_type": "sqlite", "host": str(_warehouse(tmp_path))}),
+        mock.patch.object(extract, "stream_query", side_effect=AssertionError("DB-API path taken")),
+    ):
+        summary = extract.extract_chunks("w", "SELECT * FROM t", FIELDS, str(tmp_path / "out"))
+    assert (summary.sent, summary.rejected) == (1, 1)
+
+
+def test_a_connection_without_a_driver_keeps_the_db_api_path(tmp_path: Path) -> None:
+    rows = [("1", "cook", "cooking")]
+
+    @contextmanager
+    def fake_stream(conn_id: str, sql: str) -> Any:
+        yield ["id", "title", "duties"], iter(rows)
+
+    with (
+        env_connection("other", {"conn_type": "generic", "host": "example"}),
+        mock.patch.object(extract, "stream_query", fake_stream),
+    ):
+        with stream_batches("other", "SELECT 1") as streamed:
+            assert streamed is None
+        summary = extract.extract_chunks("other", "SELECT 1", FIELDS, str(tmp_path / "out"))
+    assert summary.sent == 1
+
+
+@pytest.mark.parametrize(("conn_type", "ingested"), [("sqlite", True), ("postgres", False), ("generic", False)])
+def test_the_load_ingests_through_adbc_for_sqlite_only(conn_type: str, ingested: bool) -> None:
+    with (
+        env_connection("out", {"conn_type": conn_type, "host": "h"}),
+        mock.patch.object(load, "ingest_run_rows", return_value=1) as ingest,
+        mock.patch.object(load, "replace_run_rows", return_value=1) as replace,
+    ):
+        assert load.load_run_rows("out", "t", [], dag_id="d", run_id="r") == 1
+    assert (ingest.called, replace.called) == (ingested, not ingested)
+
+
+def test_the_postgres_uri_quotes_credentials_and_keeps_libpq_options_only() -> None:
+    conn = mock.Mock(
+        login="us er",
+        password="p@ss:w/rd?#",
+        host="db.example",
+        port=6543,
+        schema="ware house",
+        extra_dejson={"sslmode": "require", "cursor": "named", "options": "-c search_path=x"},
+    )
+    uri = urlsplit(postgres_uri(conn))
+    assert (unquote(uri.username or ""), unquote(uri.password or "")) == ("us er", "p@ss:w/rd?#")
+    assert (uri.hostname, uri.port, unquote(uri.path)) == ("db.example", 6543, "/ware house")
+    assert "sslmode=require" in uri.query and "cursor" not in uri.query and "search_path" in unquote(uri.query)

@@ -1,0 +1,76 @@
+"""The plugin comes with the package: Airflow lists it once, whether providers are discovered lazily or not."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from airflow_batchcode.get_provider_info import get_provider_info
+from airflow_batchcode.ui import charts
+from airflow_batchcode.ui.codes import check_code, label_of
+
+
+@pytest.mark.parametrize("lazy", ["True", "False"])
+def test_airflow_plugins_lists_it_once(tmp_path: Path, lazy: str) -> None:
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(tmp_path),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__LAZY_DISCOVER_PROVIDERS": lazy,
+    }
+    # from a folder outside the checkout, as an installed package is seen (the checkout's egg-info is a second copy)
+    done = subprocess.run(
+        [sys.executable, "-m", "airflow", "plugins", "--output", "json"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    plugins = [p for p in json.loads(done.stdout[done.stdout.index("[") :]) if p["name"] == "batchcode"]
+    assert len(plugins) == 1
+    [plugin] = plugins
+    assert [app["url_prefix"] for app in plugin["fastapi_apps"]] == ["/batchcode"]
+    views = {view["name"]: view for view in plugin["external_views"]}
+    assert views["Coding report"]["destination"] == "dag_run" and "{RUN_ID}" in views["Coding report"]["href"]
+    assert views["Coding review"]["destination"] == "nav"
+
+
+def test_provider_info_names_the_plugin() -> None:
+    assert get_provider_info()["plugins"] == [
+        {"name": "batchcode", "plugin-class": "airflow_batchcode.ui.plugin.BatchCodeUIPlugin"}
+    ]
+
+
+def test_codes_are_checked_against_the_topic() -> None:
+    assert check_code("anzsco", "261313") is None and label_of("anzsco", "261313") == "Software Engineer"
+    assert check_code("anzsco", "999998") == "999998 is not a anzsco code"
+    assert check_code("anzsco", "12a") == check_code("anzsco", "1234567") == "a code is 1 to 6 digits"
+    assert check_code("no_such_topic", "123") is None, "a topic without a list takes any 1 to 6 digits"
+    assert check_code("../etc", "123") is None and label_of("../etc", "123") is None
+
+
+def test_charts_escape_labels_and_reference_nothing_outside() -> None:
+    evil = "<script>alert(1)</script>'\""
+    svg = charts.bars([(evil, 3.0), ("ok", 1.0)], title=evil)
+    assert "<script>" not in svg and "&lt;script&gt;" in svg
+    assert svg.count("http") == 1, "only the SVG namespace"
+    assert "&#x27;" in svg and "&quot;" in svg, "quotes cannot end an attribute"
+    long = "x" * 300
+    assert f"<title>{long}: 1</title>" in charts.bars([(long, 1.0)], title="t"), "the full text stays in the tooltip"
+
+
+def test_run_ids_cannot_break_out_of_links() -> None:
+    from airflow_batchcode.ui import pages
+    from airflow_batchcode.ui.queries import Night
+
+    page = pages.dag_page(
+        "d", "t", [Night("x'><script>alert(1)</script>", "2026-01-01 00:00", 3, 2)], "/batchcode/dags/d"
+    )
+    assert "<script>alert" not in page and "href='/batchcode/dags/d/runs/x%27%3E%3Cscript%3E" in page

@@ -1,0 +1,149 @@
+"""The review store and queue SQL on SQLite and PostgreSQL: validation, keyset paging, re-application, latest view."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airflow_batchcode.results import COLUMNS
+from airflow_batchcode.ui import queries, reviews
+from airflow_batchcode.ui.store import Database
+from airflow_batchcode.warehouse import TABLE_COLUMNS, create_table_sql
+from tests.support import postgres_database
+
+TABLE = "coded"
+RUNS = ("scheduled__2026-01-01", "scheduled__2026-01-02")
+PER_RUN = 600
+
+
+def row(run: str, position: int) -> tuple[Any, ...]:
+    """Every third row unsuccessful with suggestions, every fifth a low-confidence success, else a confident one."""
+    values = dict.fromkeys(COLUMNS)
+    values.update(record_id=f"{run[-2:]}-{position}", position=position, topic="anzsco", chunk=0, service="abs")
+    if position % 3 == 0:
+        values.update(
+            code_status="unsuccessful",
+            suggestions=json.dumps([{"codeCategory": "261313", "codeLabel": "Software Engineer"}]),
+        )
+    elif position % 5 == 0:
+        values.update(
+            code_status="successful",
+            code_category="2613",
+            code_label="Software and Applications Programmers",
+            code_confidence=0.41,
+        )
+    else:
+        values.update(
+            code_status="successful", code_category="261313", code_label="Software Engineer", code_confidence=0.93
+        )
+    return (
+        *(values[c] for c in COLUMNS),
+        "nightly",
+        run,
+        datetime(2026, 1, 2, 3, tzinfo=UTC).replace(tzinfo=None) if run == RUNS[0] else datetime(2026, 1, 3, 3),
+    )
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    if request.param == "sqlite":
+        conn: Any = sqlite3.connect(tmp_path / "w.db")
+        mark = "?"
+        ctx: Any = None
+    else:
+        import psycopg2
+
+        ctx = postgres_database()
+        fields = ctx.__enter__()
+        conn = psycopg2.connect(host=fields["host"], port=fields["port"], user=fields["login"], dbname=fields["schema"])
+        mark = "%s"
+    with closing(conn):
+        cursor = conn.cursor()
+        for statement in [*create_table_sql(TABLE), *reviews.review_ddl(TABLE)]:
+            cursor.execute(statement)
+        rows = [row(run, p) for run in RUNS for p in range(1, PER_RUN + 1)]
+        cursor.executemany(
+            f"INSERT INTO {TABLE} ({', '.join(TABLE_COLUMNS)}) VALUES ({', '.join([mark] * len(TABLE_COLUMNS))})", rows
+        )
+        conn.commit()
+        yield Database(conn)
+    if ctx is not None:
+        ctx.__exit__(None, None, None)
+
+
+def expected_queue(run: str | None = None) -> list[tuple[str, int]]:
+    return [(r, p) for r in RUNS for p in range(1, PER_RUN + 1) if (p % 3 == 0 or p % 5 == 0) and run in (None, r)]
+
+
+def test_keyset_pages_cover_the_queue_once_in_order(db: Database) -> None:
+    seen: list[tuple[str, int]] = []
+    where = queries.QueueFilter(("nightly",))
+    while page := queries.review_queue(db, TABLE, where, limit=37):
+        seen += [(r["dag_run_id"], r["position"]) for r in page]
+        last = page[-1]
+        where = queries.QueueFilter(("nightly",), after=(last["dag_id"], last["dag_run_id"], last["position"]))
+    assert seen == expected_queue()
+
+
+def test_queue_filters_by_run_day_topic_and_threshold(db: Database) -> None:
+    by_run = queries.review_queue(db, TABLE, queries.QueueFilter(("nightly",), run_id=RUNS[1]), limit=10_000)
+    assert [(r["dag_run_id"], r["position"]) for r in by_run] == expected_queue(RUNS[1])
+    by_day = queries.review_queue(
+        db, TABLE, queries.QueueFilter(("nightly",), day=datetime(2026, 1, 2).date()), limit=10_000
+    )
+    assert {r["dag_run_id"] for r in by_day} == {RUNS[0]}
+    assert queries.review_queue(db, TABLE, queries.QueueFilter(("nightly",), topic="osca")) == []
+    strict = queries.review_queue(db, TABLE, queries.QueueFilter(("nightly",), threshold=0.4), limit=10_000)
+    assert {r["code_status"] for r in strict} == {"unsuccessful"}
+    assert queries.review_queue(db, TABLE, queries.QueueFilter(("other_dag",))) == []
+
+
+def test_decisions_are_checked_stored_applied_and_reapplied(db: Database) -> None:
+    def decision(**overrides: Any) -> reviews.Decision:
+        fields = {
+            "dag_id": "nightly",
+            "run_id": RUNS[0],
+            "position": 3,
+            "record_id": "01-3",
+            "code": "261313",
+            "reviewer": "ann",
+        }
+        return reviews.Decision(**{**fields, **overrides})
+
+    for bad, status in (
+        (decision(code="26131x"), 400),
+        (decision(code="999998"), 400),
+        (decision(record_id="02-3"), 404),
+        (decision(position=10_000), 404),
+    ):
+        with pytest.raises(reviews.ReviewRejected) as caught:
+            reviews.record_decision(db, TABLE, bad)
+        assert caught.value.status == status
+    assert db.query(f"SELECT COUNT(*) FROM {TABLE}_reviews") == [(0,)]
+
+    reviews.record_decision(db, TABLE, decision(code="2613"))
+    stored = reviews.record_decision(db, TABLE, decision())
+    assert (stored["old_status"], stored["old_code"], stored["new_label"]) == ("reviewed", "2613", "Software Engineer")
+    outcome = "SELECT code_status, code_category FROM {} WHERE dag_run_id = ? AND position = 3"
+    assert db.query(outcome.format(TABLE), (RUNS[0],)) == [("reviewed", "261313")]
+
+    # the run's rows reloaded with the service's outcome: the latest decision is applied again
+    db.execute(
+        f"UPDATE {TABLE} SET code_status = 'unsuccessful', code_category = NULL WHERE dag_run_id = ? AND position = 3",
+        (RUNS[0],),
+    )
+    assert reviews.apply_reviews(db.conn, TABLE, dag_id="nightly", run_id=RUNS[0]) == 1
+    assert reviews.apply_reviews(db.conn, TABLE, dag_id="nightly", run_id=RUNS[1]) == 0
+    db.conn.commit()
+    assert db.query(outcome.format(TABLE), (RUNS[0],)) == [("reviewed", "261313")]
+    assert db.query(outcome.format(f"{TABLE}_latest"), (RUNS[0],)) == [("reviewed", "261313")]
+    assert db.query(f"SELECT COUNT(*) FROM {TABLE}_latest") == [(2 * PER_RUN,)], (
+        "record ids differ per run: one outcome each"
+    )
