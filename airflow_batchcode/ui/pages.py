@@ -45,16 +45,28 @@ def _number(label: str, value: Any) -> str:
     return f"<div class='card'><div class='muted'>{escape(label)}</div><div class='num'>{shown}</div></div>"
 
 
+_TEXT_CARDS = (
+    ("distinct_texts", "Distinct texts"),
+    ("duplicates", "Repeats coded once"),
+    ("from_cache", "Served from the cache"),
+    ("sent_batch", "Sent in batch"),
+    ("sent_realtime", "Sent in real time"),
+)
+"""The run summary's text counts (:meth:`airflow_batchcode.summary.RunSummary.count_texts`) the report shows."""
+
+
 def report_page(
     dag_id: str, run_id: str, table: str, report: RunReport, xcoms: dict[str, Any], spans: list[Span], base: str
 ) -> str:
     """The run report: counts, status mix, confidence, code lengths, top codes, rejections, timeline, usage,
-    and the API requests the run used and left in the quota window."""
+    the API requests the run used and left in the quota window, and what de-duplication and the result cache
+    saved (the texts the run sent against its records)."""
     extract = xcoms.get("extract") or {}
     summary = xcoms.get("load") or {}
     records_in = extract.get("rows", "unknown") if isinstance(extract, dict) else "unknown"
     usage = summary.get("usage") or {} if isinstance(summary, dict) else {}
     requests = summary.get("requests") or {} if isinstance(summary, dict) else {}
+    texts = summary.get("texts") or {} if isinstance(summary, dict) else {}
     coded = report.status.get("successful", 0) + report.status.get("reviewed", 0)
     rate = f"{coded / report.rows_out:.1%}" if report.rows_out else "-"
     numbers = "".join(
@@ -65,6 +77,7 @@ def report_page(
             _number("Operations", summary.get("operations", "-") if isinstance(summary, dict) else "-"),
             _number("Service", summary.get("service", "-") if isinstance(summary, dict) else "-"),
             *(_number(name.replace("_", " "), value) for name, value in usage.items()),
+            *(_number(label, texts[key]) for key, label in _TEXT_CARDS if key in texts),
             *([_number("API requests used", requests["used"])] if "used" in requests else []),
             *(
                 [

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 from collections.abc import Iterator
 from contextlib import closing
@@ -124,6 +125,14 @@ def test_report_shows_counts_and_charts_drawn_on_the_server(api: dict[str, Any])
     assert f"{top_code} " in html and label.split()[0] in html, "the top code is shown with its label"
     assert "chunk 0" in html and "chunk 1" in html, "80 records in chunks of 50: two chunk lanes"
     assert "API requests used" in html and "Requests left in window" in html, "the request budget's account"
+    # what de-duplication saved: the 80 records' distinct texts, and the repeats among them coded once
+    sent = f"SELECT s.occupation, s.duties FROM survey_responses s JOIN {TABLE} o ON o.record_id = s.respondent_id "
+    sent += "WHERE o.dag_run_id = ? AND o.chunk IS NOT NULL"  # not rejected by the input rules
+    accepted = len(rows_of(api["path"], sent, run_id))
+    distinct = len(set(rows_of(api["path"], sent, run_id)))
+    assert distinct < accepted, "the sample answers repeat"
+    for label, number in (("Distinct texts", distinct), ("Repeats coded once", accepted - distinct)):
+        assert re.search(rf"{label}</div><div class='num'>{number}<", html), (label, number)
 
 
 def test_csv_download_has_every_row_and_parquet_is_a_clear_501_without_pyarrow(api: dict[str, Any]) -> None:
