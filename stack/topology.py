@@ -73,6 +73,20 @@ def today_utc() -> str:
     return datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0).isoformat()
 
 
+def dag_file(options: StackOptions, staging: Path) -> str:
+    """The stack's DAG file (:data:`DAG_FILE`) for ``options``, staging under ``staging``, starting today."""
+    return DAG_FILE.format(
+        dag_id=DAG_ID,
+        poll_interval=options.poll_interval,
+        chunk_records=options.chunk_records,
+        staging=str(staging),
+        dedupe=options.dedupe,
+        result_cache=options.result_cache,
+        realtime_max_records=options.realtime_max_records,
+        start_date=today_utc(),
+    )
+
+
 @dataclass
 class StackOptions:
     """What the stack runs with.
@@ -316,18 +330,7 @@ class Stack:
                 server.execute(f"COMMENT ON DATABASE \"{name}\" IS '{OWNER_PREFIX}{self.owner}'")
         o = self.options
         seed_postgres(self.pg_dsn(self.resources.warehouse_db), o.records, days=o.days, start=o.first_day)
-        (self.dags / f"{DAG_ID}.py").write_text(
-            DAG_FILE.format(
-                dag_id=DAG_ID,
-                poll_interval=o.poll_interval,
-                chunk_records=o.chunk_records,
-                staging=str(self.staging),
-                dedupe=o.dedupe,
-                result_cache=o.result_cache,
-                realtime_max_records=o.realtime_max_records,
-                start_date=today_utc(),
-            )
-        )
+        (self.dags / f"{DAG_ID}.py").write_text(dag_file(o, self.staging))
         (self.home / "passwords.json").write_text(json.dumps({ADMIN_USER: self.resources.admin_password}))
 
     def _claim_redis_db(self) -> None:

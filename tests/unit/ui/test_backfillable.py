@@ -9,13 +9,14 @@ so the scheduler's first run of its own is not due before midnight.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from airflow.api_fastapi.core_api.datamodels.dags import DAGResponse
 from airflow.serialization.serialized_objects import DagSerialization, LazyDeserializedDAG
 
 from airflow_batchcode.nightly import nightly_dag
-from stack.topology import DAG_FILE, today_utc
+from stack.topology import StackOptions, dag_file
 
 
 def backfillable(dag: Any) -> tuple[bool, Any]:
@@ -36,9 +37,7 @@ def test_the_stack_dag_is_backfillable_and_not_due_before_midnight() -> None:
     from airflow.timetables.base import TimeRestriction
 
     namespace: dict[str, Any] = {}
-    source = DAG_FILE.format(
-        dag_id="batchcode_nightly", poll_interval=1, chunk_records=50, staging="/tmp/s", start_date=today_utc()
-    )
+    source = dag_file(StackOptions(poll_interval=1, chunk_records=50), Path("/tmp/s"))
     exec(source, namespace)
     dag = namespace["dag"]
     assert backfillable(dag) == (True, None)
