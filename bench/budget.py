@@ -1,4 +1,4 @@
-"""Figure 7: one request budget shared by two triggerers polling many open operations.
+"""Figure 8: one request budget shared by two triggerers polling many open operations.
 
 Two child processes (two triggerers) each run half of the operations' ``OperationStatusTrigger``s
 against one Redis budget of 1 request/s (the connection's ``budget_url``); the emulator keeps every

@@ -278,6 +278,19 @@ def base_env(work: Path) -> dict[str, str]:
     return env
 
 
+def migrate_metadata_db(env: dict[str, str], log: Path) -> float:
+    """``airflow db migrate`` for the children's metadata DB (idempotent); return the seconds it took.
+
+    Every figure that runs ``dag.test()`` calls it: a subset (``BENCH_ONLY=frugal``) must not rely
+    on another figure having made the tables.
+    """
+    started = time.monotonic()
+    with log.open("a") as sink:
+        command = [sys.executable, "-m", "airflow", "db", "migrate"]
+        subprocess.run(command, env=env, stdout=sink, stderr=sink, check=True)
+    return time.monotonic() - started
+
+
 def sqlite_connection(path: Path) -> str:
     return json.dumps({"conn_type": "sqlite", "host": str(path)})
 

@@ -11,14 +11,22 @@ import contextlib
 import json
 import shutil
 import sqlite3
-import subprocess
-import sys
 import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bench.common import Figure, Report, Settings, batchcode_connection, child, child_main, emulator, fmt
+from bench.common import (
+    Figure,
+    Report,
+    Settings,
+    batchcode_connection,
+    child,
+    child_main,
+    emulator,
+    fmt,
+    migrate_metadata_db,
+)
 
 DAY = "2026-01-01"
 LOGICAL_DATE = "2026-01-02T00:00:00+00:00"
@@ -95,12 +103,7 @@ def figure_e2e(report: Report, settings: Settings, work: Path, env: dict[str, st
         "AIRFLOW_CONN_BATCHCODE_WAREHOUSE": json.dumps({"conn_type": "sqlite", "host": str(warehouse)}),
         "BENCH_NAIVE_TIMES": str(naive_times),
     }
-    started = time.monotonic()
-    with log.open("a") as sink:
-        subprocess.run(
-            [sys.executable, "-m", "airflow", "db", "migrate"], env=env, stdout=sink, stderr=sink, check=True
-        )
-    migrate_seconds = time.monotonic() - started
+    migrate_seconds = migrate_metadata_db(env, log)
     with emulator(log, "--processing-delay", "0") as base_url:
         env["AIRFLOW_CONN_BATCHCODE_DEFAULT"] = batchcode_connection(base_url)
         ours = child("e2e", "dag_test", {"dag_file": str(dags / "bench_nightly.py")}, env=env, log=log, timeout=1500)

@@ -19,7 +19,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-from bench.common import Figure, Report, Settings, batchcode_connection, child, emulator, fmt
+from bench.common import Figure, Report, Settings, batchcode_connection, child, emulator, fmt, migrate_metadata_db
 
 NIGHT_ONE, NIGHT_TWO = "2026-01-01", "2026-01-02"
 NEW_SHARE = 0.05
@@ -82,6 +82,7 @@ def figure_frugal(report: Report, settings: Settings, work: Path, env: dict[str,
         "AIRFLOW_CONN_BATCHCODE_WAREHOUSE": json.dumps({"conn_type": "sqlite", "host": str(warehouse)}),
     }
     metadata_db = Path(env["AIRFLOW_HOME"]) / "airflow.db"
+    migrate_metadata_db(env, log)
     results: dict[str, Any] = {}
     with emulator(log, "--processing-delay", "0") as base_url:
         env["AIRFLOW_CONN_BATCHCODE_DEFAULT"] = batchcode_connection(base_url)

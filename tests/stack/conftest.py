@@ -74,14 +74,14 @@ def started(options: StackOptions, logs: Path) -> Iterator[Stack]:
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory, artifacts: Path) -> Iterator[Stack]:
     """A started :class:`~stack.topology.Stack`; stopped (processes, databases, Redis) at the end of the session."""
-    # three days of 200 answers (about 120 distinct texts a day): chunks of 50 make several remote
+    # three days of 200 answers (116 to 122 distinct texts a day): chunks of 70 make two remote
     # operations a day, and a backfill has three slices. Every run defers (no real-time remainder) and
     # codes its day afresh (no result cache): the tests code the same days more than once.
     options = StackOptions(
         work=tmp_path_factory.mktemp("stack"),
         records=600,
         days=3,
-        chunk_records=50,
+        chunk_records=70,
         worker_concurrency=2,
         processing_delay=20,
         result_cache=False,
