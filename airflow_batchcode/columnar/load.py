@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 
 import pyarrow as pa
 
-from airflow_batchcode.columnar.adbc import adbc_connect, has_driver
+from airflow_batchcode.columnar.adbc import adbc_session, has_driver
 from airflow_batchcode.rows import COLUMNS, Row
 from airflow_batchcode.warehouse import TABLE_COLUMNS, check_table_name, prepare_table, replace_run_rows
 
@@ -54,44 +54,55 @@ def ingest_run_rows(conn_id: str, table: str, rows: Iterable[Row], *, dag_id: st
 def ingest_run_batches(conn_id: str, table: str, batches: Iterable[pa.RecordBatch], *, dag_id: str, run_id: str) -> int:
     """Replace the run's rows in ``table`` with ``batches`` (of :data:`ROW_SCHEMA`) through ADBC ingest.
 
+    The table is created (or given the columns an older release lacked) through the connection's
+    own hook first, as :func:`~airflow_batchcode.warehouse.replace_run_rows` does; the rows then
+    go through one ADBC transaction.
+
     :return: the rows inserted.
     """
     check_table_name(table)
-    conn = adbc_connect(conn_id)
-    if conn is None:
+    _prepare(conn_id, table)
+    session = adbc_session(conn_id)
+    if session is None:
         raise ValueError(f"connection {conn_id!r} has no ADBC driver")
-    sqlite = conn.adbc_get_info().get("vendor_name", "").lower().startswith("sqlite")
     now = datetime.now(UTC).replace(tzinfo=None)
     # SQLite stores the text sqlite3's datetime adapter would (as the DB-API path does)
-    loaded_at: pa.Scalar = pa.scalar(now.isoformat(" ") if sqlite else now)
+    loaded_at: pa.Scalar = pa.scalar(now.isoformat(" ") if session.sqlite else now)
     watched = _Watched(batches)
     try:
-        cursor = conn.cursor()
-        prepare_table(cursor, table)
-        conn.commit()
-        cursor.execute(f"DROP TABLE IF EXISTS {STAGING_TABLE}")
+        session.execute(f"DROP TABLE IF EXISTS {STAGING_TABLE}")
         schema = _table_schema(loaded_at.type)
         full = (_with_run(batch, schema, dag_id, run_id, loaded_at) for batch in watched)
-        cursor.adbc_ingest(
-            STAGING_TABLE, pa.RecordBatchReader.from_batches(schema, full), mode="create", temporary=True
-        )
-        placeholders = ("?", "?") if sqlite else ("$1", "$2")
-        cursor.execute(
-            f"DELETE FROM {table} WHERE dag_id = {placeholders[0]} AND dag_run_id = {placeholders[1]}",  # noqa: S608
-            (dag_id, run_id),
+        session.ingest(STAGING_TABLE, pa.RecordBatchReader.from_batches(schema, full))
+        marks = ("?", "?") if session.sqlite else ("$1", "$2")
+        session.execute(
+            f"DELETE FROM {table} WHERE dag_id = {marks[0]} AND dag_run_id = {marks[1]}",  # noqa: S608
+            dag_id,
+            run_id,
         )
         names = ", ".join(TABLE_COLUMNS)
-        cursor.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM {STAGING_TABLE}")  # noqa: S608
-        cursor.execute(f"DROP TABLE {STAGING_TABLE}")
-        conn.commit()
-        cursor.close()
+        session.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM {STAGING_TABLE}")  # noqa: S608
+        session.execute(f"DROP TABLE {STAGING_TABLE}")
+        session.commit()
         return watched.count
     except Exception:
         with contextlib.suppress(Exception):
-            conn.rollback()
+            session.rollback()
         if watched.error is not None:
             raise watched.error from None  # the rows' own error (a missing staged file, misaligned results...)
         raise
+    finally:
+        session.close()
+
+
+def _prepare(conn_id: str, table: str) -> None:
+    """Create ``table`` or add the columns it lacks, through the connection's DB-API hook, and commit."""
+    from airflow.sdk import BaseHook
+
+    conn = BaseHook.get_connection(conn_id).get_hook().get_conn()
+    try:
+        prepare_table(conn.cursor(), table)
+        conn.commit()
     finally:
         conn.close()
 
