@@ -152,15 +152,22 @@ TRANSIENT_SERVER_STATUS = frozenset({500, 502, 503, 504})
 """The 5xx statuses worth another try; the others (501 Not Implemented, 505, ...) will not change."""
 
 
+GATEWAY_STATUS = frozenset({502, 504})
+"""Statuses a proxy answers when it lost the service's own answer: the service may have done the work."""
+
+
 class ServerError(ServiceError):
     """5xx: the service failed; 500, 502, 503 and 504 are retried with backoff.
 
-    The service answered, so it did not carry the request out: a create is retried too.
+    A 500 or 503 comes from the service, which did not carry the request out: a create is retried
+    too. A 502 or 504 comes from a gateway in front of it that got no usable answer, so the
+    service may have carried it out (:attr:`answer_lost`): a create is not tried again blindly.
     """
 
     def __init__(self, message: str, **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
         self.transient = self.status_code is None or self.status_code in TRANSIENT_SERVER_STATUS
+        self.answer_lost = self.status_code in GATEWAY_STATUS
 
 
 class UploadRejectedError(ServiceError):

@@ -104,7 +104,7 @@ def nightly_dag(
     output_table: str = "coded_occupations",
     batchcode_conn_id: str = "batchcode_default",
     chunk_records: int = 100_000,
-    poll_interval: float = 60,
+    poll_interval: float | None = None,
     staging: str | None = None,
     min_success_rate: float | None = None,
     result_cache: bool = True,

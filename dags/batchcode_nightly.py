@@ -10,5 +10,4 @@ dag = nightly_dag(
     warehouse_conn_id="batchcode_warehouse",
     output_table="coded_occupations",
     batchcode_conn_id="batchcode_default",
-    poll_interval=60,
-)
+)  # polls at the service's advice (ABS: every 600 s), stretched further by the account's request budget

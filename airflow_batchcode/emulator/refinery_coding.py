@@ -134,7 +134,9 @@ def _failed(task_id: str, metadata: Any, url: str | None, error: str) -> dict[st
 def decode_data_url(url: str) -> tuple[str, str]:
     """``(occp_text, tasks_text)`` from a ``data:`` URL; ``ValueError`` says what is wrong."""
     if url.startswith(("http://", "https://")):
-        raise ValueError("data_url could not be fetched: the emulator only reads data: URLs")
+        raise ValueError(
+            "data_url could not be fetched: the emulator only reads data: URLs and objects on its S3 endpoint"
+        )
     if not url.startswith("data:"):
         raise ValueError("data_url must be a data: or http(s) URL")
     header, sep, payload = url[5:].partition(",")

@@ -9,9 +9,11 @@ the consensus threshold and the storage credentials, and answers 202 with a ``jo
 
 Decisions where the documentation is silent (the emulator follows them):
 
-* Each canonical record becomes one manifest line whose ``data_url`` is a ``data:`` URL holding
-  the record's ``{"occp_text", "tasks_text"}`` JSON, percent-encoded; ``metadata`` carries the
-  0-based manifest ``line`` and the ``record_id`` so results join back (exports come in any order).
+* Each canonical record becomes one manifest line whose ``data_url`` references the record's
+  ``{"occp_text", "tasks_text"}`` JSON: by default its own object staged beside the manifest
+  (``s3://``/``gs://``, or a presigned https URL), opt-in a percent-encoded ``data:`` URL
+  (``record_urls``); ``metadata`` carries the 0-based manifest ``line`` and the ``record_id`` so
+  results join back (exports come in any order).
 * The labels are the classification's major groups, each option starting with its code
   (``"2 Professionals"``), so a consensus label maps back to a 1-digit code.
 * With ``delivery`` the results are read from ``s3://<bucket>/<delivery_key>`` (by default

@@ -132,7 +132,16 @@ def parse_jobs_page(body: Any, batch_id: str) -> JobsPage:
 
 
 def of_batch(page: JobsPage, batch_id: str) -> list[dict[str, Any]]:
-    """The jobs of a page that carry ``batch_id`` (an app's job list mixes every batch)."""
+    """The jobs of a page that carry ``batch_id`` (an app's job list mixes every batch).
+
+    :raises UnexpectedResponseError: the page lists jobs but none carries a batch id: which are the
+        batch's cannot be told, and taking none would report a batch with live jobs as complete.
+    """
+    if page.jobs and all(job["batch"] is None for job in page.jobs):
+        raise UnexpectedResponseError(
+            f"super.ai jobs of batch {batch_id}: the app's job list gives no batchId (or batch_id) on its "
+            f"{len(page.jobs)} jobs, so the batch's own cannot be told apart"
+        )
     return [job for job in page.jobs if job["batch"] == batch_id]
 
 

@@ -15,6 +15,7 @@ from airflow_batchcode.exceptions import (
     ConfigurationError,
     ConflictError,
     NotFoundError,
+    ServerError,
     ServiceError,
     TransportError,
     UnexpectedResponseError,
@@ -135,8 +136,9 @@ class SuperAiClient(_SuperAiBase, ApiKeyClient[SuperAiSettings]):
         return UploadTarget(operation_id=batch_id, upload_url="")
 
     def _post_create(self, body: FileBody, count: int, name: str | None) -> Any:
-        """POST the inputs: retried when the service answered that it did not take them, never after a
-        lost answer (super.ai has no idempotency key, and a second batch would be billed)."""
+        """POST the inputs: retried when the service answered that it did not take them (429, 500, 503),
+        never after a lost answer, a 502 or a 504 (super.ai has no idempotency key, and a second
+        batch would be billed)."""
         what = f"create {count} super.ai jobs"
         try:
             with self._service_errors(what):
@@ -148,7 +150,9 @@ class SuperAiClient(_SuperAiBase, ApiKeyClient[SuperAiSettings]):
                     body_factory=lambda: body,
                     idempotent=False,
                 )
-        except TransportError as exc:
+        except (TransportError, ServerError) as exc:
+            if not exc.answer_lost:  # the service answered that it did not take them, every try
+                raise
             found = f" (look for metadata batchcode_name={name!r})" if name else ""
             raise TransportError(
                 f"{exc}. The batch may have been created all the same: check the app's batches in super.ai"

@@ -96,8 +96,13 @@ def test_a_lost_answer_ends_a_call_that_is_not_safe_to_repeat() -> None:
     assert failing_tries(lost, 1, idempotent=True) == [Retry(1.0)]
     assert failing_tries(lost, 1, idempotent=False) == [None]
     assert failing_tries(IncompleteDownloadError("cut"), 1, idempotent=False) == [None]
-    # the service answered: it did not carry the call out, so even a create is tried again
-    assert failing_tries(ServerError("x", status_code=502), 1, idempotent=False) == [Retry(1.0)]
+    # the service itself answered: it did not carry the call out, so even a create is tried again
+    for status in (500, 503):
+        assert failing_tries(ServerError("x", status_code=status), 1, idempotent=False) == [Retry(1.0)]
+    # a gateway answered for it (502, 504): the service may have done it, so a create is not repeated
+    for status in (502, 504):
+        assert failing_tries(ServerError("x", status_code=status), 1, idempotent=False) == [None]
+        assert failing_tries(ServerError("x", status_code=status), 1, idempotent=True) == [Retry(1.0)]
     throttled = RateLimitedError("x", status_code=429, retry_after=2.0)
     assert failing_tries(throttled, 1, idempotent=False) == [Retry(2.0)]
 
@@ -133,7 +138,9 @@ def test_transience_is_decided_on_the_exception_classes_and_the_tree_lists_them_
     }
     assert all(error.transient for error in transient)
     assert all(error.answer_lost for error in transient if isinstance(error, TransportError))
-    assert not any(error.answer_lost for error in transient if not isinstance(error, TransportError))
+    gateway = {error for error in transient if getattr(error, "status_code", None) in (502, 504)}
+    assert all(error.answer_lost for error in gateway)
+    assert not any(error.answer_lost for error in transient - gateway if not isinstance(error, TransportError))
     classes = [c for _, c in inspect.getmembers(exceptions, inspect.isclass) if issubclass(c, BatchCodeError)]
     tree = exceptions.__doc__ or ""
     for kind in classes:

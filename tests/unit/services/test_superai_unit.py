@@ -32,6 +32,7 @@ from airflow_batchcode.services.superai import (
     parse_jobs_page,
     write_create_body,
 )
+from airflow_batchcode.services.superai.batches import of_batch
 
 APP = "0b6f4a52-3c1d-4e8f-9a7b-2c5d6e7f8a9b"
 KEY = "sk-live-abcdef0123456789"
@@ -300,6 +301,17 @@ def test_job_pages_are_checked() -> None:
     with pytest.raises(UnexpectedResponseError, match="job id"):
         parse_jobs_page({"jobs": [{"id": "a/b", "state": "COMPLETED"}]}, "b-1")
     assert parse_jobs_page({"jobs": [], "pages": 0, "totalElements": 0}, "b-1").total == 0
+
+
+def test_a_job_list_without_batch_ids_is_refused_rather_than_read_as_no_live_jobs() -> None:
+    unowned = parse_jobs_page({"jobs": [{"uuid": "j1", "state": "IN_PROGRESS"}], "pages": 1}, "b-1")
+    with pytest.raises(UnexpectedResponseError, match="gives no batchId .* on its 1 jobs"):
+        of_batch(unowned, "b-1")
+    mixed = parse_jobs_page(
+        {"jobs": [{"uuid": "j1", "state": "SCHEDULED", "batchId": "b-2"}, {"uuid": "j2", "state": "SCHEDULED"}]},
+        "b-1",
+    )
+    assert of_batch(mixed, "b-1") == [] and of_batch(parse_jobs_page({"jobs": []}, "b-1"), "b-1") == []
 
 
 def test_output_lines_carry_the_job_its_input_and_response() -> None:
