@@ -46,7 +46,6 @@ from airflow_batchcode.results import rejected_rows, service_chunk_rows
 from airflow_batchcode.rows import Row
 from airflow_batchcode.sensors.batchcode import OperationStatusSensor
 from airflow_batchcode.services.catalogue import DEFAULT_SERVICE, spec_for
-from airflow_batchcode.services.rules import ABS_RULES
 from airflow_batchcode.staging import METADATA_FILE, OPERATION_FILE, Provenance, read_reused, reused_path
 from airflow_batchcode.storage import airflow_home, as_storage_path, open_staged, read_staged_text
 from airflow_batchcode.summary import RunSummary, describe, quality_gate
@@ -176,10 +175,9 @@ def _build(config: PipelineConfig) -> None:
         }
         if config.columnar:
             from airflow_batchcode.columnar.extract import extract_chunks  # pyarrow: not at DAG parse time
-            from airflow_batchcode.columnar.rules import ABS_LIMITS
 
-            # the vectorised mask knows ABS's limits; other services' rules take the DB-API path (exact)
-            limits = ABS_LIMITS if rules is ABS_RULES else None
+            # a service without vectorised limits keeps the DB-API path (its rules, exactly)
+            limits = spec.limits()
             summary = extract_chunks(
                 config.source_conn_id, source_sql, config.field_map, folder, rules=rules, limits=limits, **options
             )

@@ -154,15 +154,13 @@ class OperationStatusSensor(BaseSensorOperator):
         """The task was killed while poking: cancel the operation's unfinished work where the service can
         (super.ai: every live job of the batch), and say so in the log. (A deferred wait is cancelled by
         :meth:`OperationStatusTrigger.on_kill`.)"""
-        client = self.hook.client
-        cancel = getattr(client, "cancel_batch", None)
-        if cancel is None:
+        service, operation_id = self.hook.service, self.ref.operation_id
+        if not spec_for(service).cancel:
+            self.log.info("Task killed: %s cannot cancel operation %s", service, operation_id)
             return
-        ref = self.ref
-        count = cancel(ref.operation_id)
-        self.log.warning(
-            "Task killed: cancelled %d unfinished job(s) of %s operation %s", count, self.hook.service, ref.operation_id
-        )
+        self.log.warning("Task killed: cancelling the unfinished jobs of %s operation %s", service, operation_id)
+        count = self.hook.client.cancel_batch(operation_id)  # type: ignore[attr-defined]  # spec.cancel
+        self.log.warning("Task killed: cancelled %d unfinished job(s) of %s operation %s", count, service, operation_id)
 
     def _status(self, ref: OperationRef) -> Operation:
         return self.hook.client.get_operation(ref.operation_id, ref.require_topic(), ref.model)

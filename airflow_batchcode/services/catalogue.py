@@ -70,12 +70,16 @@ class ServiceSpec:
     :param input_rules: ``"module:name"`` of the :class:`~airflow_batchcode.services.rules.InputRules`
         records must pass before they are sent; default UTF-8 text up to ``max_input_bytes``.
     :param max_input_bytes: the UTF-8 size limit of one record's texts, for the default rules.
+    :param column_limits: ``"module:name"`` of the :class:`~airflow_batchcode.columnar.rules.InputLimits`
+        that mark, a column at a time, the records ``input_rules`` must look at (the columnar
+        extract); empty when there are none, and that service's extract keeps the DB-API path.
     :param poll_interval: seconds between status polls when the DAG author names none: the service's advice.
     :param realtime_batch: the most records one call of the service's real-time (synchronous) coding
         takes; 0 when it has none.
     :param lists_models: whether the client lists a topic's models (``list_models``), so that a run
         without a model can name the latest one (the result cache's key needs it).
-    :param cancel: whether a submitted operation can be cancelled.
+    :param cancel: whether a submitted operation can be cancelled: its clients then have
+        ``cancel_batch(operation_id) -> int`` (the jobs cancelled), which a killed sensor or trigger calls.
     """
 
     name: str
@@ -94,6 +98,7 @@ class ServiceSpec:
     object_storage: bool = False
     input_rules: str = ""
     max_input_bytes: int = 1024 * 1024
+    column_limits: str = ""
     poll_interval: float = 60.0
     realtime_batch: int = 0
     lists_models: bool = False
@@ -144,6 +149,10 @@ class ServiceSpec:
             rules: InputRules = _load(self.input_rules)
             return rules
         return utf8_rules(self.max_input_bytes)
+
+    def limits(self) -> Any:
+        """The input rules' vectorised limits (:attr:`column_limits`, imported now: pyarrow), or ``None``."""
+        return _load(self.column_limits) if self.column_limits else None
 
     def emulator_factory(self) -> Callable[..., Any]:
         """The emulator's app factory, imported now (it needs the emulator's optional dependencies)."""

@@ -14,6 +14,7 @@ from airflow_batchcode.exceptions import BatchCodeError
 from airflow_batchcode.hooks.batchcode import BatchCodeHook
 from airflow_batchcode.services.base import AsyncBatchCodeClient, OperationState
 from airflow_batchcode.services.budget.planner import PollPacer
+from airflow_batchcode.services.catalogue import spec_for
 from airflow_batchcode.triggers.event import EndReason, EventStatus, OperationEvent
 
 MIN_POLL_INTERVAL = 0.5
@@ -165,11 +166,13 @@ class OperationStatusTrigger(BaseTrigger):
         (super.ai: every live job of the batch), and say so in the log."""
         client = await BatchCodeHook(self.batchcode_conn_id).get_async_client()
         try:
-            cancel = getattr(client, "cancel_batch", None)
-            if cancel is None:
+            if not spec_for(client.service).cancel:
                 self.log.info("Task killed: %s cannot cancel operation %s", client.service, self.operation_id)
                 return
-            count = await cancel(self.operation_id)
+            self.log.warning(
+                "Task killed: cancelling the unfinished jobs of %s operation %s", client.service, self.operation_id
+            )
+            count = await client.cancel_batch(self.operation_id)  # type: ignore[attr-defined]  # spec.cancel
             self.log.warning(
                 "Task killed: cancelled %d unfinished job(s) of %s operation %s",
                 count,

@@ -63,6 +63,23 @@ def test_each_spec_names_a_normaliser_and_an_emulator_that_exist(name: str) -> N
     assert callable(spec.emulator_factory())
 
 
+@pytest.mark.parametrize("name", SERVICES)
+def test_what_a_spec_promises_its_clients_have(name: str) -> None:
+    """``cancel`` means both clients have ``cancel_batch``; ``column_limits`` names real vectorised limits."""
+    from airflow_batchcode.columnar.rules import InputLimits
+
+    spec = spec_for(name)
+    config = _emulator_config(spec)
+    sync, async_ = build_client(config), build_async_client(config)
+    try:
+        assert callable(getattr(sync, "cancel_batch", None)) is spec.cancel
+        assert callable(getattr(async_, "cancel_batch", None)) is spec.cancel
+    finally:
+        sync.close()
+    assert spec.limits() is None if not spec.column_limits else isinstance(spec.limits(), InputLimits)
+    assert (spec.limits() is not None) is (name == "abs")  # the others' rules are exact on the DB-API path
+
+
 def test_the_catalogue_lists_every_service_once_and_the_default_is_in_it() -> None:
     assert [spec.name for spec in all_specs()] == list(SERVICES)
     assert len(set(SERVICES)) == len(SERVICES) and DEFAULT_SERVICE in SERVICES

@@ -19,5 +19,6 @@ SPEC = ServiceSpec(
     realtime_batch=300,  # "one record or up to 300"
     lists_models=True,
     input_rules="airflow_batchcode.services.rules:ABS_RULES",
+    column_limits="airflow_batchcode.columnar.rules:ABS_LIMITS",
     poll_interval=600.0,  # the seed: check "up to once every ten minutes"
 )
