@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import re
 from collections.abc import Callable
 from typing import Any
@@ -38,7 +39,8 @@ class TaskCoder:
 
     :param job: the job (label spec, threshold, id).
     :param models: topic → models, as :func:`load_models` returns.
-    :param failure_rate: share of tasks failed on purpose, chosen by a hash of the line.
+    :param failure_rate: share of tasks failed on purpose, chosen by a hash of the record (its texts
+        and metadata, not its URL), so runs of the same records with the same seed fail the same ones.
     :param seed: mixes into that hash.
     :param fetch: reads a record object by its ``s3://``, ``gs://`` or http(s) URL (``ValueError`` when it
         cannot); ``None`` reads ``data:`` URLs only.
@@ -86,7 +88,9 @@ class TaskCoder:
                 occp, tasks = decode_data_url(url)
         except ValueError as exc:
             return _failed(task_id, metadata, url, str(exc))
-        digest = hashlib.sha256(b"%d:" % self.seed + raw.strip()).digest()
+        # the record decides, not its URL (a staged record's object or presigned URL differs between runs)
+        record = f"{self.seed}:{json.dumps(metadata, sort_keys=True, default=str)}:{occp}\0{tasks}"
+        digest = hashlib.sha256(record.encode()).digest()
         if int.from_bytes(digest[:4], "big") / 2**32 < self.failure_rate:
             return _failed(task_id, metadata, url, "no worker could complete the task")
         return {

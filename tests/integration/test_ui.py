@@ -12,6 +12,7 @@ import json
 import os
 import re
 import sqlite3
+import uuid
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
@@ -25,6 +26,8 @@ from tests.support import batchcode_connection, emulator, run_pipeline, sqlite_w
 
 DAG_ID = "pipeline_test"
 TABLE = "coded_responses"
+CLIENT_ID, SECRET = "ui-client", f"ui-secret-{uuid.uuid4().hex}"
+"""The run's credentials: unique, so that finding them on a page could only mean a leak."""
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +35,10 @@ def pipeline_run(airflow_db: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     """(run id, warehouse path) of one finished pipeline run over 80 answers."""
     tmp_path = tmp_path_factory.mktemp("ui")
     path = sqlite_warehouse(tmp_path, 80)
-    with emulator() as server, batchcode_connection(server):
+    with (
+        emulator(clients={CLIENT_ID: SECRET}) as server,
+        batchcode_connection(server, client_id=CLIENT_ID, secret=SECRET),
+    ):
         dag_run = run_pipeline(tmp_path, BATCHCODE_TEST_CHUNK="50")
     assert dag_run.state == "success"
     yield dag_run.run_id, path
@@ -96,6 +102,13 @@ def test_anonymous_is_refused_everywhere(api: dict[str, Any]) -> None:
         403,
     )
     assert reviews_count(api["path"]) == 0
+
+
+def test_no_page_or_download_shows_the_connection_secret(api: dict[str, Any]) -> None:
+    for route in routes(api["run_id"]):
+        answer = api["client"].get(route, headers=api["headers"]["admin"])
+        assert answer.status_code == 200, route
+        assert SECRET.encode() not in answer.content and CLIENT_ID.encode() not in answer.content, route
 
 
 def test_report_shows_counts_and_charts_drawn_on_the_server(api: dict[str, Any]) -> None:

@@ -5,8 +5,8 @@ the work was done and slow answers, and fails a share of records itself. Downloa
 way are injected where the download goes through the emulator's storage (Gravity's result
 link); Refinery's export and super.ai's job responses are API calls (5xx, 429, lost, slow only).
 Each kind of fault a service gets must have been injected; the run must succeed and code every
-record as a fault-free run of the same records does, except records the service failed at random,
-which are bounded by the failure rate; the remote operations created must stay within one per
+record as a fault-free run of the same records and seed does (the records the service fails are
+chosen by a hash of the record and the seed, so both runs fail the same ones); the remote operations created must stay within one per
 chunk plus one per lost create answer; and neither the API key nor a presigned signature nor the
 S3 credentials may reach the task logs or the metadata DB.
 """
@@ -86,7 +86,7 @@ def test_each_service_survives_every_kind_of_fault(
 ) -> None:
     baseline_warehouse(tmp_path, RECORDS, messy=False)
     api_key = f"key-{uuid.uuid4().hex}"
-    with ExitStack() as stack, faulty_service(service, api_key, stack, faults={}):
+    with ExitStack() as stack, faulty_service(service, api_key, stack, faults={"seed": FAULTS["seed"]}):
         clean_run = run_pipeline(tmp_path / "baseline", BASELINE_DAY, BATCHCODE_TEST_CHUNK=str(CHUNK), **EVERY_RECORD)
     assert clean_run.state == "success"
     clean = coded(tmp_path / "baseline" / "warehouse.db")
@@ -114,7 +114,7 @@ def test_each_service_survives_every_kind_of_fault(
     assert errors and all(r[2] for r in errors), "records failed by the service are reported with a reason"
     most = bound(FAILURE_RATE, RECORDS)
     assert error_count(clean) <= most and len(errors) <= most, f"at most {most} records failed by the service"
-    # The service picks the records it fails by a hash that may include the operation (super.ai: its
-    # batch id), so records failed in one run may be coded in the other; nothing else may differ.
-    assert_same_as_baseline(coded(path), clean, max_differing=most)
+    # The service picks the records it fails by a hash of the record and the seed, which both runs
+    # share: the fault run must code and fail exactly what the fault-free run did.
+    assert_same_as_baseline(coded(path), clean, max_differing=0)
     assert_no_leaks(log.out + log.err, airflow_db, secrets)
