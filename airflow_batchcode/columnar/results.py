@@ -1,7 +1,11 @@
 """ABS output read a block of lines at a time by Arrow's JSON reader and joined to the positions, as columns.
 
-The same rows as :func:`airflow_batchcode.normalise.abs.chunk_rows`, as Arrow record batches of
-the output table's row columns. Each block of output lines is parsed by ``pyarrow.json`` against
+The same rows as :func:`airflow_batchcode.normalise.abs.chunk_rows` for output in manifest order,
+as Arrow record batches of the output table's row columns. It does not yet check each line's echo
+against its manifest line (:mod:`airflow_batchcode.services.abs.order`), so output the service
+reordered would be joined by position: the pipeline does not use it; ``bench/`` measures it.
+
+Each block of output lines is parsed by ``pyarrow.json`` against
 the usual line shape (an explicit schema: any other shape, a number where text is due, fails the
 parse); the positions sidecar's matching block is parsed by ``pyarrow.csv``; statuses, codes and
 errors are computed as column expressions. Python touches only what Arrow cannot say the same
