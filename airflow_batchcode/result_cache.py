@@ -13,7 +13,8 @@ run's ``reused.jsonl`` into a temporary table and, by joins:
 3. stores the outcomes of the ``sent`` rows in the cache (the first outcome stays);
 4. sets ``recode_of`` on the rows of a re-code run.
 
-Every statement is portable between SQLite (3.24 or later) and PostgreSQL; names are checked by
+Every statement is portable between SQLite (3.24 or later) and PostgreSQL (which gets the temporary table by
+``COPY`` and an ``ANALYZE``); names are checked by
 :func:`~airflow_batchcode.warehouse.check_table_name`, values are bound.
 """
 
@@ -176,6 +177,9 @@ class RunFill:
             with copy(f"COPY {REUSED_TABLE} FROM STDIN") as stream:
                 for row in rows:
                     stream.write_row(row)
+            # PostgreSQL never analyses a temporary table by itself: without statistics it plans the joins below as
+            # nested loops (measured: 15.7 s at 20,000 rows, over 10 min at 100,000; with them 0.01 s and 1.55 s).
+            self.cursor.execute(f"ANALYZE {REUSED_TABLE}")
             return
         while batch := list(itertools.islice(rows, 10_000)):
             self.cursor.executemany(insert, batch)

@@ -3,7 +3,7 @@
 Every API answer is read through a cap (:func:`read_capped`, its async twin) after its announced
 length was checked (:func:`check_declared_length`); async bodies are inflated in bounded steps
 (:func:`decoded_chunks`). Downloads copy into one reused buffer (:func:`copy_body`); uploads stream
-from a file with a known length (:class:`FileBody`).
+from a file with a known length through one reused buffer too (:class:`FileBody`).
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ class FileBody:
     def __len__(self) -> int:
         return self._length
 
-    def __iter__(self) -> Iterator[bytes]:
+    def __iter__(self) -> Iterator[memoryview]:
         self.sent = 0
         if isinstance(self._source, Path):
             with self._source.open("rb") as handle:
@@ -98,10 +98,13 @@ class FileBody:
             self._source.seek(self._start)
             yield from self._read(self._source)
 
-    def _read(self, handle: IO[bytes]) -> Iterator[bytes]:
-        while chunk := handle.read(self._chunk):
-            self.sent += len(chunk)
-            yield chunk
+    def _read(self, handle: IO[bytes]) -> Iterator[memoryview]:
+        """The file in chunks read into one reused buffer: each is sent before the next read overwrites it."""
+        buffer = bytearray(self._chunk)
+        view = memoryview(buffer)
+        while count := handle.readinto(buffer):  # type: ignore[attr-defined]  # binary files have readinto
+            self.sent += count
+            yield view[:count]
 
 
 def copy_body(response: requests.Response, sink: IO[bytes]) -> Iterator[int]:
