@@ -251,7 +251,8 @@ def _build(config: PipelineConfig) -> None:
                 "none, or a service without real-time coding"
             )
         hook = BatchCodeHook(config.batchcode_conn_id)
-        return [hook.code_realtime(chunk, topic, extracted.model).to_xcom() for chunk in extracted.chunks]
+        model = hook.resolve_model(topic, extracted.model)  # rows name the model that coded them, as in batch
+        return [hook.code_realtime(chunk, topic, model).to_xcom() for chunk in extracted.chunks]
 
     @task(task_id="load", outlets=[config.asset], trigger_rule="none_failed")
     def load(summary: dict[str, Any], topic: str) -> dict[str, Any]:

@@ -207,6 +207,7 @@ def test_a_small_remainder_is_coded_in_real_time_with_the_same_rows(
     assert {r["source"] for r in sent_rows(realtime_rows)} == {"realtime"}
     assert all(r["operation_id"] is None for r in realtime_rows)
     keep = ("record_id", "position", "code_status", "code_category", "suggestions", "occp_text", "tasks_text")
+    assert {r["model_id"] for r in sent_rows(realtime_rows)} == {LATEST_MODEL}, "the rows name the model that coded"
     assert [[r[k] for k in keep] for r in realtime_rows] == [[r[k] for k in keep] for r in batch_rows]
 
 
