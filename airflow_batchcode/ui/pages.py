@@ -220,8 +220,9 @@ def review_page(
             "<div class='out'></div></td></tr>"
         )
     recent_rows = "".join(
-        "<tr>" + "".join(f"<td>{escape('' if v is None else str(v))}</td>" for v in r) + "</tr>" for r in recent
-    )
+        "<tr>" + "".join(f"<td>{escape('' if v is None else str(v))}</td>" for v in (str(r[0])[:19], *r[1:])) + "</tr>"
+        for r in recent
+    )  # when, to the second (stored to the microsecond to keep two decisions in order)
     more = f"<p><a href='{escape(next_url, quote=True)}'>Next page</a></p>" if next_url else ""
     decisions = (
         "<h2>Recent decisions</h2><table id='decisions'><tr><th>When</th><th>Who</th><th>DAG</th>"

@@ -153,13 +153,17 @@ def record_decision(db: Database, table: str, decision: Decision) -> dict[str, A
         "new_code": decision.code,
         "new_label": label_of(topic or "", decision.code),
         "reviewer": decision.reviewer,
-        "reviewed_at": datetime.now(UTC).replace(tzinfo=None, microsecond=0),
+        # to the microsecond: two decisions on a row in the same second keep their order
+        "reviewed_at": datetime.now(UTC).replace(tzinfo=None),
     }
     try:
         values = ", ".join("?" for _ in REVIEW_COLUMNS)
         db.execute(
             f"INSERT INTO {table}_reviews ({', '.join(REVIEW_COLUMNS)}) VALUES ({values})",  # noqa: S608
-            [review[name] if name != "reviewed_at" or not db.sqlite else str(review[name]) for name in REVIEW_COLUMNS],
+            [
+                review[name] if name != "reviewed_at" or not db.sqlite else _sqlite_time(review[name])
+                for name in REVIEW_COLUMNS
+            ],
         )
         _apply(
             db, table, [(review["new_code"], review["new_label"], decision.dag_id, decision.run_id, decision.position)]
@@ -169,6 +173,11 @@ def record_decision(db: Database, table: str, decision: Decision) -> dict[str, A
         db.conn.rollback()
         raise
     return review
+
+
+def _sqlite_time(moment: datetime) -> str:
+    """SQLite keeps timestamps as text: always with six fractional digits, so text order is time order."""
+    return moment.isoformat(sep=" ", timespec="microseconds")
 
 
 def _apply(db: Database, table: str, updates: list[tuple[Any, ...]]) -> int:

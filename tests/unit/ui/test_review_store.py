@@ -131,6 +131,8 @@ def test_decisions_are_checked_stored_applied_and_reapplied(db: Database) -> Non
     reviews.record_decision(db, TABLE, decision(code="2613"))
     stored = reviews.record_decision(db, TABLE, decision())
     assert (stored["old_status"], stored["old_code"], stored["new_label"]) == ("reviewed", "2613", "Software Engineer")
+    first, last = (row[0] for row in db.query(f"SELECT reviewed_at FROM {TABLE}_reviews ORDER BY reviewed_at"))
+    assert str(first) < str(last), "two decisions in the same second keep their order (microseconds are stored)"
     outcome = "SELECT code_status, code_category FROM {} WHERE dag_run_id = ? AND position = 3"
     assert db.query(outcome.format(TABLE), (RUNS[0],)) == [("reviewed", "261313")]
 
