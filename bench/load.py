@@ -82,6 +82,8 @@ def _baseline_rows(chunks: list[dict[str, Any]], rejects: str, run_id: str) -> A
                     None,
                     None,
                     None,
+                    "batch",  # source, then recode_of
+                    None,
                     "bench",
                     run_id,
                     loaded,
@@ -92,7 +94,7 @@ def _baseline_rows(chunks: list[dict[str, Any]], rejects: str, run_id: str) -> A
             j = decode_reject(line)
             yield (
                 *(j.recordId, j.position, "error", None, None, None, None, j.error, j.occp_text, j.tasks_text, j.note),
-                *(TOPIC, None, None, None, None, None, None, None, "bench", run_id, loaded),
+                *(TOPIC, None, None, None, None, None, None, None, None, None, "bench", run_id, loaded),
             )
 
 
@@ -191,7 +193,7 @@ def _drop_pg(dsn: str) -> None:
     import psycopg
 
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f"DROP TABLE IF EXISTS {TABLE}")
+        conn.execute(f"DROP TABLE IF EXISTS {TABLE} CASCADE")  # with the ``_latest`` view the load creates
         conn.execute("CHECKPOINT")
 
 
