@@ -50,6 +50,18 @@ def source_sql(table: str, output_table: str) -> str:
     )
 
 
+def _date_param(title: str, what: str) -> Param:
+    """An optional ``YYYY-MM-DD`` date of the trigger form; empty means the run's data interval."""
+    return Param(
+        None,
+        type=["null", "string"],
+        format="date",
+        pattern=r"^\d{4}-\d{2}-\d{2}$",
+        title=title,
+        description=f"{what}; empty for the run's data interval.",
+    )
+
+
 PARAMS = {
     "topic": Param(
         "anzsco", type="string", enum=["anzsco", "osca"], title="Topic", description="Classification to code into."
@@ -60,22 +72,8 @@ PARAMS = {
         title="Model id",
         description="A model GUID of the topic; empty for the service's latest model.",
     ),
-    "from_date": Param(
-        None,
-        type=["null", "string"],
-        format="date",
-        pattern=r"^\d{4}-\d{2}-\d{2}$",
-        title="From date",
-        description="First answer date to code (inclusive); empty for the run's data interval.",
-    ),
-    "to_date": Param(
-        None,
-        type=["null", "string"],
-        format="date",
-        pattern=r"^\d{4}-\d{2}-\d{2}$",
-        title="To date",
-        description="Last answer date to code (inclusive); empty for the run's data interval.",
-    ),
+    "from_date": _date_param("From date", "First answer date to code (inclusive)"),
+    "to_date": _date_param("To date", "Last answer date to code (inclusive)"),
     "recode": Param(
         False,
         type="boolean",
