@@ -17,10 +17,17 @@ OUTPUT_TABLE = "coded_bench"
 def extract(conn_id: str, sql: str, folder: str, chunk_records: int, columnar: bool = True) -> dict[str, Any]:
     """``extract_chunks``, as the ``extract`` task does: ADBC batches for SQLite and PostgreSQL
     (``columnar=False``: ``stream_query`` + ``write_chunks``, the DB-API path)."""
-    from airflow_batchcode.columnar.extract import extract_chunks
-
     started = time.perf_counter()
-    summary = extract_chunks(conn_id, sql, FIELD_MAP, folder, chunk_records=chunk_records, columnar=columnar)
+    if columnar:
+        from airflow_batchcode.columnar.extract import extract_chunks
+
+        summary = extract_chunks(conn_id, sql, FIELD_MAP, folder, chunk_records=chunk_records)
+    else:  # as the pipeline's default path: no pyarrow imported
+        from airflow_batchcode.manifests import write_chunks
+        from airflow_batchcode.warehouse import stream_query
+
+        with stream_query(conn_id, sql) as (columns, rows):
+            summary = write_chunks(rows, columns, FIELD_MAP, folder, chunk_records=chunk_records)
     return {"seconds": time.perf_counter() - started, "summary": summary.to_xcom()}
 
 
@@ -63,7 +70,6 @@ def load(
 ) -> dict[str, Any]:
     """``chunk_rows`` + ``rejected_rows`` + ``RunSummary`` + ``load_run_rows``, as the ``load`` task does
     (ADBC ingest for SQLite; ``columnar=False``: ``replace_run_rows``, the DB-API path)."""
-    from airflow_batchcode.columnar.load import load_run_rows
     from airflow_batchcode.normalise.abs import chunk_rows
     from airflow_batchcode.results import rejected_rows
     from airflow_batchcode.summary import RunSummary
@@ -89,7 +95,10 @@ def load(
             run.add(row)
             yield row
 
-    loader = load_run_rows if columnar else replace_run_rows
+    if columnar:  # pyarrow imported only here, as the pipeline's default path does not
+        from airflow_batchcode.columnar.load import load_run_rows as loader
+    else:
+        loader = replace_run_rows
     inserted = loader(conn_id, table, rows(), dag_id="bench", run_id=run_id)
     return {"seconds": time.perf_counter() - started, "rows": inserted, "summary": run.to_dict()}
 
