@@ -75,23 +75,12 @@ class AsyncTransport(Transport):
             try:
                 return await call()
             except BatchCodeError as error:
-                quota_wait = self._quota_wait(error, rate_limited=rate_limited)
-                if quota_wait is not None:
-                    await asyncio.sleep(quota_wait)
-                    continue
-                decision = attempts.after(error)
-                if decision is None:
-                    raise
-                await asyncio.sleep(
-                    self._before_retry(
-                        decision,
-                        error,
-                        what=what,
-                        attempt=attempts.number,
-                        rate_limited=rate_limited,
-                        on_auth_failure=on_auth_failure,
-                    )
+                delay = self._next_try_in(
+                    error, attempts, what=what, rate_limited=rate_limited, on_auth_failure=on_auth_failure
                 )
+                if delay is None:
+                    raise
+                await asyncio.sleep(delay)
 
     async def api_json(
         self,

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from airflow_batchcode.exceptions import BatchCodeError, QuotaExceededError, ServiceError
 from airflow_batchcode.services.budget import Budget
 from airflow_batchcode.services.http.errors import ErrorReader
-from airflow_batchcode.services.http.retry import Retry
+from airflow_batchcode.services.http.retry import Attempts
 from airflow_batchcode.services.http.settings import HttpSettings
 
 log = logging.getLogger("airflow_batchcode.services")
@@ -29,18 +29,28 @@ class Transport:
         self.budget = budget
         self.service = service
 
-    def _before_retry(
+    def _next_try_in(
         self,
-        decision: Retry,
         error: BatchCodeError,
+        attempts: Attempts,
         *,
         what: str,
-        attempt: int,
         rate_limited: bool,
         on_auth_failure: Callable[[], None] | None,
-    ) -> float:
-        """Carry out a :class:`~.retry.Retry`: refresh the credential, or hold the limiter off for the
-        service's ``Retry-After`` and log the failure. :return: the seconds to wait before the next try."""
+    ) -> float | None:
+        """What both transports' retry loops do after ``error``: the seconds to wait before the next
+        try, or ``None`` when the retry engine says the error is final (the loop then raises).
+
+        A spent quota on a budgeted call is waited out without using a try (the budget holds every
+        call on the connection until the window resets). Otherwise the engine's :class:`~.retry.Retry`
+        is carried out: the credential is refreshed, or the limiter is held off for the service's
+        ``Retry-After``, and the failure is logged.
+        """
+        if rate_limited and isinstance(error, QuotaExceededError):
+            return self.budget.exhausted(error.retry_after)
+        decision = attempts.after(error)
+        if decision is None:
+            return None
         if decision.refresh_auth and on_auth_failure is not None:
             on_auth_failure()
             return 0.0
@@ -50,17 +60,9 @@ class Transport:
             "%s %s: try %d of %d failed (%s); retrying in %.1f s",
             self.service,
             what,
-            attempt,
+            attempts.number,
             self.settings.retry.max_attempts,
             error,
             decision.delay,
         )
         return decision.delay
-
-    def _quota_wait(self, error: BatchCodeError, *, rate_limited: bool) -> float | None:
-        """When ``error`` says the quota is spent on a budgeted call, the seconds until the window resets
-        (the budget then holds every call on the connection until then, and the call is tried again
-        instead of failing); ``None`` for any other error."""
-        if not (rate_limited and isinstance(error, QuotaExceededError)):
-            return None
-        return self.budget.exhausted(error.retry_after)

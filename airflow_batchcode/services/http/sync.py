@@ -85,30 +85,19 @@ class SyncTransport(Transport):
             try:
                 return call()
             except handled as error:
-                quota_wait = self._quota_wait(error, rate_limited=rate_limited)
-                if quota_wait is not None:
-                    time.sleep(quota_wait)
-                    continue
                 if recover is not None and error.answer_lost:
                     found = recover(error)
                     if found is not None:
                         log.warning("%s %s: the answer was lost but the call had been carried out", self.service, what)
                         return found
-                decision = attempts.after(error)
-                if decision is None:
+                delay = self._next_try_in(
+                    error, attempts, what=what, rate_limited=rate_limited, on_auth_failure=on_auth_failure
+                )
+                if delay is None:
                     if give_up is None:
                         raise
                     raise give_up(error) from None
-                time.sleep(
-                    self._before_retry(
-                        decision,
-                        error,
-                        what=what,
-                        attempt=attempts.number,
-                        rate_limited=rate_limited,
-                        on_auth_failure=on_auth_failure,
-                    )
-                )
+                time.sleep(delay)
 
     def api_json(
         self, method: str, url: str, *, headers: Callable[[], Mapping[str, str]], what: str, **kwargs: Any
