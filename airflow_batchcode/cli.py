@@ -77,23 +77,27 @@ def _add_emulator(subparsers: Any, summary: str) -> None:
         metavar="ID:SECRET",
         help="an OAuth2 client (repeatable; default demo-client:demo-secret)",
     )
-    g = p.add_argument_group("auth and limits")
-    g.add_argument("--token-ttl", type=float, default=d.token_ttl, help="access token lifetime (s)")
-    g.add_argument("--token-limit", type=int, default=d.token_limit, help="tokens per client per hour (0 = no limit)")
-    g.add_argument("--rate-limit", type=float, default=d.rate_limit, help="API requests/s per client (0 = off)")
-    g.add_argument("--daily-quota", type=int, default=d.daily_quota, help="API requests per client per day (0 = off)")
-    g.add_argument("--quota-window", type=float, default=d.quota_window, help="quota window (s; 86400 = UTC days)")
-    g = p.add_argument_group("operations and storage")
-    g.add_argument("--url-ttl", type=int, default=d.url_ttl, help="presigned URL lifetime (s)")
-    g.add_argument("--awaiting-timeout", type=float, default=d.awaiting_timeout, help="wait for input (s)")
-    g.add_argument("--processing-delay", type=float, default=d.processing_delay, help="minimum in_progress (s)")
-    g.add_argument("--processing-workers", type=int, default=d.processing_workers, help="coding threads")
-    g.add_argument("--retention", type=float, default=d.retention, help="output kept after completion (s)")
-    g.add_argument("--max-upload-bytes", type=_size, default=d.max_upload_bytes, help="largest input file")
-    g.add_argument(
-        "--data-dir", type=Path, default=None, help="keep files here (default: a temporary dir, deleted on exit)"
+    _settings(
+        p.add_argument_group("auth and limits"),
+        d,
+        token_ttl="access token lifetime (s)",  # noqa: S106 (help text, not a token)
+        token_limit="tokens per client per hour (0 = no limit)",  # noqa: S106
+        rate_limit="API requests/s per client (0 = off)",
+        daily_quota="API requests per client per day (0 = off)",
+        quota_window="quota window (s; 86400 = UTC days)",
     )
-    g.add_argument("--public-url", default=None, help="origin put into presigned URLs (default: as called)")
+    _settings(
+        p.add_argument_group("operations and storage"),
+        d,
+        url_ttl="presigned URL lifetime (s)",
+        awaiting_timeout="wait for input (s)",
+        processing_delay="minimum in_progress (s)",
+        processing_workers="coding threads",
+        retention="output kept after completion (s)",
+        max_upload_bytes="largest input file",
+        data_dir="keep files here (default: a temporary dir, deleted on exit)",
+        public_url="origin put into presigned URLs (default: as called)",
+    )
     g = p.add_argument_group(f"API-key services ({', '.join(spec.name for spec in specs if not spec.uses_login)})")
     g.add_argument(
         "--api-key",
@@ -102,40 +106,41 @@ def _add_emulator(subparsers: Any, summary: str) -> None:
         metavar="KEY:TENANT",
         help="an API key and its tenant (repeatable; default demo-key:demo-tenant and other-key:other-tenant)",
     )
-    g.add_argument(
-        "--record-failure-rate",
-        type=float,
-        default=d.record_failure_rate,
-        help="share of records the service fails on its own (partial failures)",
+    _settings(
+        g,
+        d,
+        record_failure_rate="share of records the service fails on its own (partial failures)",
+        s3_endpoint_url="S3-compatible endpoint for manifests and delivery (default: AWS)",
     )
-    g.add_argument(
-        "--s3-endpoint-url", default=None, help="S3-compatible endpoint for manifests and delivery (default: AWS)"
+    _settings(
+        p.add_argument_group("fault injection"),
+        d,
+        reorder_output_rate="share of ABS operations whose output lines come out of input order",
+        seed="random seed of the fault injector",
+        fault_5xx_rate="share of 500 answers",
+        fault_429_rate="share of 429 bursts",
+        fault_429_burst="429s in a row per burst",
+        fault_retry_after="Retry-After of 429s (s)",
+        fault_lost_response_rate="share of requests carried out whose response is cut off",
+        fault_truncate_rate="share of downloads cut in half",
+        fault_slow_rate="share of slow answers",
+        fault_slow_seconds="delay of slow answers",
+        fault_only='faults only where "METHOD /path" matches',
     )
-    g = p.add_argument_group("fault injection")
-    g.add_argument(
-        "--reorder-output-rate",
-        type=float,
-        default=d.reorder_output_rate,
-        help="share of ABS operations whose output lines come out of input order",
-    )
-    g.add_argument("--seed", type=int, default=d.seed, help="random seed of the fault injector")
-    g.add_argument("--fault-5xx-rate", type=float, default=d.fault_5xx_rate, help="share of 500 answers")
-    g.add_argument("--fault-429-rate", type=float, default=d.fault_429_rate, help="share of 429 bursts")
-    g.add_argument("--fault-429-burst", type=int, default=d.fault_429_burst, help="429s in a row per burst")
-    g.add_argument("--fault-retry-after", type=int, default=d.fault_retry_after, help="Retry-After of 429s (s)")
-    g.add_argument(
-        "--fault-lost-response-rate",
-        type=float,
-        default=d.fault_lost_response_rate,
-        help="share of requests carried out whose response is cut off",
-    )
-    g.add_argument(
-        "--fault-truncate-rate", type=float, default=d.fault_truncate_rate, help="share of downloads cut in half"
-    )
-    g.add_argument("--fault-slow-rate", type=float, default=d.fault_slow_rate, help="share of slow answers")
-    g.add_argument("--fault-slow-seconds", type=float, default=d.fault_slow_seconds, help="delay of slow answers")
-    g.add_argument("--fault-only", default=None, metavar="REGEX", help='faults only where "METHOD /path" matches')
     p.set_defaults(handler=_run_emulator, parser=p)
+
+
+_SETTING_TYPES: dict[str, Callable[[str], Any]] = {"max_upload_bytes": _size, "data_dir": Path}
+"""Settings whose flag parses its value otherwise than by the type of the setting's default."""
+
+
+def _settings(group: Any, defaults: Any, **helps: str) -> None:
+    """One flag per :class:`EmulatorConfig` setting named: ``--the-name``, typed and defaulted as the setting."""
+    for name, help_text in helps.items():
+        default = getattr(defaults, name)
+        kind = _SETTING_TYPES.get(name) or (str if default is None else type(default))
+        metavar = "REGEX" if name == "fault_only" else None
+        group.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default, metavar=metavar, help=help_text)
 
 
 def emulator_config(args: argparse.Namespace) -> Any:
