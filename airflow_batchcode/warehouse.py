@@ -158,13 +158,20 @@ def check_table_name(table: str) -> str:
 
 
 def create_table_sql(table: str) -> list[str]:
-    """DDL for the output table and its run index (portable across SQLite and PostgreSQL)."""
+    """DDL for the output table and its one index (portable across SQLite and PostgreSQL)."""
     columns = ",\n  ".join(f"{name} {column_type(name)}" for name in TABLE_COLUMNS)
-    index = f"ix_{table.replace('.', '_')}_run"
-    return [
-        f"CREATE TABLE IF NOT EXISTS {table} (\n  {columns}\n)",
-        f"CREATE INDEX IF NOT EXISTS {index} ON {table} (dag_id, dag_run_id)",
-    ]
+    return [f"CREATE TABLE IF NOT EXISTS {table} (\n  {columns}\n)", run_index_sql(table)]
+
+
+def run_index_sql(table: str) -> str:
+    """The output table's index on ``(dag_id, dag_run_id, position)``: a run's rows (the load's delete, the
+    report) and the review queue's keyset pages in position order.
+
+    One index serves both. Output tables made by earlier versions of this package also have a
+    2-column ``ix_<table>_run`` index, whose upkeep slows every insert (100,000 rows into PostgreSQL:
+    0.95-1.05 s with both, 0.72-0.82 s with one); it is left in place, and can be dropped.
+    """
+    return f"CREATE INDEX IF NOT EXISTS ix_{table.replace('.', '_')}_queue ON {table} (dag_id, dag_run_id, position)"
 
 
 def add_missing_columns_sql(cursor: Any, table: str) -> list[str]:

@@ -20,7 +20,7 @@ from typing import Any
 
 from airflow_batchcode.ui.codes import check_code, label_of
 from airflow_batchcode.ui.store import Database
-from airflow_batchcode.warehouse import check_table_name
+from airflow_batchcode.warehouse import check_table_name, run_index_sql
 
 REVIEWED = "reviewed"
 REVIEW_COLUMNS = (
@@ -64,7 +64,7 @@ def create_reviews_sql(table: str) -> list[str]:
     return [
         f"CREATE TABLE IF NOT EXISTS {table}_reviews (\n  {columns}\n)",
         f"CREATE INDEX IF NOT EXISTS {_index_name(table, 'reviews_run')} ON {table}_reviews (dag_id, dag_run_id)",
-        f"CREATE INDEX IF NOT EXISTS {_index_name(table, 'queue')} ON {table} (dag_id, dag_run_id, position)",
+        run_index_sql(table),  # the output table's own index: created here for tables made before it
     ]
 
 
