@@ -119,21 +119,24 @@ def chunk_rows(
         open_staged(positions, "positions file") as pos_file,
     ):
         pos_lines = read_positions(pos_file)
-        coded_rows = (_coded_row(line, tail) for line in out_lines)
-        for (row, key), given, (position, note) in zip(coded_rows, man_lines, pos_lines, strict=False):
-            if not order.agrees(order.manifest_key(given), key, row[0]):
+        outcomes = map(_outcome, out_lines)
+        for (record_id, outcome, key), given, (position, note) in zip(outcomes, man_lines, pos_lines, strict=False):
+            if not order.agrees(order.manifest_key(given), key, record_id):
                 rest = order.rejoin(
-                    itertools.chain([(row, key)], coded_rows),
+                    (
+                        ((found, coded), echoed)
+                        for found, coded, echoed in itertools.chain([(record_id, outcome, key)], outcomes)
+                    ),
                     itertools.chain([(given, (position, note))], zip(man_lines, pos_lines, strict=False)),
                     operation_id=operation_id,
                     chunk=chunk,
                     matched=count,
                 )
-                for found, place, noted in rest:
-                    yield new_row(Row, (found[0], place, *found[2:10], noted, *tail))
+                for (found, coded), place, noted in rest:
+                    yield new_row(Row, (found, place, *coded, noted, *tail))
                 return
             count += 1
-            yield new_row(Row, (row[0], position, *row[2:10], note, *tail))
+            yield new_row(Row, (record_id, position, *outcome, note, *tail))
         leftover_output = next(out_lines, None)
         leftover_manifest = next(man_lines, None)
         leftover_positions = next(pos_lines, None)
@@ -145,12 +148,17 @@ def chunk_rows(
         )
 
 
-def _coded_row(line: bytes, tail: tuple[Any, ...]) -> tuple[tuple[Any, ...], order.Key | None]:
-    """One output line → its row (position and note still ``None``) and the key it echoes."""
+Outcome = tuple[str | None, tuple[Any, ...], order.Key | None]
+"""An output line read: its ``recordId``, the row's values from ``code_status`` to ``tasks_text``
+(position, note and the chunk's columns are added by the join), and the key it echoes."""
+
+
+def _outcome(line: bytes) -> Outcome:
+    """One output line → its outcome, through the typed decoder (or :func:`_slow_outcome`)."""
     try:
         data = _decode_output(line)
     except msgspec.MsgspecError:
-        return _slow_row(line, tail)
+        return _slow_outcome(line)
     record_id = data.recordId
     if record_id is not None and type(record_id) is not str:
         record_id = str(record_id)
@@ -158,7 +166,7 @@ def _coded_row(line: bytes, tail: tuple[Any, ...]) -> tuple[tuple[Any, ...], ord
     echoed = type(given) is _Input
     occp, tasks = (given.occp_text, given.tasks_text) if echoed else (None, None)  # type: ignore[union-attr]
     if data.error:
-        coded: tuple[Any, ...] = ("error", None, None, None, None, str(data.error).strip())
+        coded: tuple[Any, ...] = ("error", None, None, None, None, str(data.error).strip(), occp, tasks)
     elif data.codeStatus == "successful" and data.result is not None:
         result = data.result
         label = result.codeLabel if result.codeLabel is not msgspec.UNSET else result.spaced_label
@@ -170,28 +178,29 @@ def _coded_row(line: bytes, tail: tuple[Any, ...]) -> tuple[tuple[Any, ...], ord
             float(confidence) if isinstance(confidence, int | float) else None,
             None,
             None,
+            occp,
+            tasks,
         )
     elif data.codeStatus == "unsuccessful":
-        coded = ("unsuccessful", None, None, None, json.dumps(data.suggestions or []), None)
+        coded = ("unsuccessful", None, None, None, json.dumps(data.suggestions or []), None, occp, tasks)
     else:
-        coded = ("error", None, None, None, None, f"unexpected output line with codeStatus {data.codeStatus!r}")
-    row = (record_id, None, *coded, occp, tasks, None, *tail)
-    return row, order.output_key(record_id, occp, tasks, echoed)
+        error = f"unexpected output line with codeStatus {data.codeStatus!r}"
+        coded = ("error", None, None, None, None, error, occp, tasks)
+    return record_id, coded, order.output_key(record_id, occp, tasks, echoed)
 
 
-def _slow_row(line: bytes, tail: tuple[Any, ...]) -> tuple[tuple[Any, ...], order.Key | None]:
-    """A row through :func:`normalise`, for lines the typed decoder does not take."""
+def _slow_outcome(line: bytes) -> Outcome:
+    """An outcome through :func:`normalise`, for lines the typed decoder does not take."""
     record_id, status, category, label, confidence, suggestions, error, given = normalise(line)
     echoed = isinstance(given, dict)
     if not echoed and isinstance(given, str):
         with contextlib.suppress(msgspec.MsgspecError, TypeError):
             key = order.manifest_key(given.encode())
-            row = (record_id, None, status, category, label, confidence, suggestions, error, key[1], key[2], None)
-            return (*row, *tail), key
+            return record_id, (status, category, label, confidence, suggestions, error, key[1], key[2]), key
     occp = given.get("occp_text") if echoed else None
     tasks = given.get("tasks_text") if echoed else None
-    row = (record_id, None, status, category, label, confidence, suggestions, error, occp, tasks, None, *tail)
-    return row, order.output_key(record_id, occp, tasks, echoed)
+    coded = (status, category, label, confidence, suggestions, error, occp, tasks)
+    return record_id, coded, order.output_key(record_id, occp, tasks, echoed)
 
 
 def coded(output: IO[bytes], metadata: Mapping[str, Any], lines: int) -> Iterator[Coded]:
