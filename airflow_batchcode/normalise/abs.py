@@ -120,13 +120,11 @@ def chunk_rows(
     ):
         pos_lines = read_positions(pos_file)
         outcomes = map(_outcome, out_lines)
-        for (record_id, outcome, key), given, (position, note) in zip(outcomes, man_lines, pos_lines, strict=False):
+        for read, given, (position, note) in zip(outcomes, man_lines, pos_lines, strict=False):
+            (record_id, outcome), key = read
             if not order.agrees(order.manifest_key(given), key, record_id):
                 rest = order.rejoin(
-                    (
-                        ((found, coded), echoed)
-                        for found, coded, echoed in itertools.chain([(record_id, outcome, key)], outcomes)
-                    ),
+                    itertools.chain([read], outcomes),
                     itertools.chain([(given, (position, note))], zip(man_lines, pos_lines, strict=False)),
                     operation_id=operation_id,
                     chunk=chunk,
@@ -148,9 +146,10 @@ def chunk_rows(
         )
 
 
-Outcome = tuple[str | None, tuple[Any, ...], order.Key | None]
-"""An output line read: its ``recordId``, the row's values from ``code_status`` to ``tasks_text``
-(position, note and the chunk's columns are added by the join), and the key it echoes."""
+Outcome = tuple[tuple[str | None, tuple[Any, ...]], order.Key | None]
+"""An output line read: its ``recordId`` with the row's values from ``code_status`` to ``tasks_text``
+(position, note and the chunk's columns are added by the join), and the key it echoes (the pair
+:func:`~airflow_batchcode.services.abs.order.rejoin` takes)."""
 
 
 def _outcome(line: bytes) -> Outcome:
@@ -186,7 +185,7 @@ def _outcome(line: bytes) -> Outcome:
     else:
         error = f"unexpected output line with codeStatus {data.codeStatus!r}"
         coded = ("error", None, None, None, None, error, occp, tasks)
-    return record_id, coded, order.output_key(record_id, occp, tasks, echoed)
+    return (record_id, coded), order.output_key(record_id, occp, tasks, echoed)
 
 
 def _slow_outcome(line: bytes) -> Outcome:
@@ -196,11 +195,11 @@ def _slow_outcome(line: bytes) -> Outcome:
     if not echoed and isinstance(given, str):
         with contextlib.suppress(msgspec.MsgspecError, TypeError):
             key = order.manifest_key(given.encode())
-            return record_id, (status, category, label, confidence, suggestions, error, key[1], key[2]), key
+            return (record_id, (status, category, label, confidence, suggestions, error, key[1], key[2])), key
     occp = given.get("occp_text") if echoed else None
     tasks = given.get("tasks_text") if echoed else None
     coded = (status, category, label, confidence, suggestions, error, occp, tasks)
-    return record_id, coded, order.output_key(record_id, occp, tasks, echoed)
+    return (record_id, coded), order.output_key(record_id, occp, tasks, echoed)
 
 
 def coded(output: IO[bytes], metadata: Mapping[str, Any], lines: int) -> Iterator[Coded]:
