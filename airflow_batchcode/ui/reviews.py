@@ -158,12 +158,10 @@ def record_decision(db: Database, table: str, decision: Decision) -> dict[str, A
     }
     try:
         values = ", ".join("?" for _ in REVIEW_COLUMNS)
+        stored = {**review, "reviewed_at": _sqlite_time(review["reviewed_at"])} if db.sqlite else review
         db.execute(
             f"INSERT INTO {table}_reviews ({', '.join(REVIEW_COLUMNS)}) VALUES ({values})",  # noqa: S608
-            [
-                review[name] if name != "reviewed_at" or not db.sqlite else _sqlite_time(review[name])
-                for name in REVIEW_COLUMNS
-            ],
+            [stored[name] for name in REVIEW_COLUMNS],
         )
         _apply(
             db, table, [(review["new_code"], review["new_label"], decision.dag_id, decision.run_id, decision.position)]
