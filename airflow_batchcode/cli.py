@@ -112,8 +112,9 @@ def _add_emulator(subparsers: Any, summary: str) -> None:
         record_failure_rate="share of records the service fails on its own (partial failures)",
         s3_endpoint_url="S3-compatible endpoint for manifests and delivery (default: AWS)",
     )
+    g = p.add_argument_group("fault injection")
     _settings(
-        p.add_argument_group("fault injection"),
+        g,
         d,
         reorder_output_rate="share of ABS operations whose output lines come out of input order",
         seed="random seed of the fault injector",
@@ -125,8 +126,8 @@ def _add_emulator(subparsers: Any, summary: str) -> None:
         fault_truncate_rate="share of downloads cut in half",
         fault_slow_rate="share of slow answers",
         fault_slow_seconds="delay of slow answers",
-        fault_only='faults only where "METHOD /path" matches',
     )
+    g.add_argument("--fault-only", default=None, metavar="REGEX", help='faults only where "METHOD /path" matches')
     p.set_defaults(handler=_run_emulator, parser=p)
 
 
@@ -139,8 +140,7 @@ def _settings(group: Any, defaults: Any, **helps: str) -> None:
     for name, help_text in helps.items():
         default = getattr(defaults, name)
         kind = _SETTING_TYPES.get(name) or (str if default is None else type(default))
-        metavar = "REGEX" if name == "fault_only" else None
-        group.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default, metavar=metavar, help=help_text)
+        group.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default, help=help_text)
 
 
 def emulator_config(args: argparse.Namespace) -> Any:
