@@ -26,6 +26,9 @@ log = logging.getLogger("airflow_batchcode.services")
 RETRY_SHARED_AFTER = 30.0
 """After Redis failed, the seconds during which the per-process ledger is used before Redis is tried again."""
 
+MAX_LATE = 3
+"""Slots one request gives up for waking late before it is sent anyway."""
+
 T = TypeVar("T")
 
 
@@ -136,23 +139,42 @@ class Budget:
         ``operation`` too, when the request is about one)."""
         if not self.limited:
             return
+        late = 0
         while True:
+            asked = time.monotonic()
             grant = self.take(poll=poll, operation=operation)
             if grant.delay > 0:
                 time.sleep(grant.delay)
-            if grant.granted:
+            if grant.granted and self._in_time(asked, grant, late):
                 return
+            if grant.granted:
+                late += 1
 
     async def acquire_async(self, *, poll: bool = False, operation: str | None = None) -> None:
         """:meth:`acquire` without blocking the event loop (a shared ledger is asked from a thread)."""
         if not self.limited:
             return
+        late = 0
         while True:
+            asked = time.monotonic()
             grant = await self._in_thread(lambda: self.take(poll=poll, operation=operation))
             if grant.delay > 0:
                 await asyncio.sleep(grant.delay)
-            if grant.granted:
+            if grant.granted and self._in_time(asked, grant, late):
                 return
+            if grant.granted:
+                late += 1
+
+    def _in_time(self, asked: float, grant: Grant, late: int) -> bool:
+        """Whether a granted request may still be sent: its caller woke in time for its slot (a busy
+        machine can wake it late, and then it would arrive too close to the next request granted),
+        or it already gave up ``MAX_LATE`` slots. A slot given up stays counted: an overcount only
+        ever sends less."""
+        overdue = time.monotonic() - asked - grant.delay
+        if overdue <= self.settings.lateness_allowed or late >= MAX_LATE:
+            return True
+        log.debug("Woke %.3f s after a request slot on %s: asking for a later one", overdue, self.settings.key)
+        return False
 
     async def _in_thread(self, call: Callable[[], T]) -> T:
         if self._shared is None:

@@ -103,12 +103,11 @@ class AsyncTransport(Transport):
 
         async def once() -> Any:
             if rate_limited:
+                await _resolved(headers())  # the token before the budget's slot, as in the sync transport
                 await self.budget.acquire_async(
                     poll=True, operation=operation_id
                 )  # status polls leave the budget's reserve alone
-            request_headers = headers()
-            if asyncio.iscoroutine(request_headers):
-                request_headers = await request_headers
+            request_headers = await _resolved(headers())
             try:
                 lease = self._leased()
                 async with lease.gate:
@@ -140,3 +139,8 @@ class AsyncTransport(Transport):
             )
 
         return await self.retrying(once, what=what, on_auth_failure=on_auth_failure, rate_limited=rate_limited)
+
+
+async def _resolved(value: Any) -> Any:
+    """``value``, awaited when it is a coroutine (``headers`` may be a coroutine function)."""
+    return await value if asyncio.iscoroutine(value) else value

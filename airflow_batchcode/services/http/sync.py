@@ -147,10 +147,15 @@ class SyncTransport(Transport):
 
         def once() -> Any:
             if rate_limited:
+                # a token fetched after the budget's slot would spend the slot's time, and the request
+                # would arrive too close to the next one granted: fetch it first (below it is then the
+                # cached one, unless it expired while a spent quota was waited out)
+                if headers:
+                    headers()
                 self.budget.acquire(operation=operation_id)
+            sent = dict(headers()) if headers else None
             if body_factory is not None:
                 kwargs["data"] = body_factory()
-            sent = dict(headers()) if headers else None
             try:
                 response = self.session.request(
                     method, url, headers=sent, timeout=self.settings.timeout, allow_redirects=False, **kwargs

@@ -121,6 +121,80 @@ def test_the_budget_waits_asynchronously_without_blocking_the_loop() -> None:
     assert ticks >= 15, "the event loop kept running while callers waited"
 
 
+class _StallsOnce(LocalLedger):
+    """A ledger whose first grant comes back late, as if the caller's process stalled after asking."""
+
+    def __init__(self, settings: BudgetSettings, stall: float) -> None:
+        super().__init__(settings)
+        self.stall = stall
+
+    def take(self, now: float, *, poll: bool, operation: str | None = None) -> Any:
+        grant = super().take(now, poll=poll, operation=operation)
+        stall, self.stall = self.stall, 0.0
+        time.sleep(stall)
+        return grant
+
+
+def test_a_caller_woken_late_for_its_slot_asks_for_another_instead_of_crowding_the_next() -> None:
+    limits = settings(rate=5.0)  # slots 0.22 s apart; the service refuses two requests < 0.2 s apart
+    budget = Budget(limits, _StallsOnce(limits, stall=0.1))
+    sent: dict[str, float] = {}
+
+    def send(name: str) -> None:
+        budget.acquire()
+        sent[name] = time.monotonic()
+
+    late = threading.Thread(target=send, args=("late",))
+    late.start()
+    time.sleep(0.03)  # asks while the first caller is stalled: granted the slot after the first
+    send("next")
+    late.join()
+    assert sent["late"] - sent["next"] >= 0.2, "the late caller took the slot after the next one"
+    assert budget.made == 3, "the slot given up stays counted (an overcount only ever sends less)"
+
+    on_time = Budget(settings(rate=5.0))
+    on_time.acquire()
+    on_time.acquire()
+    assert on_time.made == 2
+
+
+def test_both_transports_fetch_the_token_before_taking_a_request_slot() -> None:
+    """A token fetched after the slot would spend the slot's time (one token request, itself slow
+    under load) and the API request would then crowd the next one granted."""
+    from airflow_batchcode.exceptions import TransportError
+    from airflow_batchcode.services.http.aio import AsyncTransport
+
+    budget = Budget(settings(rate=100.0))
+    seen: list[int] = []
+
+    def headers() -> dict[str, str]:
+        seen.append(budget.made)
+        return {"Authorization": "token"}
+
+    async def async_headers() -> dict[str, str]:
+        return headers()
+
+    http = HttpSettings(retry=RetryPolicy(max_attempts=1))
+    url = "http://127.0.0.1:9/v1/status"  # nothing listens: the request itself fails at once
+    with pytest.raises(TransportError):
+        SyncTransport(http, json_message_reader("message"), budget, service="test").api_json(
+            "GET", url, headers=headers, what="status"
+        )
+    assert seen[0] == 0 and budget.made == 1, seen
+
+    async def poll() -> None:
+        transport = AsyncTransport(http, json_message_reader("message"), budget, service="test")
+        try:
+            await transport.api_json("GET", url, headers=async_headers, what="status")
+        finally:
+            await transport.aclose()
+
+    seen.clear()
+    with pytest.raises(TransportError):
+        asyncio.run(poll())
+    assert seen[0] == 1 and budget.made == 2, seen
+
+
 def test_hold_off_delays_every_caller() -> None:
     budget = Budget(settings(rate=1000.0))
     budget.hold_off(0.2)
