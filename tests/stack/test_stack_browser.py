@@ -275,6 +275,10 @@ def test_backfill_from_the_trigger_dialog_codes_three_slices(stack: Stack, brows
             browser.send(
                 "Input.dispatchKeyEvent", {"type": kind, "key": "Escape", "code": "Escape", "windowsVirtualKeyCode": 27}
             )
+    # the three days at once, as an engineer backfilling history would (the dialog's default is one at a time)
+    max_runs = f"{dialog}.querySelector('input[type=number]')"
+    browser.type_into(max_runs, "3")
+    browser.evaluate(f"{max_runs}.blur()")
     browser.wait_for(f"{dialog}.innerText.includes('3 runs will be triggered')")
     browser.wait_for(f"!{button('Run Backfill', dialog)}.disabled")
     browser.screenshot(artifacts / "backfill-dialog.png", full_page=False)
@@ -293,6 +297,9 @@ def test_backfill_from_the_trigger_dialog_codes_three_slices(stack: Stack, brows
     browser.wait_for("document.body.innerText.includes('backfill') || document.body.innerText.includes('Backfill')")
     browser.screenshot(artifacts / "backfill-runs.png", full_page=False)
     assert sorted(r["data_interval_start"][:10] for r in runs) == days
+    backfill = stack.api("GET", "backfills", params={"dag_id": DAG_ID}).json()["backfills"][-1]
+    assert backfill["max_active_runs"] == 3, backfill
+    assert max(r["start_date"] for r in runs) < min(r["end_date"] for r in runs), "the three days ran at once"
     for run in runs:
         assert run["state"] == "success", run
         day = run["data_interval_start"][:10]
