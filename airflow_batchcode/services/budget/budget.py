@@ -10,6 +10,7 @@ which every call on the connection waits for the reset too.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
@@ -142,13 +143,12 @@ class Budget:
         late = 0
         while True:
             asked = time.monotonic()
-            grant = self.take(poll=poll, operation=operation)
+            grant = self.take(poll=poll, operation=None if late else operation)
             if grant.delay > 0:
                 time.sleep(grant.delay)
             if grant.granted and self._in_time(asked, grant, late):
                 return
-            if grant.granted:
-                late += 1
+            late += self._give_up(grant)
 
     async def acquire_async(self, *, poll: bool = False, operation: str | None = None) -> None:
         """:meth:`acquire` without blocking the event loop (a shared ledger is asked from a thread)."""
@@ -157,19 +157,19 @@ class Budget:
         late = 0
         while True:
             asked = time.monotonic()
-            grant = await self._in_thread(lambda: self.take(poll=poll, operation=operation))
+            grant = await self._in_thread(
+                functools.partial(self.take, poll=poll, operation=None if late else operation)
+            )
             if grant.delay > 0:
                 await asyncio.sleep(grant.delay)
             if grant.granted and self._in_time(asked, grant, late):
                 return
-            if grant.granted:
-                late += 1
+            late += self._give_up(grant)
 
     def _in_time(self, asked: float, grant: Grant, late: int) -> bool:
         """Whether a granted request may still be sent: its caller woke in time for its slot (a busy
         machine can wake it late, and then it would arrive too close to the next request granted),
-        or it already gave up ``MAX_LATE`` slots. A slot given up stays counted: an overcount only
-        ever sends less."""
+        or it already gave up ``MAX_LATE`` slots."""
         overdue = time.monotonic() - asked - grant.delay
         if overdue <= self.settings.lateness_allowed or late >= MAX_LATE:
             return True
@@ -180,6 +180,16 @@ class Budget:
         if self._shared is None:
             return call()
         return await asyncio.to_thread(call)
+
+    def _give_up(self, grant: Grant) -> int:
+        """A granted slot is not used: this process did not send it (the request counts once for its
+        operation, on its first slot). The window keeps counting it: an overcount only ever sends less.
+        :return: 1 for a slot given up, 0 for a refusal."""
+        if not grant.granted:
+            return 0
+        with self._lock:
+            self.made -= 1
+        return 1
 
     def hold_off(self, seconds: float) -> None:
         """Send nothing for ``seconds`` (a 429's ``Retry-After``)."""

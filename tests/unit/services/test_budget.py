@@ -141,7 +141,7 @@ def test_a_caller_woken_late_for_its_slot_asks_for_another_instead_of_crowding_t
     sent: dict[str, float] = {}
 
     def send(name: str) -> None:
-        budget.acquire()
+        budget.acquire(operation=name)
         sent[name] = time.monotonic()
 
     late = threading.Thread(target=send, args=("late",))
@@ -150,7 +150,9 @@ def test_a_caller_woken_late_for_its_slot_asks_for_another_instead_of_crowding_t
     send("next")
     late.join()
     assert sent["late"] - sent["next"] >= 0.2, "the late caller took the slot after the next one"
-    assert budget.made == 3, "the slot given up stays counted (an overcount only ever sends less)"
+    assert budget.made == 2, "two requests were sent"
+    assert budget.status().used == 3, "the window keeps the slot given up (an overcount only ever sends less)"
+    assert budget.requests_for(["late", "next"]) == 2, "each operation's request counted once (run summaries)"
 
     on_time = Budget(settings(rate=5.0))
     on_time.acquire()
