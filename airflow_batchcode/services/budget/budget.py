@@ -142,11 +142,10 @@ class Budget:
             return
         late = 0
         while True:
-            asked = time.monotonic()
-            grant = self.take(poll=poll, operation=None if late else operation)
+            grant, due = self._take_due(poll, None if late else operation)
             if grant.delay > 0:
                 time.sleep(grant.delay)
-            if grant.granted and self._in_time(asked, grant, late):
+            if grant.granted and self._in_time(due, late):
                 return
             late += self._give_up(grant)
 
@@ -156,21 +155,24 @@ class Budget:
             return
         late = 0
         while True:
-            asked = time.monotonic()
-            grant = await self._in_thread(
-                functools.partial(self.take, poll=poll, operation=None if late else operation)
-            )
+            grant, due = await self._in_thread(functools.partial(self._take_due, poll, None if late else operation))
             if grant.delay > 0:
                 await asyncio.sleep(grant.delay)
-            if grant.granted and self._in_time(asked, grant, late):
+            if grant.granted and self._in_time(due, late):
                 return
             late += self._give_up(grant)
 
-    def _in_time(self, asked: float, grant: Grant, late: int) -> bool:
-        """Whether a granted request may still be sent: its caller woke in time for its slot (a busy
-        machine can wake it late, and then it would arrive too close to the next request granted),
-        or it already gave up ``MAX_LATE`` slots."""
-        overdue = time.monotonic() - asked - grant.delay
+    def _take_due(self, poll: bool, operation: str | None) -> tuple[Grant, float]:
+        """:meth:`take`, and the monotonic time its slot is due, stamped as soon as the ledger answered
+        (time spent before the ledger saw the question, queued for a thread, is not lateness)."""
+        grant = self.take(poll=poll, operation=operation)
+        return grant, time.monotonic() + grant.delay
+
+    def _in_time(self, due: float, late: int) -> bool:
+        """Whether a granted request may still be sent: its caller woke in time for its slot, ``due``
+        (a busy machine or event loop can wake it late, and then it would arrive too close to the
+        next request granted), or it already gave up ``MAX_LATE`` slots."""
+        overdue = time.monotonic() - due
         if overdue <= self.settings.lateness_allowed or late >= MAX_LATE:
             return True
         log.debug("Woke %.3f s after a request slot on %s: asking for a later one", overdue, self.settings.key)

@@ -15,12 +15,12 @@ SPACING_MARGIN = 0.1
 """Requests are spaced this share more than ``1 / rate`` apart: a caller that wakes up a little late
 then still arrives after the service's bucket has refilled for it."""
 LATE_SHARE = 0.5
-"""A caller that wakes more than this share of the spacing margin after its slot (measured from when it
-asked, so the ledger's round trip counts) gives the slot up and asks for another: sent that late, its
-request would arrive too close to the next one granted."""
+"""A caller that wakes more than this share of the spacing margin after its slot (measured from the
+ledger's answer) gives the slot up and asks for another: sent that late, its request would arrive
+too close to the next one granted."""
 LATE_FLOOR = 0.01
-"""...but never for less than this many seconds: at high rates the margin is shorter than a round trip
-to a shared ledger, and such services take bursts."""
+"""...but never for less than this many seconds: at high rates the margin is shorter than a sleep's
+usual jitter, and such services take bursts."""
 RESERVE_SHARE = 0.1
 """Share of each window's quota that status polls leave to creates, uploads and downloads."""
 
