@@ -109,10 +109,7 @@ class Budget:
         grant = self._call(lambda ledger: ledger.take(time.time(), poll=poll, operation=operation))
         if self._ledger()[1]:
             self._last_shared = (grant.used, grant.reset)
-        if grant.granted:
-            with self._lock:
-                self.made += 1
-        else:
+        if not grant.granted:
             self._announce(grant)
         return grant
 
@@ -145,9 +142,10 @@ class Budget:
             grant, due = self._take_due(poll, None if late else operation)
             if grant.delay > 0:
                 time.sleep(grant.delay)
-            if grant.granted and self._in_time(due, late):
+            given_up = self._after_wait(grant, due, late)
+            if given_up is None:
                 return
-            late += self._give_up(grant)
+            late = given_up
 
     async def acquire_async(self, *, poll: bool = False, operation: str | None = None) -> None:
         """:meth:`acquire` without blocking the event loop (a shared ledger is asked from a thread)."""
@@ -158,9 +156,10 @@ class Budget:
             grant, due = await self._in_thread(functools.partial(self._take_due, poll, None if late else operation))
             if grant.delay > 0:
                 await asyncio.sleep(grant.delay)
-            if grant.granted and self._in_time(due, late):
+            given_up = self._after_wait(grant, due, late)
+            if given_up is None:
                 return
-            late += self._give_up(grant)
+            late = given_up
 
     def _take_due(self, poll: bool, operation: str | None) -> tuple[Grant, float]:
         """:meth:`take`, and the monotonic time its slot is due, stamped as soon as the ledger answered
@@ -168,30 +167,29 @@ class Budget:
         grant = self.take(poll=poll, operation=operation)
         return grant, time.monotonic() + grant.delay
 
-    def _in_time(self, due: float, late: int) -> bool:
-        """Whether a granted request may still be sent: its caller woke in time for its slot, ``due``
-        (a busy machine or event loop can wake it late, and then it would arrive too close to the
-        next request granted), or it already gave up ``MAX_LATE`` slots."""
+    def _after_wait(self, grant: Grant, due: float, late: int) -> int | None:
+        """The step after waiting for ``grant``, shared by both loops: ``None`` when the request goes
+        out now (counted as sent by this process), else the slots given up so far for this request.
+
+        A granted request goes out unless its caller woke late for its slot, ``due`` (a busy machine
+        or event loop can wake it late, and then it would arrive too close to the next request
+        granted); it then gives the slot up and asks again, at most ``MAX_LATE`` times. A slot given
+        up stays counted in the window (an overcount only ever sends less), not for its operation.
+        """
+        if not grant.granted:
+            return late
         overdue = time.monotonic() - due
-        if overdue <= self.settings.lateness_allowed or late >= MAX_LATE:
-            return True
-        log.debug("Woke %.3f s after a request slot on %s: asking for a later one", overdue, self.settings.key)
-        return False
+        if overdue > self.settings.lateness_allowed and late < MAX_LATE:
+            log.debug("Woke %.3f s after a request slot on %s: asking for a later one", overdue, self.settings.key)
+            return late + 1
+        with self._lock:
+            self.made += 1
+        return None
 
     async def _in_thread(self, call: Callable[[], T]) -> T:
         if self._shared is None:
             return call()
         return await asyncio.to_thread(call)
-
-    def _give_up(self, grant: Grant) -> int:
-        """A granted slot is not used: this process did not send it (the request counts once for its
-        operation, on its first slot). The window keeps counting it: an overcount only ever sends less.
-        :return: 1 for a slot given up, 0 for a refusal."""
-        if not grant.granted:
-            return 0
-        with self._lock:
-            self.made -= 1
-        return 1
 
     def hold_off(self, seconds: float) -> None:
         """Send nothing for ``seconds`` (a 429's ``Retry-After``)."""
