@@ -40,8 +40,12 @@ def _connection(base_url: str, prefix: str) -> str:
     from bench.common import CLIENT_ID, CLIENT_SECRET
 
     extra = {
-        **{"service": "abs", "topic": TOPIC, "rate_limit": RATE, "daily_quota": 0},
-        **{"budget_url": REDIS_URL, "budget_prefix": prefix},
+        "service": "abs",
+        "topic": TOPIC,
+        "rate_limit": RATE,
+        "daily_quota": 0,
+        "budget_url": REDIS_URL,
+        "budget_prefix": prefix,
     }
     return json.dumps(
         {"conn_type": "batchcode", "host": base_url, "login": CLIENT_ID, "password": CLIENT_SECRET, "extra": extra}

@@ -106,11 +106,14 @@ def make_distinct(warehouse: Path) -> int:
 
 
 def _race(
-    settings: Settings, folder: Path, env: dict[str, str], log: Path, seeded: Path, *, distinct: bool
-) -> dict[str, Any]:
-    """Ours and the naive DAG, one after the other, on a copy of ``seeded`` (made all-distinct when asked)."""
-    dags, staging = folder / "dags", folder / "staging"
-    for path in (dags, staging):
+    report: Report, settings: Settings, work: Path, env: dict[str, str], log: Path, seeded: Path, *, distinct: bool
+) -> None:
+    """Ours and the naive DAG, one after the other, on a copy of ``seeded`` (made all-distinct when
+    asked), in an Airflow home of their own; adds the race's three figures."""
+    name, data = ("e2e_distinct", "all-distinct answers") if distinct else ("e2e", "the sample answers")
+    folder = work / name.replace("_", "-")
+    dags, staging, home = folder / "dags", folder / "staging", folder / "airflow"
+    for path in (dags, staging, home):
         path.mkdir(parents=True, exist_ok=True)
     warehouse = folder / "warehouse.db"
     shutil.copyfile(seeded, warehouse)
@@ -122,82 +125,74 @@ def _race(
     naive_times = folder / "naive-times.json"
     env = {
         **env,
-        "AIRFLOW_HOME": str(folder / "airflow"),
+        "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
         "AIRFLOW_CONN_BATCHCODE_WAREHOUSE": json.dumps({"conn_type": "sqlite", "host": str(warehouse)}),
         "BENCH_NAIVE_TIMES": str(naive_times),
     }
-    Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
     migrate_seconds = migrate_metadata_db(env, log)
     with emulator(log, "--processing-delay", "0") as base_url:
         env["AIRFLOW_CONN_BATCHCODE_DEFAULT"] = batchcode_connection(base_url)
         ours = child("e2e", "dag_test", {"dag_file": str(dags / "bench_nightly.py")}, env=env, log=log, timeout=3000)
         naive = child("e2e", "dag_test", {"dag_file": str(dags / "bench_naive.py")}, env=env, log=log, timeout=3000)
-    for name, run in (("ours", ours), ("naive", naive)):
+    for who, run in (("ours", ours), ("naive", naive)):
         if run.result["state"] != "success":
-            raise RuntimeError(f"the {name} DAG run ended {run.result['state']}; see {log}")
+            raise RuntimeError(f"the {who} DAG run ended {run.result['state']}; see {log}")
     with contextlib.closing(sqlite3.connect(warehouse)) as conn:
         ours_rows = conn.execute("SELECT COUNT(*) FROM coded_occupations").fetchone()[0]
         naive_rows = conn.execute("SELECT COUNT(*) FROM naive_coded").fetchone()[0]
-    steps = step_times(Path(env["AIRFLOW_HOME"]) / "airflow.db", "bench_nightly")
+    steps = step_times(home / "airflow.db", "bench_nightly")
     naive_steps = json.loads(naive_times.read_text())
-    return {
-        "ours": ours,
-        "naive": naive,
-        "steps": steps,
-        "details": {
-            "ours_steps_s": steps,
-            "naive_phases_s": naive_steps,
-            "ours_rows": ours_rows,
-            "naive_rows": naive_rows,
-            "db_migrate_s": migrate_seconds,
-        }
-        | ({"distinct_texts": texts} if texts is not None else {}),
-        "naive_split": ", ".join(f"{k} {fmt(v)}" for k, v in naive_steps.items() if k != "rows"),
+    speedup = naive.result["seconds"] / ours.result["seconds"]
+    split = ", ".join(f"{step} {fmt(seconds)}" for step, seconds in steps.items())
+    naive_split = ", ".join(f"{k} {fmt(v)}" for k, v in naive_steps.items() if k != "rows")
+    details = {
+        "ours_steps_s": steps,
+        "naive_phases_s": naive_steps,
+        "ours_rows": ours_rows,
+        "naive_rows": naive_rows,
+        "db_migrate_s": migrate_seconds,
     }
+    if texts is not None:
+        details["distinct_texts"] = texts
+    report.add(
+        Figure(
+            f"{name}_seconds",
+            ours.result["seconds"],
+            "s",
+            f"naive {fmt(naive.result['seconds'])} s; {settings.e2e_records:,} records ({data}); "
+            f"ours by step (s): {split}; naive by phase (s): {naive_split}",
+            details=details,
+        )
+    )
+    report.add(
+        Figure(
+            f"{name}_speedup",
+            speedup,
+            "x",
+            f"naive PythonOperator {fmt(naive.result['seconds'])} s vs ours {fmt(ours.result['seconds'])} s, on {data}",
+            goal=">= 5",
+            met=speedup >= 5,
+        )
+    )
+    share = ours.peak_rss_mb / naive.peak_rss_mb
+    report.add(
+        Figure(
+            f"{name}_peak_rss",
+            ours.peak_rss_mb,
+            "MB",
+            f"naive {fmt(naive.peak_rss_mb)} MB (ours is {fmt(share * 100)} % of it), on {data}",
+            goal="a fraction of naive",
+            met=share < 0.5,
+        )
+    )
 
 
 def figure_e2e(report: Report, settings: Settings, work: Path, env: dict[str, str], log: Path, seeded: Path) -> None:
     """Figure 6, on the sample data (its answers repeat, as survey answers do) and on the same
     answers made all-distinct (no help from de-duplication)."""
     for distinct in (False, True):
-        race = _race(settings, work / ("e2e-distinct" if distinct else "e2e"), env, log, seeded, distinct=distinct)
-        ours, naive = race["ours"], race["naive"]
-        name, data = ("e2e_distinct", "all-distinct answers") if distinct else ("e2e", "the sample answers")
-        speedup = naive.result["seconds"] / ours.result["seconds"]
-        split = ", ".join(f"{step} {fmt(seconds)}" for step, seconds in race["steps"].items())
-        report.add(
-            Figure(
-                f"{name}_seconds",
-                ours.result["seconds"],
-                "s",
-                f"naive {fmt(naive.result['seconds'])} s; {settings.e2e_records:,} records ({data}); "
-                f"ours by step (s): {split}; naive by phase (s): {race['naive_split']}",
-                details=race["details"],
-            )
-        )
-        report.add(
-            Figure(
-                f"{name}_speedup",
-                speedup,
-                "x",
-                f"naive PythonOperator {fmt(naive.result['seconds'])} s vs ours {fmt(ours.result['seconds'])} s, "
-                f"on {data}",
-                goal=">= 5",
-                met=speedup >= 5,
-            )
-        )
-        share = ours.peak_rss_mb / naive.peak_rss_mb
-        report.add(
-            Figure(
-                f"{name}_peak_rss",
-                ours.peak_rss_mb,
-                "MB",
-                f"naive {fmt(naive.peak_rss_mb)} MB (ours is {fmt(share * 100)} % of it), on {data}",
-                goal="a fraction of naive",
-                met=share < 0.5,
-            )
-        )
+        _race(report, settings, work, env, log, seeded, distinct=distinct)
 
 
 if __name__ == "__main__":
