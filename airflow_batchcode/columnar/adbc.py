@@ -14,8 +14,9 @@ an extract of 100,000 SQLite rows peaked at 225 MB through the DB-API module.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -132,16 +133,32 @@ def adbc_session(conn_id: str) -> AdbcSession | None:
     return None
 
 
-def _released(reader: pa.RecordBatchReader) -> Iterator[pa.RecordBatch]:
-    """``reader``'s batches; once the caller is done with each, Arrow's pool gives its unused memory back.
+def _read_ahead(reader: pa.RecordBatchReader) -> Generator[pa.RecordBatch, None, None]:
+    """``reader``'s batches, the next one read by a thread while the caller works on this one.
 
-    Arrow's default pool (mimalloc) keeps freed pages for reuse; across the batches of an extract
-    they added up. Measured on 100,000 SQLite rows: peak RSS 193 MB without this, 181 MB with it.
+    The driver reads without holding the GIL, so on a machine with two cores the read and our
+    column work overlap. Measured on 1,000,000 PostgreSQL rows (8 batches): reading took 0.32 s
+    of the extract's 1.25 s when done in turn. At most one batch is read ahead, so memory stays
+    bounded by two batches. Once the caller is done with each batch, Arrow's pool gives its
+    unused memory back: its default pool (mimalloc) keeps freed pages for reuse, and across the
+    batches of an extract they added up (100,000 SQLite rows: peak RSS 193 MB without the
+    release, 181 MB with it). Close the iterator before the reader: that waits for a read under way.
     """
     pool = pa.default_memory_pool()
-    for batch in reader:
-        yield batch
-        pool.release_unused()
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="adbc-read") as reading:
+        pending = reading.submit(_next_batch, reader)
+        while (batch := pending.result()) is not None:
+            pending = reading.submit(_next_batch, reader)
+            yield batch
+            del batch
+            pool.release_unused()
+
+
+def _next_batch(reader: pa.RecordBatchReader) -> pa.RecordBatch | None:
+    try:
+        return reader.read_next_batch()
+    except StopIteration:
+        return None
 
 
 def _sqlite_uri(path: str) -> str:
@@ -174,10 +191,14 @@ def stream_batches(conn_id: str, sql: str) -> Iterator[tuple[list[str], Iterator
     if session is None:
         yield None
         return
+    batches: Generator[pa.RecordBatch, None, None] | None = None
     try:
         reader = session.query(sql)
-        yield list(reader.schema.names), _released(reader)
+        batches = _read_ahead(reader)
+        yield list(reader.schema.names), batches
     finally:
+        if batches is not None:
+            batches.close()  # waits for a read under way
         with contextlib.suppress(Exception):
             session.rollback()
         session.close()

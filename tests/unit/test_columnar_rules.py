@@ -19,7 +19,7 @@ from airflow_batchcode.columnar.rules import InputLimits, suspect_mask, utf8_lim
 from airflow_batchcode.columnar.text import text_column
 from airflow_batchcode.exceptions import ConfigurationError
 from airflow_batchcode.manifests import write_chunks
-from airflow_batchcode.records import check, sanitize
+from airflow_batchcode.records import as_text, check, sanitize
 
 TRICKY = ' \t\n\r\x0b\x0c\x1c\x1f\x7f\x85\xa0\u2028\u3000\u0378\ud7ff"\\/é☕\U0001f600aZ09'
 texts = st.one_of(
@@ -41,6 +41,17 @@ def test_the_mask_marks_every_record_the_row_rules_reject_or_repair(rows: list[t
         if not marked:
             assert check(o, t).error is None
             assert sanitize(o, t).note is None
+
+
+def test_the_ascii_mask_marks_exactly_the_characters_outside_printable_ascii() -> None:
+    """Arrow's ``ascii_is_printable`` stands in for ``[^\\x20-\\x7e]``: every character up to U+2FFF, alone and
+    after ASCII text, is marked exactly when it is outside ``0x20``-``0x7e``."""
+    chars = [chr(code) for code in range(0x3000) if not 0xD800 <= code <= 0xDFFF]
+    for prefix in ("", "Nurse "):
+        occp = text_column(pa.array([prefix + c for c in chars], pa.large_string()))
+        tasks = text_column(pa.array(["cares"] * len(chars), pa.large_string()))
+        marked = suspect_mask(occp, tasks).to_pylist()
+        assert marked == [not 0x20 <= ord(c) <= 0x7E for c in chars]
 
 
 @settings(max_examples=300, deadline=None)
@@ -104,3 +115,11 @@ def test_batches_write_the_row_path_files(
         (c.records, c.bytes, c.digest) for c in plain.chunks
     ]
     assert _files(base / "a") == _files(base / "b")
+
+
+@pytest.mark.parametrize("kind", [pa.large_binary(), pa.large_string(), pa.string(), pa.binary()])
+def test_bytes_that_are_not_utf8_read_as_the_row_path_reads_them(kind: pa.DataType) -> None:
+    """A character split across two values, a stray continuation byte and a NULL: checked value by value."""
+    values = [b"ok", b"\xe2\x82", b"\xac", b"caf\xc3\xa9", None]
+    column = pa.array(values, pa.large_binary()).cast(kind, safe=False)  # Arrow makes such a text column unchecked
+    assert text_column(column).to_pylist() == [as_text(value) for value in values]
