@@ -24,8 +24,13 @@ import pyarrow as pa
 
 DRIVERS = ("postgres", "sqlite")
 """Connection types with an ADBC driver."""
-BATCH_BYTES = 8 << 20
-"""PostgreSQL: the size a record batch aims at (memory stays flat however large the extract)."""
+BATCH_BYTES = 1 << 20
+"""PostgreSQL: the size a record batch aims at (memory stays flat however large the extract).
+
+Measured on 1,000,000 rows (3 text columns), best of 3: 8 MB batches took 0.60-0.76 s at a peak
+RSS of 291-296 MB, 4 MB 0.62-0.63 s at 235 MB, 2 MB 0.56-0.57 s at 214 MB, 1 MB 0.58 s at 201 MB.
+Smaller batches cost no time (each one's columns stay in the CPU's caches) and hold less.
+"""
 BATCH_ROWS = 10_000
 """SQLite: rows per record batch."""
 _LIBPQ_EXTRAS = (
