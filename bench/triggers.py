@@ -12,6 +12,11 @@ collector's. The collector walks every tracked object of the process (about 200,
 Airflow's imports) however few of them the triggers made, so the run is repeated, shorter,
 with those start-up objects frozen (``gc.freeze()``, what a triggerer could do once started):
 the ``whatif_gc_freeze_`` figures.
+
+To tell Airflow's objects from the triggers', a full collection is also timed on its own before
+the first trigger is made and again with every trigger waiting. To tell the loop's own work from
+time it was not running at all (on two cores the emulator serving the polls, and the machine's
+other processes, take turns with it), each tick records the CPU time the loop's thread had.
 """
 
 from __future__ import annotations
@@ -42,15 +47,32 @@ MANIFEST = b'{"recordId":"1","occp_text":"chef","tasks_text":"cooking"}\n'
 
 
 class _Ticker:
+    """Wakes every :data:`TICK`; records when it woke, how late, and the CPU the loop's thread had meanwhile."""
+
     def __init__(self) -> None:
         self.lateness: list[tuple[float, float]] = []
+        self.cpu: dict[float, float] = {}
+        """Per tick (by wake time): the loop thread's CPU seconds since the tick went to sleep. A stall
+        with far less CPU than its length is time the thread was not running: the machine's other
+        processes had the cores (or it waited in a system call), not work of the loop's own."""
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             expected = loop.time() + TICK
+            cpu = time.thread_time()
             await asyncio.sleep(TICK)
-            self.lateness.append((loop.time(), loop.time() - expected))
+            woke = loop.time()
+            self.lateness.append((woke, woke - expected))
+            self.cpu[woke] = time.thread_time() - cpu
+
+
+def _timed_collect() -> tuple[float, int]:
+    """A full collection's seconds, and how many objects it walked."""
+    tracked = len(gc.get_objects())
+    started = time.perf_counter()
+    gc.collect()
+    return time.perf_counter() - started, tracked
 
 
 async def _consume(trigger: Any) -> list[Any]:
@@ -92,6 +114,7 @@ async def _run(operations: list[str], seconds: float, interval: float, freeze_gc
     if freeze_gc:
         gc.collect()
         gc.freeze()
+    floor = _timed_collect()  # no trigger yet: Airflow's objects, the imports' and the client's leftovers
     pauses.clear()  # only collections while the triggers run count
     ticker = _Ticker()
     ticking = asyncio.create_task(ticker.run())
@@ -116,11 +139,12 @@ async def _run(operations: list[str], seconds: float, interval: float, freeze_gc
         await asyncio.sleep(1.0)
         samples.append((loop.time() - started, time.process_time() - cpu_before, polls, process.memory_info().rss))
     finished = [task for task in tasks if task.done()]
+    ticking.cancel()
+    gc.callbacks.remove(on_gc)
+    loaded = _timed_collect()  # every trigger still waiting
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    ticking.cancel()
-    gc.callbacks.remove(on_gc)
     full = [(seconds, end) for generation, seconds, end in pauses if generation == 2]
     # a tick that woke at ``when``, ``late`` late, waited from ``when - late - TICK``: a full
     # collection that ended in that window made (part of) the stall
@@ -128,6 +152,9 @@ async def _run(operations: list[str], seconds: float, interval: float, freeze_gc
         (when, late) for when, late in ticker.lateness if any(when - late - TICK <= end <= when for _, end in full)
     ]
     other = [late for when, late in ticker.lateness if (when, late) not in gc_stalls]
+    long_other = [
+        (late, ticker.cpu[when]) for when, late in ticker.lateness if late > 0.1 and (when, late) not in gc_stalls
+    ]
     # steady state: from the first second at which every trigger has polled at least once
     steady_from = next((s for s in samples if s[2] >= len(triggers)), samples[-1])
     end = samples[-1]
@@ -158,6 +185,17 @@ async def _run(operations: list[str], seconds: float, interval: float, freeze_gc
         "gc_longest_full_s": max((seconds for seconds, _ in full), default=0.0),
         "gc_longest_any_s": max((seconds for _, seconds, _ in pauses), default=0.0),
         "tracked_objects": len(gc.get_objects()),
+        "full_gc_without_triggers_s": floor[0],
+        "objects_without_triggers": floor[1],
+        "full_gc_with_triggers_s": loaded[0],
+        "objects_with_triggers": loaded[1],
+        "stalls_over_100ms_outside_full_gc": len(long_other),
+        "stalls_over_100ms_outside_full_gc_mostly_off_cpu": sum(
+            1 for late, cpu in long_other if cpu < (late + TICK) / 2
+        ),
+        "max_cpu_share_in_stall_over_100ms_outside_full_gc": max(
+            (cpu / (late + TICK) for late, cpu in long_other), default=0.0
+        ),
     }
 
 
@@ -227,7 +265,13 @@ def figure_triggers(report: Report, settings: Settings, work: Path, env: dict[st
                 f"({r['stalls_over_100ms_in_full_gc']} in a full collection: {r['gc_full_collections']} of them, "
                 f"longest {fmt(r['gc_longest_full_s'])} s over {r['tracked_objects']:,} tracked objects); "
                 f"max outside them {fmt(r['max_stall_outside_full_gc_s'])} s, "
-                f"p99 {fmt(r['p99_stall_s'] * 1000)} ms, steady-state max {fmt(r['max_stall_steady_s'])} s",
+                f"p99 {fmt(r['p99_stall_s'] * 1000)} ms, steady-state max {fmt(r['max_stall_steady_s'])} s; "
+                f"of the {r['stalls_over_100ms_outside_full_gc']} ticks > 0.1 s late outside a full collection, "
+                f"{r['stalls_over_100ms_outside_full_gc_mostly_off_cpu']} had the loop's thread on a CPU for less "
+                f"than half the time (at most {fmt(r['max_cpu_share_in_stall_over_100ms_outside_full_gc'] * 100)} % "
+                f"in any); a full collection took {fmt(r['full_gc_without_triggers_s'])} s over "
+                f"{r['objects_without_triggers']:,} objects before any trigger (Airflow's, the imports'), "
+                f"{fmt(r['full_gc_with_triggers_s'])} s over {r['objects_with_triggers']:,} with {count:,} triggers",
                 goal="<= 0.1 s" if goals else "",
                 met=r["max_stall_s"] <= 0.1 if goals else None,
             )
