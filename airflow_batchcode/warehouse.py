@@ -18,9 +18,9 @@ import re
 from collections.abc import Callable, Generator, Iterable, Iterator
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
-from airflow_batchcode.exceptions import ConfigurationError
+from airflow_batchcode.exceptions import ConfigurationError, PartialLoadError
 from airflow_batchcode.rows import COLUMNS, Row
 
 TABLE_COLUMNS = (*COLUMNS, "dag_id", "dag_run_id", "loaded_at")
@@ -197,12 +197,30 @@ AfterInsert = Callable[[Any, Any, Any], int]
 inside the load's transaction (:class:`airflow_batchcode.result_cache.RunFill`)."""
 
 
+class Staged(NamedTuple):
+    """A run's rows already bulk-loaded into a table of their own in the output's database
+    (:func:`airflow_batchcode.columnar.load.ingest_run_batches`), all of :data:`TABLE_COLUMNS`."""
+
+    table: str
+    rows: int
+    loaded_at: datetime | str
+
+
 def replace_run_rows(
-    conn_id: str, table: str, rows: Iterable[Row], *, dag_id: str, run_id: str, after: AfterInsert | None = None
+    conn_id: str,
+    table: str,
+    rows: Iterable[Row],
+    *,
+    dag_id: str,
+    run_id: str,
+    after: AfterInsert | None = None,
+    staged: Staged | None = None,
 ) -> int:
     """Create ``table`` if needed, then replace the run's rows with ``rows`` in one transaction.
 
     :param after: run after ``rows`` are in (and before the reviews are applied), in the same transaction.
+    :param staged: take the rows from this staging table instead of ``rows`` (``INSERT ... SELECT``), and drop
+        it in the same transaction.
     :return: the rows inserted.
     """
     from airflow.sdk import BaseHook
@@ -215,6 +233,8 @@ def replace_run_rows(
     now = datetime.now(UTC).replace(tzinfo=None)
     # SQLite gets the text sqlite3's datetime adapter would store, converted once instead of per row
     loaded_at: datetime | str = now.isoformat(" ") if _is_sqlite(conn) else now
+    if staged is not None:
+        loaded_at = staged.loaded_at
     full = ((*row, dag_id, run_id, loaded_at) for row in rows)
     try:
         cursor = conn.cursor()
@@ -225,8 +245,11 @@ def replace_run_rows(
         placeholder = "?" if _is_sqlite(conn) else "%s"
         delete = f"DELETE FROM {table} WHERE dag_id = {placeholder} AND dag_run_id = {placeholder}"  # noqa: S608
         cursor.execute(delete, (dag_id, run_id))
-        insert = _copy_loader(conn, cursor, table) or _executemany_loader(cursor, table, placeholder)
-        count = insert(full)
+        if staged is None:
+            insert = _copy_loader(conn, cursor, table) or _executemany_loader(cursor, table, placeholder)
+            count = insert(full)
+        else:
+            count = _insert_staged(cursor, table, staged)
         if after is not None:
             count += after(conn, cursor, loaded_at)
         apply_reviews(conn, table, dag_id=dag_id, run_id=run_id)  # reviewers' decisions outlive a reload
@@ -237,6 +260,16 @@ def replace_run_rows(
         raise
     finally:
         conn.close()
+
+
+def _insert_staged(cursor: Any, table: str, staged: Staged) -> int:
+    """Move the staged rows into ``table`` and drop the staging table (not committed)."""
+    names = ", ".join(TABLE_COLUMNS)
+    cursor.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM {check_table_name(staged.table)}")  # noqa: S608
+    if cursor.rowcount not in (-1, staged.rows):
+        raise PartialLoadError(f"Moved {cursor.rowcount} staged rows of {staged.rows}: refusing a partial load")
+    cursor.execute(f"DROP TABLE {staged.table}")
+    return staged.rows
 
 
 def _is_sqlite(conn: Any) -> bool:

@@ -1,9 +1,14 @@
-"""The output table loaded by ADBC bulk ingest: a staging table, then one transaction replacing the run's rows.
+"""The output table loaded by ADBC bulk ingest: the run's rows staged, then one transaction replacing them.
 
-The rows stream into a temporary staging table as Arrow record batches of bounded size
-(binary ``COPY`` under the hood on PostgreSQL); then, in the same transaction, the run's earlier
-rows are deleted and the staged rows inserted with one ``INSERT ... SELECT``, and the
-transaction commits once. :func:`load_run_rows` (what the ``load`` task calls) takes this path
+The rows stream as Arrow record batches of bounded size into a staging table of the run's own
+(binary ``COPY`` under the hood on PostgreSQL), which the ADBC connection commits. Then
+:func:`airflow_batchcode.warehouse.replace_run_rows` replaces the run's rows from it in one
+transaction on the connection's own hook, with all it does there for the DB-API path: the rows
+the load's joins fill in the database (``after``), reviewers' decisions re-applied, and here the
+staging table dropped. Rows that fail part way leave the output table as it was; a staging
+table left behind by a killed attempt is replaced by the next one.
+
+:func:`load_run_rows` (what the ``load`` task calls when ``columnar=True``) takes this path
 for SQLite; PostgreSQL and connections without an ADBC driver keep
 :func:`airflow_batchcode.warehouse.replace_run_rows` (see :func:`load_run_rows` for why).
 """
@@ -11,26 +16,29 @@ for SQLite; PostgreSQL and connections without an ADBC driver keep
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 
 import pyarrow as pa
 
-from airflow_batchcode.columnar.adbc import adbc_session, has_driver
+from airflow_batchcode.columnar.adbc import AdbcSession, adbc_session, has_driver
 from airflow_batchcode.rows import COLUMNS, Row
-from airflow_batchcode.warehouse import TABLE_COLUMNS, check_table_name, prepare_table, replace_run_rows
+from airflow_batchcode.warehouse import AfterInsert, Staged, check_table_name, replace_run_rows
 
 BATCH_ROWS = 10_000
 """Rows per ingested record batch (memory stays flat however many rows the run has)."""
-STAGING_TABLE = "batchcode_load_staging"
+STAGING_PREFIX = "batchcode_staging_"
 _TEXT = pa.large_string()
 _TYPES = {"position": pa.int64(), "code_confidence": pa.float64(), "agreement": pa.float64(), "chunk": pa.int64()}
 ROW_SCHEMA = pa.schema([(name, _TYPES.get(name, _TEXT)) for name in COLUMNS])
 """The Arrow schema of a :class:`~airflow_batchcode.rows.Row` (the output table's columns but the loader's)."""
 
 
-def load_run_rows(conn_id: str, table: str, rows: Iterable[Row], *, dag_id: str, run_id: str) -> int:
+def load_run_rows(
+    conn_id: str, table: str, rows: Iterable[Row], *, dag_id: str, run_id: str, after: AfterInsert | None = None
+) -> int:
     """Replace the run's rows in ``table`` with ``rows``, by the faster path for the connection.
 
     SQLite: ADBC ingest (:func:`ingest_run_rows`). PostgreSQL and the rest:
@@ -42,69 +50,82 @@ def load_run_rows(conn_id: str, table: str, rows: Iterable[Row], *, dag_id: str,
     :return: the rows inserted.
     """
     if has_driver(conn_id, "sqlite"):
-        return ingest_run_rows(conn_id, table, rows, dag_id=dag_id, run_id=run_id)
-    return replace_run_rows(conn_id, table, rows, dag_id=dag_id, run_id=run_id)
+        return ingest_run_rows(conn_id, table, rows, dag_id=dag_id, run_id=run_id, after=after)
+    return replace_run_rows(conn_id, table, rows, dag_id=dag_id, run_id=run_id, after=after)
 
 
-def ingest_run_rows(conn_id: str, table: str, rows: Iterable[Row], *, dag_id: str, run_id: str) -> int:
+def ingest_run_rows(
+    conn_id: str, table: str, rows: Iterable[Row], *, dag_id: str, run_id: str, after: AfterInsert | None = None
+) -> int:
     """:func:`~airflow_batchcode.warehouse.replace_run_rows` through ADBC (PostgreSQL and SQLite connections)."""
-    return ingest_run_batches(conn_id, table, row_batches(rows), dag_id=dag_id, run_id=run_id)
+    return ingest_run_batches(conn_id, table, row_batches(rows), dag_id=dag_id, run_id=run_id, after=after)
 
 
-def ingest_run_batches(conn_id: str, table: str, batches: Iterable[pa.RecordBatch], *, dag_id: str, run_id: str) -> int:
-    """Replace the run's rows in ``table`` with ``batches`` (of :data:`ROW_SCHEMA`) through ADBC ingest.
-
-    The table is created (or given the columns an older release lacked) through the connection's
-    own hook first, as :func:`~airflow_batchcode.warehouse.replace_run_rows` does; the rows then
-    go through one ADBC transaction.
+def ingest_run_batches(
+    conn_id: str,
+    table: str,
+    batches: Iterable[pa.RecordBatch],
+    *,
+    dag_id: str,
+    run_id: str,
+    after: AfterInsert | None = None,
+) -> int:
+    """Replace the run's rows in ``table`` with ``batches`` (of :data:`ROW_SCHEMA`): staged through ADBC ingest,
+    then moved in one transaction of :func:`~airflow_batchcode.warehouse.replace_run_rows`.
 
     :return: the rows inserted.
     """
+    staging = staging_table(table, dag_id, run_id)
+    staged = stage(conn_id, staging, batches, dag_id=dag_id, run_id=run_id)
+    try:
+        return replace_run_rows(conn_id, table, (), dag_id=dag_id, run_id=run_id, after=after, staged=staged)
+    except BaseException:
+        with _session(conn_id) as session, contextlib.suppress(Exception):
+            session.execute(f"DROP TABLE IF EXISTS {staging}")
+            session.commit()
+        raise
+
+
+def staging_table(table: str, dag_id: str, run_id: str) -> str:
+    """The staging table of one run's load into ``table``: a name of its own, so runs may load at once."""
     check_table_name(table)
-    _prepare(conn_id, table)
+    return STAGING_PREFIX + hashlib.blake2b(f"{table}\0{dag_id}\0{run_id}".encode(), digest_size=8).hexdigest()
+
+
+@contextlib.contextmanager
+def _session(conn_id: str) -> Iterator[AdbcSession]:
     session = adbc_session(conn_id)
     if session is None:
         raise ValueError(f"connection {conn_id!r} has no ADBC driver")
-    now = datetime.now(UTC).replace(tzinfo=None)
-    # SQLite stores the text sqlite3's datetime adapter would (as the DB-API path does)
-    loaded_at: pa.Scalar = pa.scalar(now.isoformat(" ") if session.sqlite else now)
-    watched = _Watched(batches)
     try:
-        session.execute(f"DROP TABLE IF EXISTS {STAGING_TABLE}")
-        schema = _table_schema(loaded_at.type)
-        full = (_with_run(batch, schema, dag_id, run_id, loaded_at) for batch in watched)
-        session.ingest(STAGING_TABLE, pa.RecordBatchReader.from_batches(schema, full))
-        marks = ("?", "?") if session.sqlite else ("$1", "$2")
-        session.execute(
-            f"DELETE FROM {table} WHERE dag_id = {marks[0]} AND dag_run_id = {marks[1]}",  # noqa: S608
-            dag_id,
-            run_id,
-        )
-        names = ", ".join(TABLE_COLUMNS)
-        session.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM {STAGING_TABLE}")  # noqa: S608
-        session.execute(f"DROP TABLE {STAGING_TABLE}")
-        session.commit()
-        return watched.count
-    except Exception:
-        with contextlib.suppress(Exception):
-            session.rollback()
-        if watched.error is not None:
-            raise watched.error from None  # the rows' own error (a missing staged file, misaligned results...)
-        raise
+        yield session
     finally:
         session.close()
 
 
-def _prepare(conn_id: str, table: str) -> None:
-    """Create ``table`` or add the columns it lacks, through the connection's DB-API hook, and commit."""
-    from airflow.sdk import BaseHook
-
-    conn = BaseHook.get_connection(conn_id).get_hook().get_conn()
-    try:
-        prepare_table(conn.cursor(), table)
-        conn.commit()
-    finally:
-        conn.close()
+def stage(conn_id: str, staging: str, batches: Iterable[pa.RecordBatch], *, dag_id: str, run_id: str) -> Staged:
+    """Ingest ``batches`` with the loader's three columns into a new table ``staging`` (replacing one left by an
+    attempt killed before it was moved), committed."""
+    now = datetime.now(UTC).replace(tzinfo=None)
+    with _session(conn_id) as session:
+        # SQLite stores the text sqlite3's datetime adapter would (as the DB-API path does)
+        loaded_at: pa.Scalar = pa.scalar(now.isoformat(" ") if session.sqlite else now)
+        watched = _Watched(batches)
+        try:
+            session.execute(f"DROP TABLE IF EXISTS {staging}")
+            schema = _table_schema(loaded_at.type)
+            full = (_with_run(batch, schema, dag_id, run_id, loaded_at) for batch in watched)
+            session.ingest(
+                staging, pa.RecordBatchReader.from_batches(schema, full), temporary=False
+            )  # seen by the hook
+            session.commit()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                session.rollback()
+            if watched.error is not None:
+                raise watched.error from None  # the rows' own error (a missing staged file, misaligned results...)
+            raise
+    return Staged(staging, watched.count, loaded_at.as_py())
 
 
 def _table_schema(loaded_at: pa.DataType) -> pa.Schema:
@@ -125,7 +146,7 @@ class _Watched:
             for batch in self._batches:
                 self.count += batch.num_rows
                 yield batch
-        except Exception as exc:
+        except BaseException as exc:  # a KeyboardInterrupt too: ADBC would wrap it in its own error
             self.error = exc
             raise
 

@@ -1,7 +1,7 @@
 """ADBC bulk ingest loads the output table as the DB-API loader does (real SQLite and PostgreSQL).
 
-Same values and types, the run's earlier rows replaced, other runs' rows kept, and nothing
-changed when the rows fail part way (one transaction).
+Same values and types, the run's earlier rows replaced, other runs' rows kept, reviewers'
+decisions re-applied, and nothing changed when the rows fail part way; no staging table is left.
 """
 
 from __future__ import annotations
@@ -16,8 +16,17 @@ from typing import Any
 
 import pytest
 
-from airflow_batchcode.columnar.load import ingest_run_rows, load_run_rows
+from airflow_batchcode.columnar.load import (
+    STAGING_PREFIX,
+    ingest_run_rows,
+    load_run_rows,
+    row_batches,
+    stage,
+    staging_table,
+)
 from airflow_batchcode.rows import Row
+from airflow_batchcode.ui.reviews import Decision, record_decision
+from airflow_batchcode.ui.store import Database
 from airflow_batchcode.warehouse import TABLE_COLUMNS, replace_run_rows
 from tests.support import postgres_database
 
@@ -88,3 +97,81 @@ def test_a_failure_part_way_changes_nothing(output_db: Any) -> None:
     with pytest.raises(RuntimeError):
         load_run_rows(conn_id, "out", failing(), dag_id="d", run_id="r")
     assert _table(output_db, "out") == before
+
+
+def _staging_tables(connect: Any) -> list[str]:
+    query = (
+        "SELECT name FROM sqlite_master WHERE type = 'table'"
+        if "sqlite" in type(connect()).__module__
+        else "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+    )
+    with closing(connect()) as conn:
+        cursor = conn.cursor()
+        cursor.execute(query)
+        return [name for (name,) in cursor.fetchall() if name.startswith(STAGING_PREFIX)]
+
+
+def test_a_reload_through_ingest_keeps_the_reviewers_decisions(output_db: Any) -> None:
+    conn_id = "test_columnar_out"
+    ingest_run_rows(conn_id, "out", _rows(30), dag_id="d", run_id="r")
+    error_row = next(row for row in _rows(30) if row.code_status == "error" and row.record_id)
+    with closing(output_db()) as conn:
+        decision = Decision("d", "r", error_row.position, error_row.record_id, "2613", "reviewer")
+        record_decision(Database(conn), "out", decision)
+    assert ingest_run_rows(conn_id, "out", _rows(30), dag_id="d", run_id="r") == 30  # the night is loaded again
+    with closing(output_db()) as conn:
+        cursor = conn.cursor()
+        cursor.execute(f"SELECT code_category FROM out WHERE position = {error_row.position}")
+        assert cursor.fetchall() == [("2613",)]
+    assert _staging_tables(output_db) == []
+
+
+def test_a_staging_table_left_by_a_killed_attempt_is_replaced(output_db: Any) -> None:
+    conn_id = "test_columnar_out"
+    # killed between staging its rows and moving them: the staging table stays, the output has nothing
+    staged = stage(conn_id, staging_table("out", "d", "r"), row_batches(_rows(20)), dag_id="d", run_id="r")
+    assert _staging_tables(output_db) == [staged.table]
+    assert ingest_run_rows(conn_id, "out", _rows(40), dag_id="d", run_id="r") == 40
+    assert len(_table(output_db, "out")) == 40
+    assert _staging_tables(output_db) == []
+
+
+def test_rows_interrupted_part_way_raise_their_own_error_and_stage_nothing(output_db: Any) -> None:
+    def interrupted() -> Iterator[Row]:
+        yield from _rows(20)
+        raise KeyboardInterrupt  # as a task told to stop unwinds
+
+    with pytest.raises(KeyboardInterrupt):
+        ingest_run_rows("test_columnar_out", "out", interrupted(), dag_id="d", run_id="r")
+    assert _staging_tables(output_db) == []
+
+
+def test_a_failure_inside_the_replacing_transaction_changes_nothing_and_drops_the_staged_rows(
+    output_db: Any,
+) -> None:
+    conn_id = "test_columnar_out"
+    load_run_rows(conn_id, "out", _rows(10), dag_id="d", run_id="r")
+    before = _table(output_db, "out")
+
+    def after(conn: Any, cursor: Any, loaded_at: Any) -> int:
+        raise RuntimeError("the reused rows are missing")
+
+    with pytest.raises(RuntimeError, match="reused rows"):
+        ingest_run_rows(conn_id, "out", _rows(50, 4), dag_id="d", run_id="r", after=after)
+    assert _table(output_db, "out") == before
+    assert _staging_tables(output_db) == []
+
+
+def test_the_rows_the_loads_joins_fill_are_counted_through_ingest(output_db: Any) -> None:
+    conn_id = "test_columnar_out"
+
+    def after(conn: Any, cursor: Any, loaded_at: Any) -> int:
+        names = ", ".join(TABLE_COLUMNS)
+        cursor.execute(
+            f"INSERT INTO out ({names}) SELECT {names.replace('position', 'position + 1000')} FROM out "
+            "WHERE dag_run_id = 'r'"
+        )
+        return 5
+
+    assert ingest_run_rows(conn_id, "out", _rows(5), dag_id="d", run_id="r", after=after) == 10
+    assert len(_table(output_db, "out")) == 10
