@@ -21,7 +21,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -74,11 +74,10 @@ class PipelineConfig:
     :param wait_timeout: how long to wait for one operation before giving up.
     :param max_chunk_bytes: size limit of one manifest (default just under the service's 5 GB).
     :param columnar: extract PostgreSQL and SQLite sources through ADBC into Arrow record batches, with the
-        input rules as a vectorised mask (:mod:`airflow_batchcode.columnar`), same files byte for byte; and
-        load a SQLite output table through ADBC ingest. Off by default while its memory cost (peak RSS
-        about 185 MB to extract and 210 MB to load, against 135-140 MB; pyarrow's import alone takes a
-        task from 112 MB to 145 MB) is worked on; it does not de-duplicate yet (needs ``dedupe=False``
-        and ``result_cache=False``).
+        input rules as a vectorised mask (:mod:`airflow_batchcode.columnar`); same files byte for byte.
+        Off by default while its memory cost (peak RSS about 185 MB against 135 MB; importing pyarrow
+        alone takes a task from 112 MB to 145 MB) is worked on; it does not de-duplicate yet (needs
+        ``dedupe=False`` and ``result_cache=False``).
     :param dedupe: send records with identical texts once per run; every source row still gets its row.
     :param result_cache: reuse earlier runs' outcomes for the same service, topic, model and texts,
         kept in ``result_cache_table`` in the output connection (errors are never cached).
@@ -280,12 +279,7 @@ def _build(config: PipelineConfig) -> None:
             with open_staged(extracted.reused, "reused-rows file") as lines:
                 return filler.run(read_reused(lines), run)
 
-        load_rows: Callable[..., int] = replace_run_rows
-        if config.columnar:  # pyarrow: imported by the task, never at DAG parse time
-            from airflow_batchcode.columnar.load import load_run_rows
-
-            load_rows = load_run_rows
-        inserted = load_rows(
+        inserted = replace_run_rows(
             config.output_conn_id,
             config.output_table,
             rows(),

@@ -66,10 +66,10 @@ def load(
     rejects: str,
     run_id: str,
     table: str = OUTPUT_TABLE,
-    columnar: bool = True,
+    columnar: bool = False,
 ) -> dict[str, Any]:
-    """``chunk_rows`` + ``rejected_rows`` + ``RunSummary`` + ``load_run_rows``, as the ``load`` task does
-    (ADBC ingest for SQLite; ``columnar=False``: ``replace_run_rows``, the DB-API path)."""
+    """``chunk_rows`` + ``rejected_rows`` + ``RunSummary`` + ``replace_run_rows``, as the ``load`` task does
+    (``columnar=True``: the same rows through ADBC ingest instead, ``ingest_run_rows``)."""
     from airflow_batchcode.normalise.abs import chunk_rows
     from airflow_batchcode.results import rejected_rows
     from airflow_batchcode.summary import RunSummary
@@ -96,7 +96,7 @@ def load(
             yield row
 
     if columnar:  # pyarrow imported only here, as the pipeline's default path does not
-        from airflow_batchcode.columnar.load import load_run_rows as loader
+        from airflow_batchcode.columnar.load import ingest_run_rows as loader
     else:
         loader = replace_run_rows
     inserted = loader(conn_id, table, rows(), dag_id="bench", run_id=run_id)

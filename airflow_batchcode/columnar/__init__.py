@@ -9,7 +9,7 @@ write the same bytes: the row-at-a-time rules of :mod:`airflow_batchcode.records
 every record that is not plainly fine, so reasons and repairs are theirs.
 
 The output table is loaded by ADBC bulk ingest into a staging table and one transaction
-replacing the run's rows (:mod:`.load`; used for SQLite, see :func:`.load.load_run_rows`).
+replacing the run's rows (:mod:`.load`; not yet the load task's path, which its docstring explains).
 :mod:`.results` reads ABS output into Arrow record batches equal to the row path's rows, for
 :func:`.load.ingest_run_batches`.
 """

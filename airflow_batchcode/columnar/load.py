@@ -8,9 +8,12 @@ the load's joins fill in the database (``after``), reviewers' decisions re-appli
 staging table dropped. Rows that fail part way leave the output table as it was; a staging
 table left behind by a killed attempt is replaced by the next one.
 
-:func:`load_run_rows` (what the ``load`` task calls when ``columnar=True``) takes this path
-for SQLite; PostgreSQL and connections without an ADBC driver keep
-:func:`airflow_batchcode.warehouse.replace_run_rows` (see :func:`load_run_rows` for why).
+The ``load`` task does not take this path yet: rows built in Python (as the normalisers build
+them) reach the table faster through :func:`airflow_batchcode.warehouse.replace_run_rows`, on
+both databases. Measured in one process, alternating, 200,000 rows: SQLite 1.63-1.70 s through
+ingest against 1.45-1.57 s through ``executemany``; PostgreSQL 2.9 s against 1.6 s through
+psycopg's ``COPY`` (its ``write_row`` is C), the conversion to Arrow alone 0.5 s. Ingest pays
+once the results are read into Arrow directly (:mod:`.results`), with no Python row at all.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from datetime import UTC, datetime
 
 import pyarrow as pa
 
-from airflow_batchcode.columnar.adbc import AdbcSession, adbc_session, has_driver
+from airflow_batchcode.columnar.adbc import AdbcSession, adbc_session
 from airflow_batchcode.rows import COLUMNS, Row
 from airflow_batchcode.warehouse import AfterInsert, Staged, check_table_name, replace_run_rows
 
@@ -34,24 +37,6 @@ _TEXT = pa.large_string()
 _TYPES = {"position": pa.int64(), "code_confidence": pa.float64(), "agreement": pa.float64(), "chunk": pa.int64()}
 ROW_SCHEMA = pa.schema([(name, _TYPES.get(name, _TEXT)) for name in COLUMNS])
 """The Arrow schema of a :class:`~airflow_batchcode.rows.Row` (the output table's columns but the loader's)."""
-
-
-def load_run_rows(
-    conn_id: str, table: str, rows: Iterable[Row], *, dag_id: str, run_id: str, after: AfterInsert | None = None
-) -> int:
-    """Replace the run's rows in ``table`` with ``rows``, by the faster path for the connection.
-
-    SQLite: ADBC ingest (:func:`ingest_run_rows`). PostgreSQL and the rest:
-    :func:`~airflow_batchcode.warehouse.replace_run_rows`; rows that arrive as Python tuples
-    reach PostgreSQL faster through psycopg's ``COPY`` (its ``write_row`` is C) than converted to
-    Arrow and ingested (measured: 1.6 s against 2.9 s for 200,000 rows, the Arrow conversion
-    alone 0.5 s), so ADBC ingest pays there only once the results are read into Arrow directly.
-
-    :return: the rows inserted.
-    """
-    if has_driver(conn_id, "sqlite"):
-        return ingest_run_rows(conn_id, table, rows, dag_id=dag_id, run_id=run_id, after=after)
-    return replace_run_rows(conn_id, table, rows, dag_id=dag_id, run_id=run_id, after=after)
 
 
 def ingest_run_rows(

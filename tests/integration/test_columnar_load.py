@@ -19,7 +19,6 @@ import pytest
 from airflow_batchcode.columnar.load import (
     STAGING_PREFIX,
     ingest_run_rows,
-    load_run_rows,
     row_batches,
     stage,
     staging_table,
@@ -87,7 +86,7 @@ def test_ingest_loads_what_the_db_api_loader_loads(output_db: Any) -> None:
 
 def test_a_failure_part_way_changes_nothing(output_db: Any) -> None:
     conn_id = "test_columnar_out"
-    load_run_rows(conn_id, "out", _rows(10), dag_id="d", run_id="r")
+    ingest_run_rows(conn_id, "out", _rows(10), dag_id="d", run_id="r")
     before = _table(output_db, "out")
 
     def failing() -> Iterator[Row]:
@@ -95,7 +94,7 @@ def test_a_failure_part_way_changes_nothing(output_db: Any) -> None:
         raise RuntimeError("the results ran out")
 
     with pytest.raises(RuntimeError):
-        load_run_rows(conn_id, "out", failing(), dag_id="d", run_id="r")
+        ingest_run_rows(conn_id, "out", failing(), dag_id="d", run_id="r")
     assert _table(output_db, "out") == before
 
 
@@ -150,7 +149,7 @@ def test_a_failure_inside_the_replacing_transaction_changes_nothing_and_drops_th
     output_db: Any,
 ) -> None:
     conn_id = "test_columnar_out"
-    load_run_rows(conn_id, "out", _rows(10), dag_id="d", run_id="r")
+    ingest_run_rows(conn_id, "out", _rows(10), dag_id="d", run_id="r")
     before = _table(output_db, "out")
 
     def after(conn: Any, cursor: Any, loaded_at: Any) -> int:

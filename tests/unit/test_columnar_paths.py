@@ -11,7 +11,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from airflow_batchcode.columnar import extract, load
+from airflow_batchcode.columnar import extract
 from airflow_batchcode.columnar.adbc import postgres_uri, stream_batches
 from tests.support import env_connection
 
@@ -51,17 +51,6 @@ def test_a_connection_without_a_driver_keeps_the_db_api_path(tmp_path: Path) -> 
             assert streamed is None
         summary = extract.extract_chunks("other", "SELECT 1", FIELDS, str(tmp_path / "out"))
     assert summary.sent == 1
-
-
-@pytest.mark.parametrize(("conn_type", "ingested"), [("sqlite", True), ("postgres", False), ("generic", False)])
-def test_the_load_ingests_through_adbc_for_sqlite_only(conn_type: str, ingested: bool) -> None:
-    with (
-        env_connection("out", {"conn_type": conn_type, "host": "h"}),
-        mock.patch.object(load, "ingest_run_rows", return_value=1) as ingest,
-        mock.patch.object(load, "replace_run_rows", return_value=1) as replace,
-    ):
-        assert load.load_run_rows("out", "t", [], dag_id="d", run_id="r") == 1
-    assert (ingest.called, replace.called) == (ingested, not ingested)
 
 
 def test_the_postgres_uri_quotes_credentials_and_keeps_libpq_options_only() -> None:
