@@ -46,10 +46,11 @@ class ServiceSpec:
 
     :param name: the connection's ``extra.service`` value and the package name under ``services/``.
     :param label: short name in messages (``"super.ai"``).
-    :param title: the integration's full name (``"ABS Occupation Coding Service"``).
     :param doc_url: the service's public documentation.
-    :param classes: the prefix of the package's class names (``"SuperAi"``): by convention the
-        settings are ``services/<name>/settings.py:<classes>Settings`` and the clients
+    :param title: the integration's full name (``"ABS Occupation Coding Service"``); default: the label.
+    :param classes: the prefix of the package's class names (``"SuperAi"``; default: the name
+        capitalised, ``"Gravity"``): by convention the settings are
+        ``services/<name>/settings.py:<classes>Settings`` and the clients
         ``services/<name>/client.py:<classes>Client`` and ``Async<classes>Client``.
     :param settings: ``"module:Class"`` of the service's settings (default: the convention above);
         ``Class.from_config(config)`` reads a connection.
@@ -69,7 +70,8 @@ class ServiceSpec:
         (the connection names ``manifest_location`` and ``storage_conn_id``).
     :param input_rules: ``"module:name"`` of the :class:`~airflow_batchcode.services.rules.InputRules`
         records must pass before they are sent; default UTF-8 text up to ``max_input_bytes``.
-    :param max_input_bytes: the UTF-8 size limit of one record's texts, for the default rules.
+    :param max_input_bytes: the UTF-8 size limit of one record's texts, for the default rules
+        (default 1 MiB: an assumption, for services whose documentation names no limit).
     :param column_limits: ``"module:name"`` of the :class:`~airflow_batchcode.columnar.rules.InputLimits`
         that mark, a column at a time, the records ``input_rules`` must look at (the columnar
         extract); empty when there are none, and that service's extract keeps the DB-API path.
@@ -84,9 +86,9 @@ class ServiceSpec:
 
     name: str
     label: str
-    title: str
     doc_url: str
-    classes: str
+    title: str = ""
+    classes: str = ""
     settings: str = ""
     client: str = ""
     async_client: str = ""
@@ -107,10 +109,13 @@ class ServiceSpec:
     def __post_init__(self) -> None:
         if not self.name.isidentifier() or self.name != self.name.lower():
             raise ValueError(f"a service name is a lower-case identifier, got {self.name!r}")
-        if not self.label or not self.title:
-            raise ValueError(f"service {self.name!r} needs a label and a title")
+        if not self.label:
+            raise ValueError(f"service {self.name!r} needs a label")
+        if self.classes == "":
+            object.__setattr__(self, "classes", self.name.capitalize())
         package = f"airflow_batchcode.services.{self.name}"
         conventional = {
+            "title": self.label,
             "settings": f"{package}.settings:{self.classes}Settings",
             "client": f"{package}.client:{self.classes}Client",
             "async_client": f"{package}.client:Async{self.classes}Client",

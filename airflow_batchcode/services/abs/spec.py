@@ -9,7 +9,6 @@ SPEC = ServiceSpec(
     label="ABS",
     title="ABS Occupation Coding Service",
     doc_url="https://www.abs.gov.au/",
-    classes="Abs",
     emulator="airflow_batchcode.emulator.abs_app:create_abs_app",
     connection_fields={
         "auth_url": form_field("Token URL", "OAuth2 token endpoint; derived from the API origin when empty."),

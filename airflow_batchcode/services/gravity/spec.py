@@ -7,12 +7,9 @@ from airflow_batchcode.services.catalogue import ServiceSpec, form_field
 SPEC = ServiceSpec(
     name="gravity",
     label="Gravity-AI",
-    title="Gravity-AI",
     doc_url="https://www.gravity-ai.com/",
-    classes="Gravity",
     connection_fields={
         "version": form_field("Model version", "Gravity-AI project version; the latest active one when empty."),
     },
     emulator_connection={"password": "demo-key"},
-    max_input_bytes=1024 * 1024,  # an assumption: the seed names no limit
 )

@@ -7,9 +7,7 @@ from airflow_batchcode.services.catalogue import ServiceSpec, form_field
 SPEC = ServiceSpec(
     name="refinery",
     label="ASG Refinery",
-    title="ASG Refinery",
     doc_url="https://asgrefinery.io/",
-    classes="Refinery",
     connection_fields={
         "manifest_location": form_field(
             "Manifest location", "s3://bucket/prefix where manifests are staged for Refinery to read."
@@ -23,5 +21,4 @@ SPEC = ServiceSpec(
     },
     emulator_connection={"password": "demo-key"},
     object_storage=True,
-    max_input_bytes=1024 * 1024,  # an assumption: the seed names no limit
 )

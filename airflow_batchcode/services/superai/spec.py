@@ -7,7 +7,6 @@ from airflow_batchcode.services.catalogue import ServiceSpec, form_field
 SPEC = ServiceSpec(
     name="superai",
     label="super.ai",
-    title="super.ai",
     doc_url="https://super.ai/",
     classes="SuperAi",
     connection_fields={
