@@ -26,6 +26,7 @@ from typing import IO, Any
 from airflow_batchcode.exceptions import UnexpectedResponseError
 from airflow_batchcode.normalise import Coded, missing
 from airflow_batchcode.normalise.index import LineIndex, line_at, nonblank_lines
+from airflow_batchcode.services.parsing import json_object
 
 _LABEL = re.compile(r"^\s*([0-9]+)(?:\s*[-:.)]\s*|\s+|$)(.*)$", re.DOTALL)
 
@@ -55,11 +56,8 @@ def _line_number(task: Mapping[str, Any], lines: int, where: int) -> int | None:
 
 
 def _task(raw: bytes, where: int) -> dict[str, Any]:
-    try:
-        task = json.loads(raw)
-    except ValueError:
-        task = None
-    if not isinstance(task, dict):
+    task = json_object(raw)
+    if task is None:
         raise UnexpectedResponseError(f"Refinery export line {where + 1} is not a JSON object")
     return task
 

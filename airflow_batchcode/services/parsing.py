@@ -8,6 +8,7 @@ read, with messages that say what came instead.
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -50,6 +51,16 @@ def json_kind(value: Any) -> str:
     if isinstance(value, str):
         return "a string"
     return "a list" if isinstance(value, list) else "an object"
+
+
+def json_object(raw: bytes) -> dict[str, Any] | None:
+    """The JSON object ``raw`` holds, or ``None`` when it is not JSON or holds another kind of value
+    (a manifest or output line; the caller says what it expected)."""
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def require_object(body: Any, what: str) -> dict[str, Any]:

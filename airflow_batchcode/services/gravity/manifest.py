@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import re
 from typing import IO, Any
 
 from airflow_batchcode.exceptions import ConfigurationError
 from airflow_batchcode.services.base import ManifestSource
-from airflow_batchcode.services.parsing import opened
+from airflow_batchcode.services.parsing import json_object, opened
 
 CSV_MIME = "text/csv; header=present"
 
@@ -18,15 +17,8 @@ CSV_HEADER = ("line", "record_id", "occp_text", "tasks_text")
 
 
 def _record(raw: bytes, line: int) -> dict[str, Any]:
-    try:
-        record = json.loads(raw)
-    except ValueError:
-        record = None
-    if (
-        not isinstance(record, dict)
-        or not isinstance(record.get("occp_text"), str)
-        or not isinstance(record.get("tasks_text"), str)
-    ):
+    record = json_object(raw)
+    if record is None or not isinstance(record.get("occp_text"), str) or not isinstance(record.get("tasks_text"), str):
         raise ConfigurationError(f"Manifest line {line} is not a JSON object with occp_text and tasks_text strings")
     return record
 

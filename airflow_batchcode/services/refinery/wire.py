@@ -18,7 +18,15 @@ from airflow_batchcode.exceptions import (
     UnexpectedResponseError,
 )
 from airflow_batchcode.services.base import ManifestSource, Operation, OperationState, UploadTarget
-from airflow_batchcode.services.parsing import is_plain_id, json_kind, numbers, opened, require_object, segment
+from airflow_batchcode.services.parsing import (
+    is_plain_id,
+    json_kind,
+    json_object,
+    numbers,
+    opened,
+    require_object,
+    segment,
+)
 
 DATA_URL_PREFIX = "data:application/json;charset=utf-8,"
 _BATCH_LINES = 512
@@ -39,11 +47,8 @@ def data_url(occp_text: str, tasks_text: str) -> str:
 
 
 def _canonical(raw: bytes, line: int) -> tuple[str, str, str | None]:
-    try:
-        record = json.loads(raw)
-    except ValueError:
-        record = None
-    if not isinstance(record, dict):
+    record = json_object(raw)
+    if record is None:
         raise ConfigurationError(f"Manifest line {line} is not a JSON object: expected a canonical record")
     occp, tasks, rid = record.get("occp_text"), record.get("tasks_text"), record.get("recordId")
     if not isinstance(occp, str) or not isinstance(tasks, str) or not (rid is None or isinstance(rid, str)):

@@ -8,7 +8,7 @@ from typing import IO, Any
 
 from airflow_batchcode.exceptions import ConfigurationError, UnexpectedResponseError
 from airflow_batchcode.services.base import ManifestSource
-from airflow_batchcode.services.parsing import opened, require_object
+from airflow_batchcode.services.parsing import json_object, opened, require_object
 from airflow_batchcode.services.superai.settings import identifier
 
 MAX_INLINE_BYTES = 4_000_000
@@ -17,11 +17,8 @@ MAX_INLINE_BYTES = 4_000_000
 
 def _input_of(raw: bytes, line: int, topic: str) -> dict[str, Any]:
     """One canonical manifest line → the data program's input, carrying its line number."""
-    try:
-        record = json.loads(raw)
-    except ValueError:
-        record = None
-    if not isinstance(record, dict) or not all(isinstance(record.get(k), str) for k in ("occp_text", "tasks_text")):
+    record = json_object(raw)
+    if record is None or not all(isinstance(record.get(k), str) for k in ("occp_text", "tasks_text")):
         raise ConfigurationError(
             f"Manifest line {line} is not a record with string occp_text and tasks_text: "
             "pass the pipeline's validated manifest"
