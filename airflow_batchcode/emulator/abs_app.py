@@ -74,6 +74,19 @@ def _status(request: Request) -> Response:
     return json_response(service.status(client, topic, params["operation_id"], _base(request)))
 
 
+def _create(request: Request, client: str, topic: str, model: str | None) -> Response:
+    """Create a batch operation with ``model`` (``None``: the topic's latest)."""
+    service = _service(request)
+    return json_response(service.create_operation(client, topic, service.model(topic, model), _base(request)))
+
+
+async def _code(request: Request, topic: str, model: str | None) -> Response:
+    """Code the records of the request body in real time with ``model`` (``None``: the topic's latest)."""
+    service = _service(request)
+    chosen = service.model(topic, model)
+    return json_response(service.code_now(await read_limited(request, MAX_REALTIME_BODY), chosen))
+
+
 def _install_oauth_errors(app: FastAPI) -> None:
     @app.exception_handler(OAuthError)
     async def oauth_error(request: Request, exc: OAuthError) -> Response:
@@ -116,8 +129,7 @@ def _install_api(app: FastAPI) -> None:
     )
     async def create_latest(request: Request, topic: str, client: ApiClient) -> Response:
         """Create a batch operation with the topic's latest model."""
-        service = _service(request)
-        return json_response(service.create_operation(client, topic, service.model(topic, None), _base(request)))
+        return _create(request, client, topic, None)
 
     @app.post(
         "/v1/topics/{topic}/models/{model}/batch-code",
@@ -126,8 +138,7 @@ def _install_api(app: FastAPI) -> None:
     )
     async def create_with_model(request: Request, topic: str, model: str, client: ApiClient) -> Response:
         """Create a batch operation with the given model."""
-        service = _service(request)
-        return json_response(service.create_operation(client, topic, service.model(topic, model), _base(request)))
+        return _create(request, client, topic, model)
 
     # The status routes are the hot path (thousands of pollers): they read their parameters
     # themselves instead of through FastAPI's per-request validation, and document them by hand.
@@ -159,9 +170,7 @@ def _install_api(app: FastAPI) -> None:
     @app.post("/v1/topics/{topic}/code", tags=["real-time"], responses=code_responses, openapi_extra=CODE_REQUEST)
     async def code_latest(request: Request, topic: str, client: ApiClient) -> Response:
         """Code one record or up to 300 with the topic's latest model."""
-        service = _service(request)
-        model = service.model(topic, None)
-        return json_response(service.code_now(await read_limited(request, MAX_REALTIME_BODY), model))
+        return await _code(request, topic, None)
 
     @app.post(
         "/v1/topics/{topic}/models/{model}/code",
@@ -171,9 +180,7 @@ def _install_api(app: FastAPI) -> None:
     )
     async def code_with_model(request: Request, topic: str, model: str, client: ApiClient) -> Response:
         """Code one record or up to 300 with the given model."""
-        service = _service(request)
-        chosen = service.model(topic, model)
-        return json_response(service.code_now(await read_limited(request, MAX_REALTIME_BODY), chosen))
+        return await _code(request, topic, model)
 
 
 def _install_storage(app: FastAPI) -> None:
