@@ -197,6 +197,15 @@ AfterInsert = Callable[[Any, Any, Any], int]
 inside the load's transaction (:class:`airflow_batchcode.result_cache.RunFill`)."""
 
 
+class CsvRows(NamedTuple):
+    """A run's rows as blocks of CSV of all :data:`TABLE_COLUMNS` for PostgreSQL's ``COPY ... (FORMAT csv)``
+    (an unquoted empty field is NULL, a quoted one empty text), as Arrow writes them
+    (:func:`airflow_batchcode.columnar.load.ingest_run_batches`)."""
+
+    blocks: Iterable[bytes]
+    loaded_at: datetime
+
+
 class Staged(NamedTuple):
     """A run's rows already bulk-loaded into a table of their own in the output's database
     (:func:`airflow_batchcode.columnar.load.ingest_run_batches`), all of :data:`TABLE_COLUMNS`."""
@@ -214,13 +223,13 @@ def replace_run_rows(
     dag_id: str,
     run_id: str,
     after: AfterInsert | None = None,
-    staged: Staged | None = None,
+    staged: Staged | CsvRows | None = None,
 ) -> int:
     """Create ``table`` if needed, then replace the run's rows with ``rows`` in one transaction.
 
     :param after: run after ``rows`` are in (and before the reviews are applied), in the same transaction.
     :param staged: take the rows from this staging table instead of ``rows`` (``INSERT ... SELECT``), and drop
-        it in the same transaction.
+        it in the same transaction; or from these CSV blocks (``COPY``, PostgreSQL through psycopg).
     :return: the rows inserted.
     """
     from airflow.sdk import BaseHook
@@ -248,6 +257,8 @@ def replace_run_rows(
         if staged is None:
             insert = _copy_loader(conn, cursor, table) or _executemany_loader(cursor, table, placeholder)
             count = insert(full)
+        elif isinstance(staged, CsvRows):
+            count = _copy_csv(conn, cursor, table, staged.blocks)
         else:
             count = _insert_staged(cursor, table, staged)
         if after is not None:
@@ -270,6 +281,21 @@ def _insert_staged(cursor: Any, table: str, staged: Staged) -> int:
         raise PartialLoadError(f"Moved {cursor.rowcount} staged rows of {staged.rows}: refusing a partial load")
     cursor.execute(f"DROP TABLE {staged.table}")
     return staged.rows
+
+
+def _copy_csv(conn: Any, cursor: Any, table: str, blocks: Iterable[bytes]) -> int:
+    """``COPY`` CSV ``blocks`` into ``table`` (psycopg 3 or psycopg2; not committed); return the rows copied."""
+    statement = f"COPY {table} ({', '.join(TABLE_COLUMNS)}) FROM STDIN (FORMAT csv)"
+    module = type(conn).__module__
+    if module.startswith("psycopg2"):
+        cursor.copy_expert(statement, _BlockStream(blocks), size=1 << 20)
+    elif module.startswith("psycopg"):
+        with cursor.copy(statement) as copy:
+            for block in blocks:
+                copy.write(block)
+    else:
+        raise ConfigurationError(f"CSV rows need a psycopg connection, not {module}")
+    return int(cursor.rowcount)
 
 
 def _is_sqlite(conn: Any) -> bool:
@@ -298,9 +324,8 @@ def _copy_loader(conn: Any, cursor: Any, table: str) -> Callable[[Iterable[Table
     if module.startswith("psycopg2"):
 
         def load_psycopg2(rows: Iterable[TableRow]) -> int:
-            stream = _CopyTextStream(rows)
-            cursor.copy_expert(statement, stream, size=1 << 20)
-            return stream.count
+            cursor.copy_expert(statement, _BlockStream(_text_blocks(rows)), size=1 << 20)
+            return int(cursor.rowcount)
 
         return load_psycopg2
     if module.startswith("psycopg"):
@@ -317,27 +342,22 @@ def _copy_loader(conn: Any, cursor: Any, table: str) -> Callable[[Iterable[Table
     return None
 
 
-class _CopyTextStream(io.RawIOBase):
-    """A readable file over rows in COPY's text format (``\\N`` for NULL), for psycopg2's ``copy_expert``."""
+class _BlockStream(io.RawIOBase):
+    """A readable file over blocks of bytes, for psycopg2's ``copy_expert``."""
 
-    def __init__(self, rows: Iterable[TableRow]) -> None:
-        self._rows: Iterator[TableRow] = iter(rows)
+    def __init__(self, blocks: Iterable[bytes]) -> None:
+        self._blocks: Iterator[bytes] = iter(blocks)
         self._buffer = bytearray()
-        self.count = 0
 
     def readable(self) -> bool:
         return True
 
     def read(self, size: int = -1) -> bytes:
         while size < 0 or len(self._buffer) < size:
-            batch = list(itertools.islice(self._rows, BATCH_ROWS))
-            if not batch:
-                break
-            block = _copy_block(batch)
+            block = next(self._blocks, None)
             if block is None:
-                block = "".join("\t".join(map(_copy_text, row)) + "\n" for row in batch)
-            self._buffer += block.encode()
-            self.count += len(batch)
+                break
+            self._buffer += block
         if size < 0 or size >= len(self._buffer):
             out = bytes(self._buffer)
             self._buffer.clear()
@@ -345,6 +365,16 @@ class _CopyTextStream(io.RawIOBase):
         out = bytes(self._buffer[:size])
         del self._buffer[:size]
         return out
+
+
+def _text_blocks(rows: Iterable[TableRow]) -> Iterator[bytes]:
+    """``rows`` in COPY's text format (``\\N`` for NULL), :data:`BATCH_ROWS` a block."""
+    source = iter(rows)
+    while batch := list(itertools.islice(source, BATCH_ROWS)):
+        block = _copy_block(batch)
+        if block is None:
+            block = "".join("\t".join(map(_copy_text, row)) + "\n" for row in batch)
+        yield block.encode()
 
 
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})

@@ -1,40 +1,48 @@
-"""The output table loaded by ADBC bulk ingest: the run's rows staged, then one transaction replacing them.
+"""The output table loaded from Arrow record batches: bulk-written, then the run's rows replaced in one transaction.
 
-The rows stream as Arrow record batches of bounded size into a staging table of the run's own
-(binary ``COPY`` under the hood on PostgreSQL), which the ADBC connection commits. Then
-:func:`airflow_batchcode.warehouse.replace_run_rows` replaces the run's rows from it in one
-transaction on the connection's own hook, with all it does there for the DB-API path: the rows
-the load's joins fill in the database (``after``), reviewers' decisions re-applied, and here the
-staging table dropped. Rows that fail part way leave the output table as it was; a staging
-table left behind by a killed attempt is replaced by the next one.
+PostgreSQL: each record batch is written as CSV by Arrow's writer (in C++) and sent by ``COPY ...
+FROM STDIN (FORMAT csv)`` inside :func:`airflow_batchcode.warehouse.replace_run_rows`'s own
+transaction, on the connection's own hook (``CsvRows``). SQLite: the batches go by ADBC bulk
+ingest into a staging table of the run's own, which the ADBC connection commits; then
+``replace_run_rows`` moves them in one transaction (``Staged``) and drops it. Either way that
+transaction does all it does for the DB-API path: the rows the load's joins fill in the
+database (``after``), reviewers' decisions re-applied. Rows that fail part way leave the output
+table as it was; a staging table left behind by a killed attempt is replaced by the next one.
 
-The ``load`` task does not take this path yet: rows built in Python (as the normalisers build
-them) reach the table faster through :func:`airflow_batchcode.warehouse.replace_run_rows`, on
-both databases. Measured in one process, alternating, 200,000 rows: SQLite 1.63-1.70 s through
-ingest against 1.45-1.57 s through ``executemany``; PostgreSQL 2.9 s against 1.6 s through
-psycopg's ``COPY`` (its ``write_row`` is C), the conversion to Arrow alone 0.5 s. Ingest pays
-once the results are read into Arrow directly (:mod:`.results`), with no Python row at all.
+Why two ways, measured on 200,000 rows read from ABS output (:mod:`.results`), one process:
+PostgreSQL through ADBC ingest and a staging table took 1.8-2.7 s (stage 1.0-1.5 s, the move
+0.6-1.1 s: every row written twice); through CSV ``COPY`` 1.1-1.4 s, of which writing the CSV is
+0.10-0.12 s. SQLite has no ``COPY``; its ingest and move took 1.7-1.8 s against 2.8-2.9 s for
+``replace_run_rows``'s ``executemany`` of the same rows built in Python.
+
+Rows built in Python (as most normalisers build them) reach the table faster through
+``replace_run_rows`` itself: SQLite 1.63-1.70 s through ingest against 1.45-1.57 s through
+``executemany``; PostgreSQL 2.9 s against 1.6 s through psycopg's ``COPY``, the conversion to
+Arrow alone 0.5 s. So the ``load`` task takes this module only for results read into Arrow.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import itertools
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 
 import pyarrow as pa
+import pyarrow.csv
 
-from airflow_batchcode.columnar.adbc import AdbcSession, adbc_session
+from airflow_batchcode.columnar.adbc import AdbcSession, adbc_session, has_driver, read_ahead
 from airflow_batchcode.rows import COLUMNS, Row
-from airflow_batchcode.warehouse import AfterInsert, Staged, check_table_name, replace_run_rows
+from airflow_batchcode.warehouse import AfterInsert, CsvRows, Staged, check_table_name, replace_run_rows
 
 BATCH_ROWS = 10_000
 """Rows per ingested record batch (memory stays flat however many rows the run has)."""
 STAGING_PREFIX = "batchcode_staging_"
 _TEXT = pa.large_string()
 _TYPES = {"position": pa.int64(), "code_confidence": pa.float64(), "agreement": pa.float64(), "chunk": pa.int64()}
+_CSV = pyarrow.csv.WriteOptions(include_header=False, quoting_style="needed")
 ROW_SCHEMA = pa.schema([(name, _TYPES.get(name, _TEXT)) for name in COLUMNS])
 """The Arrow schema of a :class:`~airflow_batchcode.rows.Row` (the output table's columns but the loader's)."""
 
@@ -55,20 +63,55 @@ def ingest_run_batches(
     run_id: str,
     after: AfterInsert | None = None,
 ) -> int:
-    """Replace the run's rows in ``table`` with ``batches`` (of :data:`ROW_SCHEMA`): staged through ADBC ingest,
-    then moved in one transaction of :func:`~airflow_batchcode.warehouse.replace_run_rows`.
+    """Replace the run's rows in ``table`` with ``batches`` (of :data:`ROW_SCHEMA`) in one transaction of
+    :func:`~airflow_batchcode.warehouse.replace_run_rows`: sent as CSV to PostgreSQL, staged through ADBC
+    ingest elsewhere (see the module's docstring).
 
     :return: the rows inserted.
     """
+    replace = functools.partial(replace_run_rows, conn_id, table, (), dag_id=dag_id, run_id=run_id, after=after)
+    if has_driver(conn_id, "postgres"):
+        loaded_at = _now()
+        watched = _Watched(read_ahead(batches))
+        try:
+            return replace(staged=CsvRows(csv_blocks(watched, dag_id, run_id, loaded_at), loaded_at))
+        except BaseException:
+            if watched.error is not None:
+                raise watched.error from None  # the rows' own error, not the driver's wrapping of it
+            raise
     staging = staging_table(table, dag_id, run_id)
     staged = stage(conn_id, staging, batches, dag_id=dag_id, run_id=run_id)
     try:
-        return replace_run_rows(conn_id, table, (), dag_id=dag_id, run_id=run_id, after=after, staged=staged)
+        return replace(staged=staged)
     except BaseException:
-        with _session(conn_id) as session, contextlib.suppress(Exception):
-            session.execute(f"DROP TABLE IF EXISTS {staging}")
-            session.commit()
+        with contextlib.suppress(Exception):
+            _drop(conn_id, staging)
         raise
+
+
+def csv_blocks(batches: Iterable[pa.RecordBatch], dag_id: str, run_id: str, loaded_at: datetime) -> Iterator[bytes]:
+    """``batches`` with the loader's three columns, each a block of CSV (:class:`~airflow_batchcode.warehouse.CsvRows`).
+
+    Arrow quotes every text, so an empty one is ``""`` and a null an unquoted empty field, as ``COPY`` reads them.
+    """
+    stamp = pa.scalar(loaded_at, pa.timestamp("us"))
+    schema = _table_schema(stamp.type)
+    for batch in batches:
+        sink = pa.BufferOutputStream()
+        pyarrow.csv.write_csv(_with_run(batch, schema, dag_id, run_id, stamp), sink, _CSV)
+        yield sink.getvalue().to_pybytes()
+
+
+def _now() -> datetime:
+    """The load's time, as the DB-API path stamps it (UTC, without a zone)."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _drop(conn_id: str, staging: str) -> None:
+    """Drop a staging table if it is there (committed)."""
+    with _session(conn_id) as session:
+        session.execute(f"DROP TABLE IF EXISTS {staging}")
+        session.commit()
 
 
 def staging_table(table: str, dag_id: str, run_id: str) -> str:
@@ -91,18 +134,17 @@ def _session(conn_id: str) -> Iterator[AdbcSession]:
 def stage(conn_id: str, staging: str, batches: Iterable[pa.RecordBatch], *, dag_id: str, run_id: str) -> Staged:
     """Ingest ``batches`` with the loader's three columns into a new table ``staging`` (replacing one left by an
     attempt killed before it was moved), committed."""
-    now = datetime.now(UTC).replace(tzinfo=None)
+    now = _now()
     with _session(conn_id) as session:
         # SQLite stores the text sqlite3's datetime adapter would (as the DB-API path does)
         loaded_at: pa.Scalar = pa.scalar(now.isoformat(" ") if session.sqlite else now)
-        watched = _Watched(batches)
+        watched = _Watched(read_ahead(batches))
         try:
             session.execute(f"DROP TABLE IF EXISTS {staging}")
             schema = _table_schema(loaded_at.type)
             full = (_with_run(batch, schema, dag_id, run_id, loaded_at) for batch in watched)
-            session.ingest(
-                staging, pa.RecordBatchReader.from_batches(schema, full), temporary=False
-            )  # seen by the hook
+            # not temporary: the move runs on another connection, the hook's
+            session.ingest(staging, pa.RecordBatchReader.from_batches(schema, full), temporary=False)
             session.commit()
         except BaseException:
             with contextlib.suppress(Exception):

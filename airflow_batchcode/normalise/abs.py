@@ -120,12 +120,16 @@ def chunk_rows(
     ):
         pos_lines = read_positions(pos_file)
         outcomes = map(_outcome, out_lines)
-        for read, given, (position, note) in zip(outcomes, man_lines, pos_lines, strict=False):
+        # zip_longest, not zip: a file that ends early must not swallow the others' next line unseen
+        for read, given, place in itertools.zip_longest(outcomes, man_lines, pos_lines):
+            if read is None or given is None or place is None:
+                raise _misaligned(operation_id, chunk, count, output=read is not None, manifest=given is not None)
             (record_id, outcome), key = read
+            position, note = place
             if not order.agrees(order.manifest_key(given), key, record_id):
                 rest = order.rejoin(
                     itertools.chain([read], outcomes),
-                    itertools.chain([(given, (position, note))], zip(man_lines, pos_lines, strict=False)),
+                    itertools.chain([(given, place)], zip(man_lines, pos_lines, strict=False)),
                     operation_id=operation_id,
                     chunk=chunk,
                     matched=count,
@@ -135,15 +139,19 @@ def chunk_rows(
                 return
             count += 1
             yield new_row(Row, (record_id, position, *outcome, note, *tail))
-        leftover_output = next(out_lines, None)
-        leftover_manifest = next(man_lines, None)
-        leftover_positions = next(pos_lines, None)
-    if leftover_output is not None or leftover_manifest is not None or leftover_positions is not None:
-        raise UnexpectedResponseError(
-            f"Output of operation {operation_id} (chunk {chunk}) has "
-            f"{'more' if leftover_output is not None else 'fewer'} lines than its manifest "
-            f"(matched {count}): refusing to load misaligned results"
-        )
+
+
+def _misaligned(
+    operation_id: str | None, chunk: int, count: int, *, output: bool, manifest: bool
+) -> UnexpectedResponseError:
+    """The error for a chunk whose files end at different lines (``output``/``manifest``: that file had one more)."""
+    if output == manifest:  # the positions file is the odd one out
+        which = f"Positions file of operation {operation_id} (chunk {chunk}) has {'fewer' if output else 'more'}"
+    else:
+        which = f"Output of operation {operation_id} (chunk {chunk}) has {'more' if output else 'fewer'}"
+    return UnexpectedResponseError(
+        f"{which} lines than its manifest (matched {count}): refusing to load misaligned results"
+    )
 
 
 Outcome = tuple[tuple[str | None, tuple[Any, ...]], order.Key | None]

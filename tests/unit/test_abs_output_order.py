@@ -113,6 +113,16 @@ def test_a_missing_output_line_is_refused_in_order_and_out_of_order(tmp_path: Pa
         _rows(files)
 
 
+@pytest.mark.parametrize(("cut", "message"), [(-1, "Positions file .* has fewer lines"), (None, "more lines")])
+def test_a_positions_file_of_another_length_is_refused(tmp_path: Path, cut: int | None, message: str) -> None:
+    """A short sidecar must not let the output's and manifest's next lines go by unseen (nothing is lost)."""
+    files = _chunk(tmp_path, _records(10))
+    lines = Path(files["positions"]).read_text().splitlines(keepends=True)
+    Path(files["positions"]).write_text("".join(lines[:cut] if cut else [*lines, "999\t\n"]))
+    with pytest.raises(UnexpectedResponseError, match=message):
+        _rows(files)
+
+
 def test_the_emulator_fault_is_reproducible_and_always_reorders(tmp_path: Path) -> None:
     path = tmp_path / "f"
     original = b"".join(b"%d\n" % i for i in range(2))

@@ -74,32 +74,32 @@ def _batches(count: int) -> list[Any]:
     return [pa.record_batch({"n": pa.array(range(i * 3, i * 3 + 3), pa.int64())}) for i in range(count)]
 
 
-def test_batches_read_ahead_arrive_in_order_and_stop_when_the_reader_fails() -> None:
+def test_batchesread_ahead_arrive_in_order_and_stop_when_the_reader_fails() -> None:
     import pyarrow as pa
 
-    from airflow_batchcode.columnar.adbc import _read_ahead
+    from airflow_batchcode.columnar.adbc import read_ahead
 
     schema = pa.schema([("n", pa.int64())])
-    got = [b.column(0).to_pylist() for b in _read_ahead(pa.RecordBatchReader.from_batches(schema, _batches(4)))]
+    got = [b.column(0).to_pylist() for b in read_ahead(pa.RecordBatchReader.from_batches(schema, _batches(4)))]
     assert got == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11]]
 
     def failing() -> Any:
         yield from _batches(2)
         raise pa.ArrowInvalid("the connection dropped")
 
-    reader = _read_ahead(pa.RecordBatchReader.from_batches(schema, failing()))
+    reader = read_ahead(pa.RecordBatchReader.from_batches(schema, failing()))
     assert next(reader).num_rows == 3
     assert next(reader).num_rows == 3
     with pytest.raises(pa.ArrowInvalid, match="the connection dropped"):
         next(reader)
 
 
-def test_closing_batches_read_ahead_waits_for_the_read_under_way() -> None:
+def test_closing_batchesread_ahead_waits_for_the_read_under_way() -> None:
     import threading
 
     import pyarrow as pa
 
-    from airflow_batchcode.columnar.adbc import _read_ahead
+    from airflow_batchcode.columnar.adbc import read_ahead
 
     read, release = threading.Event(), threading.Event()
 
@@ -110,7 +110,7 @@ def test_closing_batches_read_ahead_waits_for_the_read_under_way() -> None:
         release.wait(5)
         yield second
 
-    reader = _read_ahead(pa.RecordBatchReader.from_batches(pa.schema([("n", pa.int64())]), slow()))
+    reader = read_ahead(pa.RecordBatchReader.from_batches(pa.schema([("n", pa.int64())]), slow()))
     next(reader)
     assert read.wait(5)
     threading.Timer(0.2, release.set).start()
