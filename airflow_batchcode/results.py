@@ -2,24 +2,29 @@
 
 Each service's normaliser (:mod:`airflow_batchcode.normalise`) reads its raw output; its outcomes
 are joined here line by line to the chunk's manifest and position sidecar, streaming: no file is
-ever read whole. The run summary and quality gate
-are in :mod:`airflow_batchcode.summary`.
+ever read whole. :func:`chunk_results` reads one downloaded chunk whichever service coded it
+(:func:`chunk_batches`, as Arrow record batches, for the columnar load). The run summary and
+quality gate are in :mod:`airflow_batchcode.summary`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from typing import Any
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, NamedTuple
 
 import msgspec
 
+from airflow_batchcode.chunks import Chunk
 from airflow_batchcode.exceptions import UnexpectedResponseError
-from airflow_batchcode.normalise import reader_for
+from airflow_batchcode.normalise import Normaliser, normaliser_for, reader_for
 from airflow_batchcode.rows import COLUMNS, Row
-from airflow_batchcode.staging import read_positions, read_rejected
-from airflow_batchcode.storage import open_staged
+from airflow_batchcode.services.catalogue import DEFAULT_SERVICE
+from airflow_batchcode.staging import METADATA_FILE, OPERATION_FILE, Provenance, read_positions, read_rejected
+from airflow_batchcode.storage import as_storage_path, open_staged, read_staged_text
+from airflow_batchcode.summary import RunSummary
 
-__all__ = ["COLUMNS", "Row", "rejected_rows", "service_chunk_rows"]
+__all__ = ["COLUMNS", "Row", "chunk_batches", "chunk_results", "rejected_rows", "service_chunk_rows"]
 
 
 class _ManifestLine(msgspec.Struct):
@@ -105,3 +110,91 @@ def rejected_rows(rejects: str, *, topic: str, model_id: str | None) -> Iterator
             *(record.occp_text, record.tasks_text, record.note, topic, model_id),
             *(None, None, None, None, None, None),
         )
+
+
+# downloaded chunks ---------------------------------------------------------------------------
+
+
+class _Downloaded(NamedTuple):
+    """What reading one downloaded chunk takes."""
+
+    service: str
+    normaliser: Normaliser
+    output: str
+    metadata: dict[str, Any]
+    stamp: dict[str, Any]
+    """What every row of the chunk is stamped with, whichever reader makes the rows."""
+
+
+def _metadata(text: str) -> dict[str, Any]:
+    """What the service said about an operation, or ``{}`` for a file of unknown shape (kept raw on disk)."""
+    try:
+        body = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _downloaded(chunk: Chunk, topic: str, run: RunSummary) -> _Downloaded:
+    """Read a downloaded chunk's operation record and metadata; count its operation and usage into ``run``."""
+    folder = as_storage_path(chunk.results)
+    operation = Provenance.from_json(read_staged_text(folder / OPERATION_FILE, "operation record"))
+    metadata = _metadata(read_staged_text(folder / METADATA_FILE, "result metadata"))
+    service = operation.service or DEFAULT_SERVICE
+    normaliser = normaliser_for(service)
+    run.service = service
+    run.add_usage(normaliser.usage(metadata))
+    realtime = operation.source == "realtime"
+    if not realtime:
+        run.operation_ids.append(operation.operation_id)
+    stamp = {
+        "chunk": chunk.index,
+        "operation_id": None if realtime else operation.operation_id,
+        "topic": operation.topic or topic,
+        "model_id": normaliser.model_id(metadata) or operation.model,
+        "source": operation.source,
+    }
+    return _Downloaded(service, normaliser, str(folder / operation.output), metadata, stamp)
+
+
+def _rows(chunk: Chunk, found: _Downloaded, run: RunSummary) -> Iterator[Row]:
+    if found.normaliser.chunk_rows is not None:
+        rows: Iterable[Row] = found.normaliser.chunk_rows(
+            found.output, chunk.positions, manifest=chunk.manifest, **found.stamp
+        )
+    else:
+        rows = service_chunk_rows(
+            found.service, found.output, found.metadata, chunk.manifest, chunk.positions,
+            lines=chunk.records, **found.stamp,
+        )  # fmt: skip
+    for row in rows:
+        run.add(row)
+        yield row
+
+
+def chunk_results(chunk: Chunk, topic: str, run: RunSummary) -> Iterator[Row]:
+    """The normalised rows of one downloaded chunk, whichever service coded it; counted into ``run``."""
+    return _rows(chunk, _downloaded(chunk, topic, run), run)
+
+
+def chunk_batches(chunk: Chunk, topic: str, run: RunSummary) -> Iterator[Any]:
+    """:func:`chunk_results`' rows as Arrow record batches, read as such where the normaliser can
+    (``chunk_batches``), else converted; counted into ``run``. Needs pyarrow."""
+    from airflow_batchcode.columnar.load import row_batches
+    from airflow_batchcode.columnar.results import count_batch
+
+    found = _downloaded(chunk, topic, run)
+    if found.normaliser.chunk_batches is None:
+        yield from row_batches(_rows(chunk, found, run))
+        return
+    for batch in found.normaliser.chunk_batches(found.output, chunk.positions, manifest=chunk.manifest, **found.stamp):
+        count_batch(run, batch)
+        yield batch
+
+
+def columnar_load(service: str, conn_id: str) -> bool:
+    """Whether the load takes Arrow record batches: ``service``'s results are read as such and the output
+    connection has an ADBC driver (:mod:`airflow_batchcode.columnar.load`). Needs pyarrow."""
+    from airflow_batchcode.columnar.adbc import has_driver
+
+    return normaliser_for(service).chunk_batches is not None and has_driver(conn_id, "postgres", "sqlite")

@@ -14,7 +14,7 @@ Every service has a module here, ``normalise/<service>.py``, named by its catalo
     Numbers from the operation's metadata (the job object) to add up in the run summary, e.g.
     ``{"billed_usage_dollars": 0.02}`` for Gravity or ``{"invalid_inputs": 3}`` for super.ai.
 
-and optionally two more:
+and optionally three more:
 
 ``model_id(metadata) -> str | None``
     The model that coded the operation, when the metadata says (else the operation's own ``model``).
@@ -24,6 +24,10 @@ and optionally two more:
     whole rows from the output file and the positions sidecar (locations, not open files),
     without reading the manifest. The pipeline takes it instead of joining :func:`coded`'s items
     to the manifest (:func:`airflow_batchcode.results.service_chunk_rows`); both give the same rows.
+
+``chunk_batches(output, positions, *, manifest, chunk, operation_id, topic, model_id, source)``
+    ``chunk_rows``' rows as Arrow record batches (:mod:`airflow_batchcode.columnar`), for the
+    pipeline's columnar load; importing pyarrow only when called.
 """
 
 from __future__ import annotations
@@ -95,6 +99,7 @@ class Normaliser:
     usage: UsageReader
     model_id: Callable[[Mapping[str, Any]], str | None] = _no_model
     chunk_rows: RowsReader | None = None
+    chunk_batches: Callable[..., Iterator[Any]] | None = None
 
 
 def normaliser_for(service: str) -> Normaliser:
@@ -105,6 +110,7 @@ def normaliser_for(service: str) -> Normaliser:
         usage=module.usage,
         model_id=getattr(module, "model_id", _no_model),
         chunk_rows=getattr(module, "chunk_rows", None),
+        chunk_batches=getattr(module, "chunk_batches", None),
     )
 
 

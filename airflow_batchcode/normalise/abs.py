@@ -141,6 +141,14 @@ def chunk_rows(
             yield new_row(Row, (record_id, position, *outcome, note, *tail))
 
 
+def chunk_batches(*args: Any, **kwargs: Any) -> Iterator[Any]:
+    """:func:`chunk_rows`' rows as Arrow record batches: :func:`airflow_batchcode.columnar.results.abs_chunk_batches`,
+    imported when called (no pyarrow at DAG parse time)."""
+    from airflow_batchcode.columnar.results import abs_chunk_batches
+
+    return abs_chunk_batches(*args, **kwargs)
+
+
 def _misaligned(
     operation_id: str | None, chunk: int, count: int, *, output: bool, manifest: bool
 ) -> UnexpectedResponseError:

@@ -177,3 +177,68 @@ def test_the_rows_the_loads_joins_fill_are_counted_through_ingest(output_db: Any
 
     assert ingest_run_rows(conn_id, "out", _rows(5), dag_id="d", run_id="r", after=after) == 10
     assert len(_table(output_db, "out")) == 10
+
+
+@pytest.mark.parametrize("reorder", [None, "seed-1"], ids=["in-order", "reordered"])
+def test_downloaded_abs_chunks_load_the_same_rows_and_counts_through_arrow(
+    output_db: Any, tmp_path: Path, reorder: str | None
+) -> None:
+    """The load task's two paths over emulator output: ``chunk_batches`` + ``ingest_run_batches`` against
+    ``chunk_results`` + ``replace_run_rows`` (the same rows in the table, the same run summary)."""
+    import threading
+
+    from airflow_batchcode.chunks import Chunk
+    from airflow_batchcode.columnar.load import ingest_run_batches
+    from airflow_batchcode.emulator.coding_model import load_models
+    from airflow_batchcode.emulator.processing import code_file, reorder_lines
+    from airflow_batchcode.results import chunk_batches, chunk_results, columnar_load
+    from airflow_batchcode.sample_data import survey_responses
+    from airflow_batchcode.staging import METADATA_FILE, OPERATION_FILE
+    from airflow_batchcode.summary import RunSummary
+
+    assert columnar_load("abs", "test_columnar_out")
+    model = load_models()["anzsco"][-1]
+    chunks = []
+    for index in (1, 2):
+        folder = tmp_path / f"chunk-{index}"
+        folder.mkdir()
+        answers = list(survey_responses(3_000, seed=index))
+        manifest, positions = folder / "manifest.jsonl", folder / "chunk.positions"
+        manifest.write_text(
+            "".join(
+                json.dumps({"recordId": a.respondent_id, "occp_text": a.occp_text, "tasks_text": a.tasks_text}) + "\n"
+                for a in answers
+            )
+        )
+        positions.write_text("".join(f"{index * 10_000 + i}\t{'n' if i % 9 == 0 else ''}\n" for i in range(3_000)))
+        code_file(manifest, folder / "output.jsonl", model, threading.Event())
+        if reorder is not None:
+            reorder_lines(folder / "output.jsonl", reorder)
+        (folder / METADATA_FILE).write_text("{}")
+        operation = {
+            "service": "abs",
+            "operation_id": f"op-{index}",
+            "topic": "anzsco",
+            "model": "m",
+            "output": "output.jsonl",
+        }
+        (folder / OPERATION_FILE).write_text(json.dumps(operation))
+        chunks.append(
+            Chunk(
+                index=index,
+                manifest=str(manifest),
+                positions=str(positions),
+                results=str(folder),
+                records=3_000,
+                bytes=0,
+            )
+        )
+
+    by_rows, by_batches = RunSummary(), RunSummary()
+    rows = (row for chunk in chunks for row in chunk_results(chunk, "anzsco", by_rows))
+    batches = (batch for chunk in chunks for batch in chunk_batches(chunk, "anzsco", by_batches))
+    assert replace_run_rows("test_columnar_out", "out_rows", rows, dag_id="d", run_id="r") == 6_000
+    assert ingest_run_batches("test_columnar_out", "out_arrow", batches, dag_id="d", run_id="r") == 6_000
+    assert _table(output_db, "out_arrow") == _table(output_db, "out_rows")
+    assert by_batches.to_dict() == by_rows.to_dict()
+    assert by_rows.operation_ids == by_batches.operation_ids == ["op-1", "op-2"]

@@ -135,7 +135,7 @@ def test_the_emulator_fault_is_reproducible_and_always_reorders(tmp_path: Path) 
 @pytest.mark.parametrize("metadata", [b"<html>gateway page</html>", b'["a list"]', b'{"model": {"modelId": "m-meta"}}'])
 def test_the_load_keeps_going_whatever_shape_the_metadata_has(tmp_path: Path, metadata: bytes) -> None:
     from airflow_batchcode.chunks import Chunk
-    from airflow_batchcode.dags import chunk_results
+    from airflow_batchcode.results import chunk_results
     from airflow_batchcode.staging import METADATA_FILE, OPERATION_FILE
     from airflow_batchcode.summary import RunSummary
 

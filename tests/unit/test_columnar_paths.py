@@ -74,7 +74,7 @@ def _batches(count: int) -> list[Any]:
     return [pa.record_batch({"n": pa.array(range(i * 3, i * 3 + 3), pa.int64())}) for i in range(count)]
 
 
-def test_batchesread_ahead_arrive_in_order_and_stop_when_the_reader_fails() -> None:
+def test_batches_read_ahead_arrive_in_order_and_stop_when_the_reader_fails() -> None:
     import pyarrow as pa
 
     from airflow_batchcode.columnar.adbc import read_ahead
@@ -94,7 +94,7 @@ def test_batchesread_ahead_arrive_in_order_and_stop_when_the_reader_fails() -> N
         next(reader)
 
 
-def test_closing_batchesread_ahead_waits_for_the_read_under_way() -> None:
+def test_closing_batches_read_ahead_waits_for_the_read_under_way() -> None:
     import threading
 
     import pyarrow as pa

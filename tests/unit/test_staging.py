@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from airflow_batchcode.chunks import Chunk
-from airflow_batchcode.dags import chunk_results, staging_root
+from airflow_batchcode.dags import staging_root
 from airflow_batchcode.exceptions import BatchCodeError, StagedFileMissingError
+from airflow_batchcode.results import chunk_results
 from airflow_batchcode.storage import airflow_home, open_for_reading, open_staged, read_staged_text
 from airflow_batchcode.summary import RunSummary
 
