@@ -75,9 +75,10 @@ class PipelineConfig:
     :param columnar: extract PostgreSQL and SQLite sources through ADBC into Arrow record batches, with the
         input rules as a vectorised mask (:mod:`airflow_batchcode.columnar`); same files byte for byte.
         The load reads results straight into Arrow where the service's normaliser can (ABS) and writes
-        a PostgreSQL or SQLite output in bulk (CSV ``COPY``; ADBC ingest); same rows. Off by default while its memory cost (peak RSS about 185 MB against 135 MB; importing pyarrow
-        alone takes a task from 112 MB to 145 MB) is worked on; it does not de-duplicate yet (needs
-        ``dedupe=False`` and ``result_cache=False``).
+        a PostgreSQL or SQLite output in bulk (CSV ``COPY``; ADBC ingest); same rows. Off by default
+        while its memory cost (peak RSS about 185 MB against 135 MB; importing pyarrow alone takes a
+        task from 112 MB to 145 MB) is worked on; it does not de-duplicate yet (needs ``dedupe=False``
+        and ``result_cache=False``).
     :param dedupe: send records with identical texts once per run; every source row still gets its row.
     :param result_cache: reuse earlier runs' outcomes for the same service, topic, model and texts,
         kept in ``result_cache_table`` in the output connection (errors are never cached).

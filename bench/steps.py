@@ -66,40 +66,49 @@ def load(
     rejects: str,
     run_id: str,
     table: str = OUTPUT_TABLE,
-    columnar: bool = False,
+    columnar: bool = True,
 ) -> dict[str, Any]:
-    """``chunk_rows`` + ``rejected_rows`` + ``RunSummary`` + ``replace_run_rows``, as the ``load`` task does
-    (``columnar=True``: the same rows through ADBC ingest instead, ``ingest_run_rows``)."""
-    from airflow_batchcode.normalise.abs import chunk_rows
+    """The ``load`` task with ``columnar=True``: ``abs_chunk_batches`` + ``count_batch`` + ``ingest_run_batches``
+    (``columnar=False``, its default path: ``chunk_rows`` + ``RunSummary.add`` + ``replace_run_rows``)."""
     from airflow_batchcode.results import rejected_rows
     from airflow_batchcode.summary import RunSummary
-    from airflow_batchcode.warehouse import replace_run_rows
 
     started = time.perf_counter()
     run = RunSummary(operations=len(chunks))
 
-    def rows() -> Any:
-        for chunk in chunks:
-            for row in chunk_rows(
-                chunk["output"],
-                chunk["positions"],
-                manifest=chunk["manifest"],
-                chunk=chunk["index"],
-                operation_id=chunk["operation_id"],
-                topic=TOPIC,
-                model_id=chunk.get("model_id"),
-            ):
-                run.add(row)
-                yield row
+    def rejects_rows() -> Any:
         for row in rejected_rows(rejects, topic=TOPIC, model_id=None):
             run.add(row)
             yield row
 
+    def where(chunk: dict[str, Any]) -> dict[str, Any]:
+        names = {"manifest": "manifest", "index": "chunk", "operation_id": "operation_id", "model_id": "model_id"}
+        return {"topic": TOPIC, **{name: chunk.get(key) for key, name in names.items()}}
+
     if columnar:  # pyarrow imported only here, as the pipeline's default path does not
-        from airflow_batchcode.columnar.load import ingest_run_rows as loader
+        from airflow_batchcode.columnar.load import ingest_run_batches, row_batches
+        from airflow_batchcode.columnar.results import abs_chunk_batches, count_batch
+
+        def batches() -> Any:
+            for chunk in chunks:
+                for batch in abs_chunk_batches(chunk["output"], chunk["positions"], **where(chunk)):
+                    count_batch(run, batch)
+                    yield batch
+            yield from row_batches(rejects_rows())
+
+        inserted = ingest_run_batches(conn_id, table, batches(), dag_id="bench", run_id=run_id)
     else:
-        loader = replace_run_rows
-    inserted = loader(conn_id, table, rows(), dag_id="bench", run_id=run_id)
+        from airflow_batchcode.normalise.abs import chunk_rows
+        from airflow_batchcode.warehouse import replace_run_rows
+
+        def rows() -> Any:
+            for chunk in chunks:
+                for row in chunk_rows(chunk["output"], chunk["positions"], **where(chunk)):
+                    run.add(row)
+                    yield row
+            yield from rejects_rows()
+
+        inserted = replace_run_rows(conn_id, table, rows(), dag_id="bench", run_id=run_id)
     return {"seconds": time.perf_counter() - started, "rows": inserted, "summary": run.to_dict()}
 
 

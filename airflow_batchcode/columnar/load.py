@@ -11,9 +11,13 @@ table as it was; a staging table left behind by a killed attempt is replaced by 
 
 Why two ways, measured on 200,000 rows read from ABS output (:mod:`.results`), one process:
 PostgreSQL through ADBC ingest and a staging table took 1.8-2.7 s (stage 1.0-1.5 s, the move
-0.6-1.1 s: every row written twice); through CSV ``COPY`` 1.1-1.4 s, of which writing the CSV is
-0.10-0.12 s. SQLite has no ``COPY``; its ingest and move took 1.7-1.8 s against 2.8-2.9 s for
-``replace_run_rows``'s ``executemany`` of the same rows built in Python.
+0.6-1.1 s: every row written twice); through CSV ``COPY`` 1.05-1.25 s, of which reading the
+results is 0.45-0.51 s and writing the CSV 0.10-0.12 s. The ``COPY`` itself is the floor: the
+same table takes 0.73 s for these rows as CSV against 0.57-0.60 s as binary (psycopg's
+``write_row`` of rows already built). Reading the next batch in a thread while this one is sent
+measured no gain (1.08-1.28 s against 1.08-1.19 s), so there is none. SQLite has no ``COPY``;
+its ingest and move took 1.7-1.8 s against 2.8-2.9 s for ``replace_run_rows``'s ``executemany``
+of the same rows built in Python.
 
 Rows built in Python (as most normalisers build them) reach the table faster through
 ``replace_run_rows`` itself: SQLite 1.63-1.70 s through ingest against 1.45-1.57 s through
@@ -33,7 +37,7 @@ from datetime import UTC, datetime
 import pyarrow as pa
 import pyarrow.csv
 
-from airflow_batchcode.columnar.adbc import AdbcSession, adbc_session, has_driver, read_ahead
+from airflow_batchcode.columnar.adbc import AdbcSession, adbc_session, has_driver
 from airflow_batchcode.rows import COLUMNS, Row
 from airflow_batchcode.warehouse import AfterInsert, CsvRows, Staged, check_table_name, replace_run_rows
 
@@ -72,7 +76,7 @@ def ingest_run_batches(
     replace = functools.partial(replace_run_rows, conn_id, table, (), dag_id=dag_id, run_id=run_id, after=after)
     if has_driver(conn_id, "postgres"):
         loaded_at = _now()
-        watched = _Watched(read_ahead(batches))
+        watched = _Watched(batches)
         try:
             return replace(staged=CsvRows(csv_blocks(watched, dag_id, run_id, loaded_at), loaded_at))
         except BaseException:
@@ -138,7 +142,7 @@ def stage(conn_id: str, staging: str, batches: Iterable[pa.RecordBatch], *, dag_
     with _session(conn_id) as session:
         # SQLite stores the text sqlite3's datetime adapter would (as the DB-API path does)
         loaded_at: pa.Scalar = pa.scalar(now.isoformat(" ") if session.sqlite else now)
-        watched = _Watched(read_ahead(batches))
+        watched = _Watched(batches)
         try:
             session.execute(f"DROP TABLE IF EXISTS {staging}")
             schema = _table_schema(loaded_at.type)
