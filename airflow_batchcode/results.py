@@ -18,7 +18,7 @@ import msgspec
 from airflow_batchcode.chunks import Chunk
 from airflow_batchcode.exceptions import UnexpectedResponseError
 from airflow_batchcode.normalise import Normaliser, normaliser_for, reader_for
-from airflow_batchcode.rows import COLUMNS, Row
+from airflow_batchcode.rows import COLUMNS, Row, Stamp
 from airflow_batchcode.services.catalogue import DEFAULT_SERVICE
 from airflow_batchcode.staging import METADATA_FILE, OPERATION_FILE, Provenance, read_positions, read_rejected
 from airflow_batchcode.storage import as_storage_path, open_staged, read_staged_text
@@ -49,11 +49,7 @@ def service_chunk_rows(
     positions: str,
     *,
     lines: int,
-    chunk: int,
-    operation_id: str | None,
-    topic: str,
-    model_id: str | None,
-    source: str = "batch",
+    stamp: Stamp,
 ) -> Iterator[Row]:
     """Normalised rows of one chunk through its service's :class:`Coded` reader; ``lines`` is the manifest's
     record count (a service whose normaliser has a ``chunk_rows`` fast path takes that instead).
@@ -63,7 +59,7 @@ def service_chunk_rows(
     to the positions sidecar. All three are streamed.
     """
     coded_reader, _ = reader_for(service)
-    tail = (topic, model_id, operation_id, chunk, service)
+    tail = (stamp.topic, stamp.model_id, stamp.operation_id, stamp.chunk, service)
     decode_input = _decode_input
     count = 0
     with (
@@ -92,13 +88,13 @@ def service_chunk_rows(
                 outcome.item_id,
                 outcome.agreement,
                 outcome.details,
-                source,
+                stamp.source,
             )
         left_over = next(outcomes, None)
     if count != lines or left_over is not None:
         raise UnexpectedResponseError(
-            f"Results of {service} operation {operation_id} (chunk {chunk}) do not match its manifest of {lines} "
-            "records: refusing to load misaligned results"
+            f"Results of {service} operation {stamp.operation_id} (chunk {stamp.chunk}) do not match its manifest "
+            f"of {lines} records: refusing to load misaligned results"
         )
 
 
@@ -122,8 +118,7 @@ class _Downloaded(NamedTuple):
     normaliser: Normaliser
     output: str
     metadata: dict[str, Any]
-    stamp: dict[str, Any]
-    """What every row of the chunk is stamped with, whichever reader makes the rows."""
+    stamp: Stamp
 
 
 def _metadata(text: str) -> dict[str, Any]:
@@ -147,25 +142,25 @@ def _downloaded(chunk: Chunk, topic: str, run: RunSummary) -> _Downloaded:
     realtime = operation.source == "realtime"
     if not realtime:
         run.operation_ids.append(operation.operation_id)
-    stamp = {
-        "chunk": chunk.index,
-        "operation_id": None if realtime else operation.operation_id,
-        "topic": operation.topic or topic,
-        "model_id": normaliser.model_id(metadata) or operation.model,
-        "source": operation.source,
-    }
+    stamp = Stamp(
+        chunk=chunk.index,
+        operation_id=None if realtime else operation.operation_id,
+        topic=operation.topic or topic,
+        model_id=normaliser.model_id(metadata) or operation.model,
+        source=operation.source,
+    )
     return _Downloaded(service, normaliser, str(folder / operation.output), metadata, stamp)
 
 
 def _rows(chunk: Chunk, found: _Downloaded, run: RunSummary) -> Iterator[Row]:
     if found.normaliser.chunk_rows is not None:
         rows: Iterable[Row] = found.normaliser.chunk_rows(
-            found.output, chunk.positions, manifest=chunk.manifest, **found.stamp
+            found.output, chunk.positions, manifest=chunk.manifest, stamp=found.stamp
         )
     else:
         rows = service_chunk_rows(
             found.service, found.output, found.metadata, chunk.manifest, chunk.positions,
-            lines=chunk.records, **found.stamp,
+            lines=chunk.records, stamp=found.stamp,
         )  # fmt: skip
     for row in rows:
         run.add(row)
@@ -187,7 +182,9 @@ def chunk_batches(chunk: Chunk, topic: str, run: RunSummary) -> Iterator[Any]:
     if found.normaliser.chunk_batches is None:
         yield from row_batches(_rows(chunk, found, run))
         return
-    for batch in found.normaliser.chunk_batches(found.output, chunk.positions, manifest=chunk.manifest, **found.stamp):
+    for batch in found.normaliser.chunk_batches(
+        found.output, chunk.positions, manifest=chunk.manifest, stamp=found.stamp
+    ):
         count_batch(run, batch)
         yield batch
 

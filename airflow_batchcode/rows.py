@@ -60,6 +60,16 @@ class Row(NamedTuple):
     recode_of: str | None = None
 
 
+class Stamp(NamedTuple):
+    """What every row of one chunk is stamped with, whichever reader makes the rows (:class:`Row`'s fields)."""
+
+    chunk: int
+    operation_id: str | None
+    topic: str
+    model_id: str | None
+    source: str = "batch"
+
+
 COLUMNS: tuple[str, ...] = Row._fields
 """Columns of a normalised row, in order."""
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import msgspec
 
-from bench.common import TOPIC, Figure, Report, Settings, best, child, child_main, fmt, pg_dsn
-from bench.throughput import TABLE, ratio_figures
+from bench.common import TOPIC, Report, Settings, best, child, child_main, pg_dsn
+from bench.throughput import TABLE, dbapi_context, ratio_figures
 
 
 class _Result(msgspec.Struct):
@@ -303,7 +303,14 @@ def figure_load(
     ).result
     _check_rows(result["rows"], records)
     ratio_figures(report, "load_sqlite", result["times"], records, f"msgspec + {result['baseline']}", 1.3)
-    _dbapi_context(report, "load_sqlite", result["times"], records)
+    dbapi_context(
+        report,
+        "load_sqlite",
+        result["times"],
+        records,
+        "the default path (rows in Python, replace_run_rows)",
+        "the Arrow path",
+    )
     if pg is not None:
         pg_result = child(
             "load",
@@ -314,21 +321,14 @@ def figure_load(
         ).result
         _check_rows(pg_result["rows"], records)
         ratio_figures(report, "load_pg", pg_result["times"], records, "msgspec + binary COPY FROM STDIN", 1.3)
-        _dbapi_context(report, "load_pg", pg_result["times"], records)
-
-
-def _dbapi_context(report: Report, prefix: str, times: dict[str, list[float]], records: int) -> None:
-    """Context only: the load task's default path (``chunk_rows`` + ``replace_run_rows``) on the same rows, once."""
-    dbapi, ours = best(times["dbapi"]), best(times["ours"])
-    report.add(
-        Figure(
-            f"{prefix}_dbapi_path",
-            records / dbapi / 1e6,
-            "Mrec/s",
-            f"context only: the default path (rows in Python, replace_run_rows), {fmt(dbapi)} s "
-            f"({fmt(dbapi / ours)}x of the Arrow path's {fmt(ours)} s)",
+        dbapi_context(
+            report,
+            "load_pg",
+            pg_result["times"],
+            records,
+            "the default path (rows in Python, replace_run_rows)",
+            "the Arrow path",
         )
-    )
 
 
 def _check_rows(rows: dict[str, int], records: int) -> None:

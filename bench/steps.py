@@ -71,6 +71,7 @@ def load(
     """The ``load`` task with ``columnar=True``: ``abs_chunk_batches`` + ``count_batch`` + ``ingest_run_batches``
     (``columnar=False``, its default path: ``chunk_rows`` + ``RunSummary.add`` + ``replace_run_rows``)."""
     from airflow_batchcode.results import rejected_rows
+    from airflow_batchcode.rows import Stamp
     from airflow_batchcode.summary import RunSummary
 
     started = time.perf_counter()
@@ -82,8 +83,8 @@ def load(
             yield row
 
     def where(chunk: dict[str, Any]) -> dict[str, Any]:
-        names = {"manifest": "manifest", "index": "chunk", "operation_id": "operation_id", "model_id": "model_id"}
-        return {"topic": TOPIC, **{name: chunk.get(key) for key, name in names.items()}}
+        stamp = Stamp(chunk["index"], chunk["operation_id"], TOPIC, chunk.get("model_id"))
+        return {"manifest": chunk["manifest"], "stamp": stamp}
 
     if columnar:  # pyarrow imported only here, as the pipeline's default path does not
         from airflow_batchcode.columnar.load import ingest_run_batches, row_batches

@@ -194,15 +194,22 @@ def ratio_figures(
     )
 
 
-def _context(report: Report, prefix: str, times: dict[str, list[float]], records: int) -> None:
-    """Context only: the DB-API path (``stream_query`` + ``write_chunks``) of the same extract, once."""
+def dbapi_context(
+    report: Report,
+    prefix: str,
+    times: dict[str, list[float]],
+    records: int,
+    path: str = "the DB-API path",
+    ours_name: str = "the ADBC path",
+) -> None:
+    """Context only: the task's default path on the same data, once (extract: ``stream_query`` + ``write_chunks``)."""
     dbapi, ours = best(times["dbapi"]), best(times["ours"])
     report.add(
         Figure(
             f"{prefix}_dbapi_path",
             records / dbapi / 1e6,
             "Mrec/s",
-            f"context only: the DB-API path, {fmt(dbapi)} s ({fmt(dbapi / ours)}x of the ADBC path's {fmt(ours)} s)",
+            f"context only: {path}, {fmt(dbapi)} s ({fmt(dbapi / ours)}x of {ours_name}'s {fmt(ours)} s)",
         )
     )
 
@@ -229,7 +236,7 @@ def figure_extract(
         f"the faster of msgspec fetchmany and ADBC + Polars NDJSON: {result['baseline']}",
         1.3,
     )
-    _context(report, "extract_sqlite", result["times"], rows)
+    dbapi_context(report, "extract_sqlite", result["times"], rows)
     report.add(
         Figure(
             "extract_sqlite_json_dumps",
@@ -247,7 +254,7 @@ def figure_extract(
             log=log,
         ).result
         ratio_figures(report, "extract_pg", pg_result["times"], rows, f"COPY TO STDOUT ({pg_result['baseline']})", 1.3)
-        _context(report, "extract_pg", pg_result["times"], rows)
+        dbapi_context(report, "extract_pg", pg_result["times"], rows)
     summary: dict[str, Any] = result["summary"]
     return summary
 

@@ -40,7 +40,7 @@ import pyarrow.json
 
 from airflow_batchcode.columnar.load import ROW_SCHEMA, row_batches
 from airflow_batchcode.normalise.abs import chunk_rows
-from airflow_batchcode.rows import COLUMNS
+from airflow_batchcode.rows import COLUMNS, Stamp
 from airflow_batchcode.services.abs.settings import SERVICE
 from airflow_batchcode.storage import open_staged
 from airflow_batchcode.summary import CONFIDENCE_BUCKETS, RunSummary
@@ -85,28 +85,11 @@ class _Suggestions(msgspec.Struct):
 _decode_suggestions = msgspec.json.Decoder(_Suggestions).decode
 
 
-def abs_chunk_batches(
-    output: str,
-    positions: str,
-    *,
-    manifest: str,
-    chunk: int,
-    operation_id: str | None,
-    topic: str,
-    model_id: str | None,
-    source: str = "batch",
-) -> Iterator[pa.RecordBatch]:
+def abs_chunk_batches(output: str, positions: str, *, manifest: str, stamp: Stamp) -> Iterator[pa.RecordBatch]:
     """The rows of one ABS chunk as record batches of :data:`ROW_SCHEMA` (see the module's docstring).
 
     Takes the arguments of :func:`~airflow_batchcode.normalise.abs.chunk_rows` and raises its errors.
     """
-    stamp: dict[str, Any] = {
-        "chunk": chunk,
-        "operation_id": operation_id,
-        "topic": topic,
-        "model_id": model_id,
-        "source": source,
-    }
     done = 0
     with (
         open_staged(output, "result file") as out,
@@ -127,7 +110,7 @@ def abs_chunk_batches(
             if next(sent, None) is None and next(pos, None) is None:
                 return
     # the rest through the row path, which re-joins, refuses or reads the odd line exactly as the pipeline's
-    rows = itertools.islice(chunk_rows(output, positions, manifest=manifest, **stamp), done, None)
+    rows = itertools.islice(chunk_rows(output, positions, manifest=manifest, stamp=stamp), done, None)
     yield from row_batches(
         row._replace(occp_text=_text(row.occp_text), tasks_text=_text(row.tasks_text)) for row in rows
     )
@@ -138,9 +121,7 @@ def _text(value: Any) -> str | None:
     return value if value is None or isinstance(value, str) else str(value)
 
 
-def _block(
-    lines: list[bytes], given: list[bytes], sidecar: list[bytes], stamp: dict[str, Any]
-) -> pa.RecordBatch | None:
+def _block(lines: list[bytes], given: list[bytes], sidecar: list[bytes], stamp: Stamp) -> pa.RecordBatch | None:
     """One block's rows, or ``None`` when the block needs the row path (see the module's docstring)."""
     size = len(lines)
     parsed, sent, places = _parse_json(lines, _PARSE), _parse_json(given, _MANIFEST), _parse_positions(sidecar)
@@ -148,7 +129,7 @@ def _block(
         return None
     columns = _coded(parsed, lines)
     columns["position"], columns["note"] = places.column("position"), places.column("note")
-    for name, value in stamp.items():
+    for name, value in stamp._asdict().items():
         columns[name] = pa.array([value] * size, ROW_SCHEMA.field(name).type)
     columns["service"] = pa.array([SERVICE] * size, _TEXT)
     for name in ("item_id", "agreement", "details", "recode_of"):

@@ -19,13 +19,13 @@ and optionally three more:
 ``model_id(metadata) -> str | None``
     The model that coded the operation, when the metadata says (else the operation's own ``model``).
 
-``chunk_rows(output, positions, *, manifest, chunk, operation_id, topic, model_id, source) -> Iterator[Row]``
+``chunk_rows(output, positions, *, manifest, stamp) -> Iterator[Row]``
     A fast path for services whose output echoes each record's input in manifest order (ABS):
     whole rows from the output file and the positions sidecar (locations, not open files),
     without reading the manifest. The pipeline takes it instead of joining :func:`coded`'s items
     to the manifest (:func:`airflow_batchcode.results.service_chunk_rows`); both give the same rows.
 
-``chunk_batches(output, positions, *, manifest, chunk, operation_id, topic, model_id, source)``
+``chunk_batches(output, positions, *, manifest, stamp)``
     ``chunk_rows``' rows as Arrow record batches (:mod:`airflow_batchcode.columnar`), for the
     pipeline's columnar load; importing pyarrow only when called.
 """
@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import IO, Any, NamedTuple, Protocol
 
-from airflow_batchcode.rows import Row
+from airflow_batchcode.rows import Row, Stamp
 from airflow_batchcode.services.catalogue import spec_for
 
 
@@ -73,18 +73,7 @@ UsageReader = Callable[[Mapping[str, Any]], dict[str, float]]
 class RowsReader(Protocol):
     """A normaliser's ``chunk_rows`` fast path (see above)."""
 
-    def __call__(
-        self,
-        output: str,
-        positions: str,
-        *,
-        manifest: str,
-        chunk: int,
-        operation_id: str | None,
-        topic: str,
-        model_id: str | None,
-        source: str = "batch",
-    ) -> Iterator[Row]: ...
+    def __call__(self, output: str, positions: str, *, manifest: str, stamp: Stamp) -> Iterator[Row]: ...
 
 
 def _no_model(metadata: Mapping[str, Any]) -> str | None:

@@ -19,7 +19,7 @@ import msgspec
 
 from airflow_batchcode.exceptions import UnexpectedResponseError
 from airflow_batchcode.normalise import Coded
-from airflow_batchcode.rows import Row, new_row
+from airflow_batchcode.rows import Row, Stamp, new_row
 from airflow_batchcode.services.abs import order
 from airflow_batchcode.services.abs.settings import SERVICE
 from airflow_batchcode.services.abs.wire import model_id_of
@@ -92,17 +92,7 @@ def _str(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def chunk_rows(
-    output: str,
-    positions: str,
-    *,
-    manifest: str,
-    chunk: int,
-    operation_id: str | None,
-    topic: str,
-    model_id: str | None,
-    source: str = "batch",
-) -> Iterator[Row]:
+def chunk_rows(output: str, positions: str, *, manifest: str, stamp: Stamp) -> Iterator[Row]:
     """Normalised rows of one chunk: its output file joined to its manifest and positions.
 
     Each output line's echoed ``recordId`` and ``input`` are checked against the manifest line
@@ -112,7 +102,8 @@ def chunk_rows(
     same rows. All three files are streamed while the order holds.
     """
     count = 0
-    tail = (topic, model_id, operation_id, chunk, SERVICE, None, None, None, source, None)
+    operation_id, chunk = stamp.operation_id, stamp.chunk
+    tail = (stamp.topic, stamp.model_id, operation_id, chunk, SERVICE, None, None, None, stamp.source, None)
     with (
         open_staged(output, "result file") as out_lines,
         open_staged(manifest, "manifest") as man_lines,
@@ -141,12 +132,12 @@ def chunk_rows(
             yield new_row(Row, (record_id, position, *outcome, note, *tail))
 
 
-def chunk_batches(*args: Any, **kwargs: Any) -> Iterator[Any]:
+def chunk_batches(output: str, positions: str, *, manifest: str, stamp: Stamp) -> Iterator[Any]:
     """:func:`chunk_rows`' rows as Arrow record batches: :func:`airflow_batchcode.columnar.results.abs_chunk_batches`,
     imported when called (no pyarrow at DAG parse time)."""
     from airflow_batchcode.columnar.results import abs_chunk_batches
 
-    return abs_chunk_batches(*args, **kwargs)
+    return abs_chunk_batches(output, positions, manifest=manifest, stamp=stamp)
 
 
 def _misaligned(

@@ -17,6 +17,7 @@ from airflow_batchcode.emulator.coding_model import load_models
 from airflow_batchcode.emulator.processing import code_file, reorder_lines
 from airflow_batchcode.exceptions import OutputOrderError, UnexpectedResponseError
 from airflow_batchcode.normalise.abs import chunk_rows
+from airflow_batchcode.rows import Stamp
 from airflow_batchcode.sample_data import survey_responses
 
 
@@ -38,10 +39,7 @@ def _rows(files: dict[str, str]) -> list[tuple[Any, ...]]:
             files["output"],
             files["positions"],
             manifest=files["manifest"],
-            chunk=0,
-            operation_id="op-1",
-            topic="anzsco",
-            model_id="m",
+            stamp=Stamp(chunk=0, operation_id="op-1", topic="anzsco", model_id="m"),
         )
     )
 

@@ -20,6 +20,7 @@ from airflow_batchcode.exceptions import ConfigurationError
 from airflow_batchcode.get_provider_info import get_provider_info
 from airflow_batchcode.normalise import normaliser_for, reader_for
 from airflow_batchcode.results import service_chunk_rows
+from airflow_batchcode.rows import Stamp
 from airflow_batchcode.sample_data import survey_responses
 from airflow_batchcode.services.base import AsyncBatchCodeClient, BatchCodeClient
 from airflow_batchcode.services.catalogue import DEFAULT_SERVICE, SERVICES, ServiceSpec, all_specs, spec_for
@@ -141,7 +142,7 @@ def test_the_abs_fast_path_gives_the_rows_of_the_generic_join(tmp_path: Path) ->
     code_file(manifest, output, load_models()["anzsco"][-1], threading.Event())
     normaliser = normaliser_for("abs")
     assert normaliser.chunk_rows is not None
-    where = {"chunk": 3, "operation_id": "op-1", "topic": "anzsco", "model_id": "m-1"}
+    where = {"stamp": Stamp(chunk=3, operation_id="op-1", topic="anzsco", model_id="m-1")}
     fast = list(normaliser.chunk_rows(str(output), str(positions), manifest=str(manifest), **where))
     joined = list(
         service_chunk_rows("abs", str(output), {}, str(manifest), str(positions), lines=len(records), **where)

@@ -17,11 +17,12 @@ from airflow_batchcode.columnar import results
 from airflow_batchcode.columnar.results import abs_chunk_batches, count_batch
 from airflow_batchcode.exceptions import OutputOrderError, UnexpectedResponseError
 from airflow_batchcode.normalise.abs import chunk_rows
+from airflow_batchcode.rows import Stamp
 from airflow_batchcode.summary import RunSummary
 from tests.unit.test_fast_paths import RAW_LINE, USUAL_LINE, echoed_key
 
 POSITIONS = st.lists(st.sampled_from([None, "sanitized: folded whitespace", "tab\there"]))
-WHERE = {"chunk": 1, "operation_id": "op-1", "topic": "anzsco", "model_id": "m1"}
+WHERE = {"stamp": Stamp(chunk=1, operation_id="op-1", topic="anzsco", model_id="m1")}
 
 
 def _files(

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from airflow_batchcode.manifests import manifest_lines, write_chunks
 from airflow_batchcode.normalise.abs import chunk_rows, normalise
-from airflow_batchcode.rows import Row
+from airflow_batchcode.rows import Row, Stamp
 from airflow_batchcode.services.abs import order
 from airflow_batchcode.warehouse import _copy_block, _copy_text
 
@@ -211,8 +211,8 @@ def fast_rows(lines: list[bytes], positions: list[tuple[int, str | None]]) -> li
         manifest.write_text(
             "".join(json.dumps({"recordId": r, "occp_text": o, "tasks_text": t}) + "\n" for r, o, t in keys)
         )
-        where = {"chunk": 1, "operation_id": "op-1", "topic": "anzsco", "model_id": "m1"}
-        return list(chunk_rows(str(output), str(sidecar), manifest=str(manifest), **where))
+        stamp = Stamp(chunk=1, operation_id="op-1", topic="anzsco", model_id="m1")
+        return list(chunk_rows(str(output), str(sidecar), manifest=str(manifest), stamp=stamp))
 
 
 JSON_LEAF = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | TEXT
