@@ -8,10 +8,12 @@ common-sql connection keeps the DB-API path (:mod:`airflow_batchcode.warehouse`)
 write the same bytes: the row-at-a-time rules of :mod:`airflow_batchcode.records` still decide
 every record that is not plainly fine, so reasons and repairs are theirs.
 
-The output table is loaded by ADBC bulk ingest into a staging table and one transaction
-replacing the run's rows (:mod:`.load`; not yet the load task's path, which its docstring explains).
-:mod:`.results` reads ABS output into Arrow record batches equal to the row path's rows, for
-:func:`.load.ingest_run_batches`.
+:mod:`.results` reads ABS output into Arrow record batches equal to the row path's rows, checked
+against the manifest as the row path checks it; :mod:`.load` writes record batches to the output
+table (CSV ``COPY`` on PostgreSQL, ADBC ingest and a staging table on SQLite) in the one
+transaction that replaces the run's rows. With ``columnar=True`` the pipeline's extract and load
+tasks take these paths; Arrow then allocates from the C library's allocator
+(:func:`.adbc.system_allocator`).
 """
 
 from __future__ import annotations

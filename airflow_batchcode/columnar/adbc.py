@@ -138,6 +138,25 @@ def adbc_session(conn_id: str) -> AdbcSession | None:
     return None
 
 
+@contextlib.contextmanager
+def system_allocator() -> Iterator[None]:
+    """Arrow's allocations inside the block from the C library's allocator, not Arrow's default (mimalloc).
+
+    mimalloc keeps freed pages for reuse, and across the blocks of a run they add up; glibc's
+    allocator hands them back. Measured on this machine, peak RSS of one process: the columnar
+    load of 195,000 ABS results into SQLite 256 MB with the default pool, 195 MB with this one;
+    the columnar extract of 200,000 SQLite rows 183 MB against 174 MB; times within noise
+    (200,000 results read in 0.46-0.48 s against 0.48-0.51 s). The process's default pool is
+    set back on the way out; buffers made inside keep their own pool.
+    """
+    previous = pa.default_memory_pool()
+    pa.set_memory_pool(pa.system_memory_pool())
+    try:
+        yield
+    finally:
+        pa.set_memory_pool(previous)
+
+
 def read_ahead(batches: Iterable[pa.RecordBatch]) -> Generator[pa.RecordBatch, None, None]:
     """``batches`` (a reader's, or made by a generator), the next one made by a thread while the caller works
     on this one.

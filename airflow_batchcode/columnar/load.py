@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 import pyarrow as pa
 import pyarrow.csv
 
-from airflow_batchcode.columnar.adbc import AdbcSession, adbc_session, has_driver
+from airflow_batchcode.columnar.adbc import AdbcSession, adbc_session, has_driver, system_allocator
 from airflow_batchcode.rows import COLUMNS, Row
 from airflow_batchcode.warehouse import AfterInsert, CsvRows, Staged, check_table_name, replace_run_rows
 
@@ -58,6 +58,7 @@ def ingest_run_rows(
     return ingest_run_batches(conn_id, table, row_batches(rows), dag_id=dag_id, run_id=run_id, after=after)
 
 
+@system_allocator()
 def ingest_run_batches(
     conn_id: str,
     table: str,
@@ -69,7 +70,8 @@ def ingest_run_batches(
 ) -> int:
     """Replace the run's rows in ``table`` with ``batches`` (of :data:`ROW_SCHEMA`) in one transaction of
     :func:`~airflow_batchcode.warehouse.replace_run_rows`: sent as CSV to PostgreSQL, staged through ADBC
-    ingest elsewhere (see the module's docstring).
+    ingest elsewhere (see the module's docstring). Arrow allocates from the C library's allocator meanwhile
+    (:func:`~airflow_batchcode.columnar.adbc.system_allocator`).
 
     :return: the rows inserted.
     """

@@ -116,3 +116,17 @@ def test_closing_batches_read_ahead_waits_for_the_read_under_way() -> None:
     threading.Timer(0.2, release.set).start()
     reader.close()  # returns only once the thread is done with the reader
     assert release.is_set()
+
+
+def test_the_system_allocator_serves_the_block_and_the_default_pool_comes_back() -> None:
+    import pyarrow as pa
+
+    from airflow_batchcode.columnar.adbc import system_allocator
+
+    before = pa.default_memory_pool().backend_name
+    with pytest.raises(RuntimeError), system_allocator():
+        assert pa.default_memory_pool().backend_name == "system"
+        kept = pa.array(["made inside"] * 1000)
+        raise RuntimeError("a failure inside")
+    assert pa.default_memory_pool().backend_name == before
+    assert kept.to_pylist()[0] == "made inside"  # a buffer made inside outlives the block
