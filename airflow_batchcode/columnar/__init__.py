@@ -12,7 +12,7 @@ every record that is not plainly fine, so reasons and repairs are theirs.
 against the manifest as the row path checks it; :mod:`.load` writes record batches to the output
 table (CSV ``COPY`` on PostgreSQL, ADBC ingest and a staging table on SQLite) in the one
 transaction that replaces the run's rows. With ``columnar=True`` the pipeline's extract and load
-tasks take these paths; Arrow then allocates from the C library's allocator
+tasks take these paths; the load's Arrow memory comes from the C library's allocator
 (:func:`.adbc.system_allocator`).
 """
 

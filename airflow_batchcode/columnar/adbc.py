@@ -144,10 +144,11 @@ def system_allocator() -> Iterator[None]:
 
     mimalloc keeps freed pages for reuse, and across the blocks of a run they add up; glibc's
     allocator hands them back. Measured on this machine, peak RSS of one process: the columnar
-    load of 195,000 ABS results into SQLite 256 MB with the default pool, 195 MB with this one;
-    the columnar extract of 200,000 SQLite rows 183 MB against 174 MB; times within noise
-    (200,000 results read in 0.46-0.48 s against 0.48-0.51 s). The process's default pool is
-    set back on the way out; buffers made inside keep their own pool.
+    load of 195,000 ABS results into SQLite 256 MB with the default pool, 201 MB with this one,
+    in the same time (200,000 results read in 0.46-0.48 s against 0.48-0.51 s). The extract
+    keeps the default pool: this one saved it 9 MB (200,000 SQLite rows, 183 -> 174 MB) but
+    slowed 1,000,000 PostgreSQL rows from 0.91-0.94 s to 0.96-1.04 s (alternating, one process).
+    The process's default pool is set back on the way out; buffers made inside keep their own pool.
     """
     previous = pa.default_memory_pool()
     pa.set_memory_pool(pa.system_memory_pool())

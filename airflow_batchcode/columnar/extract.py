@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from airflow_batchcode.chunks import ExtractSummary
-from airflow_batchcode.columnar.adbc import stream_batches, system_allocator
+from airflow_batchcode.columnar.adbc import stream_batches
 from airflow_batchcode.columnar.manifests import write_batch_chunks
 from airflow_batchcode.columnar.rules import ABS_LIMITS, InputLimits
 from airflow_batchcode.manifests import DEFAULT_MAX_CHUNK_BYTES, FieldMap, write_chunks
@@ -51,7 +51,7 @@ def extract_chunks(
     }
     if columnar and limits is not None:
         try:
-            with system_allocator(), stream_batches(conn_id, sql) as streamed:
+            with stream_batches(conn_id, sql) as streamed:
                 if streamed is not None:
                     columns, batches = streamed
                     return write_batch_chunks(
