@@ -242,3 +242,45 @@ def test_downloaded_abs_chunks_load_the_same_rows_and_counts_through_arrow(
     assert _table(output_db, "out_arrow") == _table(output_db, "out_rows")
     assert by_batches.to_dict() == by_rows.to_dict()
     assert by_rows.operation_ids == by_batches.operation_ids == ["op-1", "op-2"]
+
+
+KILLED_LOAD = """
+import time
+from airflow_batchcode.columnar.load import ingest_run_batches, row_batches
+from tests.integration.test_columnar_load import _rows
+
+def batches():
+    for index, batch in enumerate(row_batches(_rows(60_000, 3))):
+        yield batch
+        if index == 2:  # three batches sent or staged, the transaction open
+            print("mid-load", flush=True)
+            time.sleep(120)
+
+ingest_run_batches("test_columnar_out", "out", batches(), dag_id="d", run_id="r")
+"""
+
+
+def test_a_load_killed_mid_write_changes_nothing_and_the_next_load_is_whole(output_db: Any) -> None:
+    """SIGKILL part way through the bulk write (CSV ``COPY`` on PostgreSQL, staging on SQLite): the output
+    table keeps the run's earlier rows, and the retried load replaces them whole."""
+    import signal
+    import subprocess
+    import sys
+
+    conn_id = "test_columnar_out"
+    ingest_run_rows(conn_id, "out", _rows(10), dag_id="d", run_id="r")
+    before = _table(output_db, "out")
+    root = Path(__file__).resolve().parents[2]
+    with subprocess.Popen(
+        [sys.executable, "-c", KILLED_LOAD], cwd=root, stdout=subprocess.PIPE, text=True, env=os.environ.copy()
+    ) as load:
+        assert load.stdout is not None
+        assert load.stdout.readline().strip() == "mid-load"
+        load.send_signal(signal.SIGKILL)
+        load.wait(30)
+    assert load.returncode == -signal.SIGKILL
+    assert _table(output_db, "out") == before
+    assert ingest_run_rows(conn_id, "out", _rows(60_000, 3), dag_id="d", run_id="r") == 60_000
+    after = _table(output_db, "out")
+    assert len(after) == 60_000 and {row[TABLE_COLUMNS.index("dag_run_id")] for row in after} == {"r"}
+    assert _staging_tables(output_db) == []
