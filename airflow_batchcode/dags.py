@@ -77,8 +77,8 @@ class PipelineConfig:
         The load reads results straight into Arrow where the service's normaliser can (ABS) and writes
         a PostgreSQL or SQLite output in bulk (CSV ``COPY``; ADBC ingest); same rows. Off by default
         while its memory cost (peak RSS about 185 MB against 135 MB; importing pyarrow alone takes a
-        task from 112 MB to 145 MB) is worked on; it does not de-duplicate yet (needs ``dedupe=False``
-        and ``result_cache=False``).
+        task from 112 MB to 145 MB) is worked on. It de-duplicates and uses the result cache as the
+        default path does; it does not re-code yet (a field map with ``recode_of``).
     :param dedupe: send records with identical texts once per run; every source row still gets its row.
     :param result_cache: reuse earlier runs' outcomes for the same service, topic, model and texts,
         kept in ``result_cache_table`` in the output connection (errors are never cached).
@@ -114,10 +114,9 @@ class PipelineConfig:
         check_table_name(self.cache_table)
         if self.realtime_max_records < 0:
             raise ConfigurationError(f"realtime_max_records must be 0 or more, got {self.realtime_max_records}")
-        if self.columnar and (self.dedupe or self.result_cache or FieldMap.parse(self.field_map).recode_of):
+        if self.columnar and FieldMap.parse(self.field_map).recode_of:
             raise ConfigurationError(
-                "columnar=True does not de-duplicate, use the result cache or re-code yet: "
-                "pass dedupe=False and result_cache=False with it"
+                "columnar=True does not re-code yet: a field map with recode_of needs columnar=False"
             )
         if self.min_success_rate is not None and not 0 <= self.min_success_rate <= 1:
             raise ConfigurationError(f"min_success_rate must be between 0 and 1, got {self.min_success_rate}")
@@ -175,27 +174,27 @@ def _build(config: PipelineConfig) -> None:
             "max_chunk_bytes": config.max_chunk_bytes,
             "sanitize_records": config.sanitize,
         }
-        if config.columnar:
-            from airflow_batchcode.columnar.extract import extract_chunks  # pyarrow: not at DAG parse time
+        with contextlib.ExitStack() as stack:
+            if config.reuses:
+                cache = None
+                if config.result_cache:  # before the extract's read transaction: the cache DDL writes
+                    conn = stack.enter_context(contextlib.closing(_connect(config.output_conn_id)))
+                    cache = ResultCache(conn, config.cache_table, CacheKey(hook.service, topic, model))
+                sink = stack.enter_context(open_sink(reused_path(folder)))
+                options["reuse"] = TextReuse(sink, dedupe=config.dedupe, cache=cache, list_sent=config.result_cache)
+            if config.columnar:
+                from airflow_batchcode.columnar.extract import extract_chunks  # pyarrow: not at DAG parse time
 
-            # a service without vectorised limits keeps the DB-API path (its rules, exactly)
-            limits = spec.limits()
-            summary = extract_chunks(
-                config.source_conn_id, source_sql, config.field_map, folder, rules=rules, limits=limits, **options
-            )
-        else:
-            with contextlib.ExitStack() as stack:
-                if config.reuses:
-                    cache = None
-                    if config.result_cache:  # before the extract's read transaction: the cache DDL writes
-                        conn = stack.enter_context(contextlib.closing(_connect(config.output_conn_id)))
-                        cache = ResultCache(conn, config.cache_table, CacheKey(hook.service, topic, model))
-                    sink = stack.enter_context(open_sink(reused_path(folder)))
-                    options["reuse"] = TextReuse(sink, dedupe=config.dedupe, cache=cache, list_sent=config.result_cache)
+                # a service without vectorised limits keeps the DB-API path (its rules, exactly)
+                summary = extract_chunks(
+                    config.source_conn_id, source_sql, config.field_map, folder,
+                    rules=rules, limits=spec.limits(), **options,
+                )  # fmt: skip
+            else:
                 columns, rows = stack.enter_context(stream_query(config.source_conn_id, source_sql))
                 summary = write_chunks(rows, columns, config.field_map, folder, rules=rules, **options)
-            if config.reuses:
-                summary.reused = reused_path(folder)
+        if config.reuses:
+            summary.reused = reused_path(folder)
         summary.model = model
         summary.realtime = bool(spec.realtime_batch) and 0 < summary.sent <= config.realtime_max_records
         print(

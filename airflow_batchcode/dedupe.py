@@ -75,7 +75,22 @@ class TextReuse:
 
     def select(self, batch: Batch, recode_of: Sequence[Any] | None = None) -> Batch:
         """The records of ``batch`` to send; the others are listed. ``recode_of`` (per record) bypasses the cache."""
+        send = self.choose(batch, recode_of)
+        if send is None:
+            return batch
         ids, occp, tasks, positions, notes = batch
+        kept_notes = {j: notes[i] for j, i in enumerate(send) if i in notes}
+        return (
+            [ids[i] for i in send] if ids is not None else None,
+            [occp[i] for i in send],
+            [tasks[i] for i in send],
+            [positions[i] for i in send],
+            kept_notes,
+        )
+
+    def choose(self, batch: Batch, recode_of: Sequence[Any] | None = None) -> list[int] | None:
+        """:meth:`select`'s choice as the indexes of the records to send, in order; ``None`` when all are."""
+        _, occp, tasks, positions, _ = batch
         digests = list(map(text_digest, occp, tasks))
         send: list[int] = []
         look_up: list[int] = []
@@ -107,16 +122,7 @@ class TextReuse:
             if self.list_sent or (recode_of is not None and recode_of[i] is not None):
                 lines.append(self._line(batch, i, SENT, digests[i], recode_of))
         self.sink.write(b"".join(lines))
-        if len(send) == len(occp):
-            return batch
-        kept_notes = {j: notes[i] for j, i in enumerate(send) if i in notes}
-        return (
-            [ids[i] for i in send] if ids is not None else None,
-            [occp[i] for i in send],
-            [tasks[i] for i in send],
-            [positions[i] for i in send],
-            kept_notes,
-        )
+        return None if len(send) == len(occp) else send
 
     def rejected(self, position: int, record_id: str | None, recode_of: Any) -> None:
         """List a record caught by the input rules when it re-codes an earlier run's row (for its ``recode_of``)."""

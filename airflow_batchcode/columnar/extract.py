@@ -14,6 +14,8 @@ from airflow_batchcode.chunks import ExtractSummary
 from airflow_batchcode.columnar.adbc import stream_batches
 from airflow_batchcode.columnar.manifests import write_batch_chunks
 from airflow_batchcode.columnar.rules import ABS_LIMITS, InputLimits
+from airflow_batchcode.dedupe import TextReuse
+from airflow_batchcode.exceptions import ConfigurationError
 from airflow_batchcode.manifests import DEFAULT_MAX_CHUNK_BYTES, FieldMap, write_chunks
 from airflow_batchcode.warehouse import stream_query
 
@@ -33,6 +35,7 @@ def extract_chunks(
     limits: InputLimits | None = ABS_LIMITS,
     rules: Any = None,
     columnar: bool = True,
+    reuse: TextReuse | None = None,
 ) -> ExtractSummary:
     """Run ``sql`` on ``conn_id`` and write its records as manifest chunks under ``folder``.
 
@@ -42,12 +45,15 @@ def extract_chunks(
     vectorised mask; without ``limits`` (``None``) the extract takes the DB-API path, whose rules
     need no limits. SQLite has no column types: the ADBC driver takes them from the first batch and stops at a
     value of another type further on; the extract then starts over on the DB-API path (the
-    files are rewritten, the summary is the second run's).
+    files are rewritten, the summary is the second run's). ``reuse`` chooses which valid records are
+    sent (:mod:`airflow_batchcode.dedupe`); having listed records already, it cannot start over, so
+    with it a SQLite type change is a :class:`~airflow_batchcode.exceptions.ConfigurationError`.
     """
     options: dict[str, Any] = {
         "chunk_records": chunk_records,
         "max_chunk_bytes": max_chunk_bytes,
         "sanitize_records": sanitize_records,
+        "reuse": reuse,
     }
     if columnar and limits is not None:
         try:
@@ -60,6 +66,12 @@ def extract_chunks(
         except OSError as exc:  # ADBC's errors; SQLite's column types are only guessed from the first batch
             if _SQLITE_MISMATCH not in str(exc):
                 raise
+            if reuse is not None:  # it has listed this run's repeats already: starting over would list them twice
+                raise ConfigurationError(
+                    "A SQLite column of the extract changes type part way, so the columnar extract cannot go on, "
+                    "and with dedupe or the result cache it cannot start over on the DB-API path: run this "
+                    "pipeline with columnar=False (or cast the column in the query)"
+                ) from exc
             log.warning("A SQLite column changes type mid-extract; extracting again through the DB-API path")
     if rules is not None:
         options["rules"] = rules

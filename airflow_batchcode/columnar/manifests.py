@@ -3,7 +3,12 @@
 The same files, byte for byte, as :func:`airflow_batchcode.manifests.write_chunks` writes from
 rows: the texts are read as the row path reads them (:mod:`.text`), the records the vectorised
 rules mark (:mod:`.rules`) go through the row rules one by one, and the manifest and sidecar
-lines of everything else are built by Arrow's string kernels and written in bulk.
+lines of everything else are built by Arrow's string kernels and written in bulk. With a
+:class:`~airflow_batchcode.dedupe.TextReuse` each batch's valid records go through its choice
+(repeats and cache hits listed, not sent), as on the row path: its digests and choice are per
+record in Python, so they cost what they cost there. 1,000,000 SQLite rows of the sample
+answers, one process: 0.79-0.84 s without de-duplication, 1.92-2.15 s with it (the row path:
+1.72-2.06 s and 2.53-2.81 s).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import pyarrow.compute as pc
 from airflow_batchcode.chunks import ExtractSummary
 from airflow_batchcode.columnar.rules import ABS_LIMITS, InputLimits, suspect_mask
 from airflow_batchcode.columnar.text import text_column, value_bytes
+from airflow_batchcode.dedupe import TextReuse
 from airflow_batchcode.manifests import DEFAULT_MAX_CHUNK_BYTES, ChunkWriter, FieldMap, check_chunk_limits, open_sink
 from airflow_batchcode.records import Checked, check, sanitize
 from airflow_batchcode.staging import Rejected, rejected_line, rejects_path
@@ -38,12 +44,14 @@ def write_batch_chunks(
     sanitize_records: bool = False,
     limits: InputLimits = ABS_LIMITS,
     rules: Any = None,
+    reuse: TextReuse | None = None,
 ) -> ExtractSummary:
     """Validate the records of ``batches`` (``pyarrow.RecordBatch``) and write them as manifest chunks under ``folder``.
 
     ``rules`` has the row rules (``check`` and ``sanitize``, as the service's input rules have
     them; default: ABS's, :mod:`airflow_batchcode.records`) and ``limits`` the same rules'
-    limits for the vectorised mask: the two must describe the same service.
+    limits for the vectorised mask: the two must describe the same service. ``reuse`` chooses which
+    valid records are sent, as for :func:`~airflow_batchcode.manifests.write_chunks`.
 
     :return: counts, the chunks written, and where the rejected records went.
     """
@@ -63,9 +71,14 @@ def write_batch_chunks(
                 position += batch.num_rows
                 rule = _row_rule(rules, sanitize_records)
                 checked = _apply_rules(ids, occp, tasks, positions, rule, limits, summary, rejects)
+                if reuse is not None:
+                    checked = _chosen(reuse, *checked)
                 summary.sent += len(checked[1])
                 _write(writer, *checked)
-            summary.rows = summary.sent + summary.rejected
+            if reuse is not None:
+                counts = reuse.counts
+                summary.distinct, summary.duplicates, summary.cached = counts.distinct, counts.duplicates, counts.cached
+            summary.rows = summary.sent + summary.rejected + summary.duplicates + summary.cached
     finally:
         writer.close()
     summary.chunks = writer.chunks
@@ -141,6 +154,25 @@ def _apply_rules(
         tasks.filter(kept),
         positions.filter(kept),
         notes.filter(kept),
+    )
+
+
+def _chosen(
+    reuse: TextReuse, ids: pa.Array | None, occp: pa.Array, tasks: pa.Array, positions: pa.Array, notes: pa.Array
+) -> tuple[pa.Array | None, pa.Array, pa.Array, pa.Array, pa.Array]:
+    """The valid records ``reuse`` sends (it lists the others): its digests and choice are per record, in Python."""
+    noted = {i: note for i, note in enumerate(notes.to_pylist()) if note}
+    values = (ids.to_pylist() if ids is not None else None, occp.to_pylist(), tasks.to_pylist(), positions.to_pylist())
+    send = reuse.choose((*values, noted))
+    if send is None:
+        return ids, occp, tasks, positions, notes
+    kept = pa.array(send, pa.int64())
+    return (
+        pc.take(ids, kept) if ids is not None else None,
+        pc.take(occp, kept),
+        pc.take(tasks, kept),
+        pc.take(positions, kept),
+        pc.take(notes, kept),
     )
 
 

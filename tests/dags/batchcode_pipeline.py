@@ -4,7 +4,7 @@
 staging folder (empty or unset: the default, ``$AIRFLOW_HOME/batchcode``), ``BATCHCODE_TEST_CHUNK``
 the records per chunk, ``BATCHCODE_TEST_SANITIZE`` whether to sanitise, ``BATCHCODE_TEST_MIN_SUCCESS`` the quality gate and
 ``BATCHCODE_TEST_RETRIES`` the task retries and ``BATCHCODE_TEST_POLL`` the poll interval.
-``BATCHCODE_TEST_DEDUPE`` (default on, off for the columnar path), ``BATCHCODE_TEST_CACHE`` (default off) and
+``BATCHCODE_TEST_COLUMNAR`` (default off), ``BATCHCODE_TEST_DEDUPE`` (default on), ``BATCHCODE_TEST_CACHE`` (default off) and
 ``BATCHCODE_TEST_REALTIME`` (``realtime_max_records``; default 0, so that the tests of remote operations get them)
 set the frugal-coding options; ``BATCHCODE_TEST_MODEL`` names a model (default the latest).
 """
@@ -34,8 +34,7 @@ pipeline = coding_dag(
     staging=os.environ.get("BATCHCODE_TEST_STAGING") or None,
     sanitize=os.environ.get("BATCHCODE_TEST_SANITIZE") == "1",
     columnar=os.environ.get("BATCHCODE_TEST_COLUMNAR") == "1",
-    dedupe=os.environ.get("BATCHCODE_TEST_DEDUPE", "0" if os.environ.get("BATCHCODE_TEST_COLUMNAR") == "1" else "1")
-    == "1",
+    dedupe=os.environ.get("BATCHCODE_TEST_DEDUPE", "1") == "1",
     result_cache=os.environ.get("BATCHCODE_TEST_CACHE") == "1",
     realtime_max_records=int(os.environ.get("BATCHCODE_TEST_REALTIME", "0")),
     model=os.environ.get("BATCHCODE_TEST_MODEL") or None,

@@ -8,9 +8,11 @@ pipeline test included, with and without ``sanitize``, across chunk and byte lim
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
+from collections.abc import Sequence
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,8 @@ from typing import Any
 import pytest
 
 from airflow_batchcode.columnar.extract import extract_chunks
+from airflow_batchcode.dedupe import TextReuse
+from airflow_batchcode.exceptions import ConfigurationError
 from tests.integration import test_pipeline
 from tests.integration.test_pipeline import seed
 
@@ -48,37 +52,57 @@ def _files(folder: Path) -> dict[str, bytes]:
     return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
 
 
+class _Cache:
+    """A result cache holding a fixed quarter of all digests (those starting 0-3)."""
+
+    def hits(self, digests: Sequence[str]) -> set[str]:
+        return {digest for digest in digests if digest[0] in "0123"}
+
+
+@pytest.mark.parametrize("reuse", [None, "dedupe", "dedupe+cache"])
 @pytest.mark.parametrize("sanitize", [False, True])
 @pytest.mark.parametrize(("chunk_records", "max_chunk_bytes"), [(150, 5 * 1024**3 - 64 * 1024**2), (10_000, 4096)])
 def test_adbc_extract_writes_the_db_api_files(
-    warehouse: tuple[str, Any], tmp_path: Path, sanitize: bool, chunk_records: int, max_chunk_bytes: int
+    warehouse: tuple[str, Any],
+    tmp_path: Path,
+    sanitize: bool,
+    chunk_records: int,
+    max_chunk_bytes: int,
+    reuse: str | None,
 ) -> None:
     total = _seed(*warehouse)
     sql = "SELECT respondent_id, occupation, duties FROM survey_responses ORDER BY respondent_id, occupation, duties"
     summaries = {}
     for columnar in (True, False):
-        summaries[columnar] = extract_chunks(
-            "test_warehouse",
-            sql,
-            FIELDS,
-            str(tmp_path / str(columnar)),
-            chunk_records=chunk_records,
-            max_chunk_bytes=max_chunk_bytes,
-            sanitize_records=sanitize,
-            columnar=columnar,
-        )
+        folder = tmp_path / str(columnar)
+        with contextlib.ExitStack() as stack:
+            chooser = None
+            if reuse is not None:
+                folder.mkdir()
+                sink = stack.enter_context((folder / "reused.jsonl").open("wb"))
+                cache = _Cache() if "cache" in reuse else None
+                chooser = TextReuse(sink, dedupe=True, cache=cache, list_sent=cache is not None)
+            summaries[columnar] = extract_chunks(
+                "test_warehouse",
+                sql,
+                FIELDS,
+                str(folder),
+                chunk_records=chunk_records,
+                max_chunk_bytes=max_chunk_bytes,
+                sanitize_records=sanitize,
+                columnar=columnar,
+                reuse=chooser,
+            )
     arrow, rows = summaries[True], summaries[False]
     assert rows.rows == total
-    assert (arrow.rows, arrow.sent, arrow.rejected, arrow.sanitized) == (
-        rows.rows,
-        rows.sent,
-        rows.rejected,
-        rows.sanitized,
-    )
+    counted = ("rows", "sent", "rejected", "sanitized", "distinct", "duplicates", "cached")
+    assert [getattr(arrow, name) for name in counted] == [getattr(rows, name) for name in counted]
+    if reuse is not None:
+        assert rows.duplicates > 0 and (rows.cached > 0) == ("cache" in reuse)
     assert [(c.records, c.bytes, c.digest) for c in arrow.chunks] == [
         (c.records, c.bytes, c.digest) for c in rows.chunks
     ]
-    assert len(rows.chunks) > 1 and rows.rejected > 0
+    assert (len(rows.chunks) > 1 or reuse is not None) and rows.rejected > 0  # repeats sent once fill fewer chunks
     columnar_files, row_files = _files(tmp_path / "True"), _files(tmp_path / "False")
     assert columnar_files == row_files
     assert b"ONLY-WHITESPACE" in row_files["rejected.jsonl"]
@@ -121,3 +145,11 @@ def test_sqlite_column_changing_type_after_the_first_batch_falls_back_to_the_db_
     assert summaries[0].sent == summaries[1].sent == 10_002
     assert _files(tmp_path / "True") == _files(tmp_path / "False")
     assert b'"recordId":"1.5"' in _files(tmp_path / "True")["chunk-00001.jsonl"]
+    # with de-duplication the extract has listed repeats already and cannot start over: a clear error
+    os.environ["AIRFLOW_CONN_TEST_COLUMNAR"] = json.dumps({"conn_type": "sqlite", "host": str(path)})
+    try:
+        with (tmp_path / "reused.jsonl").open("wb") as sink, pytest.raises(ConfigurationError, match="columnar=False"):
+            reuse = TextReuse(sink, dedupe=True, cache=None, list_sent=False)
+            extract_chunks("test_columnar", "SELECT * FROM t", fields, str(tmp_path / "reused"), reuse=reuse)
+    finally:
+        os.environ.pop("AIRFLOW_CONN_TEST_COLUMNAR", None)

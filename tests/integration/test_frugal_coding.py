@@ -16,6 +16,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.integration.test_pipeline import DAY, seed
 from tests.integration.test_pipeline import warehouse as warehouse  # the fixture, shared
 from tests.support import admin, batchcode_connection, emulator, run_pipeline, sqlite_warehouse
@@ -95,18 +97,22 @@ def test_each_distinct_text_is_sent_once_and_every_row_gets_the_shared_outcome(
     assert ids["DUP"] == 2 and len({r["position"] for r in rows if r["record_id"] == "DUP"}) == 2
 
 
+@pytest.mark.parametrize("columnar", ["0", "1"], ids=["dbapi", "arrow"])
 def test_a_second_night_sends_only_new_texts_and_another_model_misses_the_cache(
-    airflow_db: Path, tmp_path: Path, warehouse: tuple[str, Any]
+    airflow_db: Path, tmp_path: Path, warehouse: tuple[str, Any], columnar: str
 ) -> None:
+    """On the default path and on the Arrow path (``columnar=True``: its extract, and its load filling the
+    repeats and cache hits in the same transaction as its bulk write)."""
     kind, connect = warehouse
     with closing(connect()) as conn:
         seed(conn, mark(kind), days=(DAY, NEXT_DAY), sample=300)
+    cached_run = {"BATCHCODE_TEST_CACHE": "1", "BATCHCODE_TEST_COLUMNAR": columnar}
     with emulator() as server, batchcode_connection(server):
-        first = run_pipeline(tmp_path, DAY, BATCHCODE_TEST_CACHE="1")
+        first = run_pipeline(tmp_path, DAY, **cached_run)
         batch_first = coded(server)[0]
-        second = run_pipeline(tmp_path, NEXT_DAY, BATCHCODE_TEST_CACHE="1")
+        second = run_pipeline(tmp_path, NEXT_DAY, **cached_run)
         batch_second = coded(server)[0] - batch_first
-        other_model = run_pipeline(tmp_path, NEXT_DAY, BATCHCODE_TEST_CACHE="1", BATCHCODE_TEST_MODEL=STRICT_MODEL)
+        other_model = run_pipeline(tmp_path, NEXT_DAY, **cached_run, BATCHCODE_TEST_MODEL=STRICT_MODEL)
         batch_other = coded(server)[0] - batch_first - batch_second
     assert first.state == second.state == other_model.state == "success"
     night_one = rows_of(connect, run_id=first.run_id)
@@ -120,7 +126,7 @@ def test_a_second_night_sends_only_new_texts_and_another_model_misses_the_cache(
 
     # the second night, as the cache answered it (run again with the latest model: all from the cache now)
     with emulator() as server, batchcode_connection(server):
-        again = run_pipeline(tmp_path, NEXT_DAY, BATCHCODE_TEST_CACHE="1")
+        again = run_pipeline(tmp_path, NEXT_DAY, **cached_run)
         assert coded(server)[0] == 0, "both nights' texts are in the cache for the latest model"
     rows = rows_of(connect, run_id=again.run_id)
     operations = {r["operation_id"] for r in sent_rows(night_one)}
