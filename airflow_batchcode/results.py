@@ -169,7 +169,7 @@ def _rows(chunk: Chunk, found: _Downloaded, run: RunSummary) -> Iterator[Row]:
 
 def chunk_results(chunk: Chunk, topic: str, run: RunSummary) -> Iterator[Row]:
     """The normalised rows of one downloaded chunk, whichever service coded it; counted into ``run``."""
-    return _rows(chunk, _downloaded(chunk, topic, run), run)
+    yield from _rows(chunk, _downloaded(chunk, topic, run), run)
 
 
 def chunk_batches(chunk: Chunk, topic: str, run: RunSummary) -> Iterator[Any]:

@@ -20,10 +20,11 @@ and optionally three more:
     The model that coded the operation, when the metadata says (else the operation's own ``model``).
 
 ``chunk_rows(output, positions, *, manifest, stamp) -> Iterator[Row]``
-    A fast path for services whose output echoes each record's input in manifest order (ABS):
-    whole rows from the output file and the positions sidecar (locations, not open files),
-    without reading the manifest. The pipeline takes it instead of joining :func:`coded`'s items
-    to the manifest (:func:`airflow_batchcode.results.service_chunk_rows`); both give the same rows.
+    A fast path for services whose output echoes each record's input (ABS): whole rows from the
+    output file and the positions sidecar (locations, not open files), each echo checked against
+    the manifest line it answers (``stamp``: what every row of the chunk is stamped with). The
+    pipeline takes it instead of joining :func:`coded`'s items to the manifest
+    (:func:`airflow_batchcode.results.service_chunk_rows`); both give the same rows.
 
 ``chunk_batches(output, positions, *, manifest, stamp)``
     ``chunk_rows``' rows as Arrow record batches (:mod:`airflow_batchcode.columnar`), for the
