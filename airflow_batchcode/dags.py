@@ -77,8 +77,8 @@ class PipelineConfig:
         The load reads results straight into Arrow where the service's normaliser can (ABS) and writes
         a PostgreSQL or SQLite output in bulk (CSV ``COPY``; ADBC ingest); same rows. Off by default
         while its memory cost (peak RSS about 185 MB against 135 MB; importing pyarrow alone takes a
-        task from 112 MB to 145 MB) is worked on. It de-duplicates and uses the result cache as the
-        default path does; it does not re-code yet (a field map with ``recode_of``).
+        task from 112 MB to 145 MB) is worked on. It de-duplicates, uses the result cache and re-codes
+        as the default path does.
     :param dedupe: send records with identical texts once per run; every source row still gets its row.
     :param result_cache: reuse earlier runs' outcomes for the same service, topic, model and texts,
         kept in ``result_cache_table`` in the output connection (errors are never cached).
@@ -114,10 +114,6 @@ class PipelineConfig:
         check_table_name(self.cache_table)
         if self.realtime_max_records < 0:
             raise ConfigurationError(f"realtime_max_records must be 0 or more, got {self.realtime_max_records}")
-        if self.columnar and FieldMap.parse(self.field_map).recode_of:
-            raise ConfigurationError(
-                "columnar=True does not re-code yet: a field map with recode_of needs columnar=False"
-            )
         if self.min_success_rate is not None and not 0 <= self.min_success_rate <= 1:
             raise ConfigurationError(f"min_success_rate must be between 0 and 1, got {self.min_success_rate}")
 

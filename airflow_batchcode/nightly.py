@@ -106,6 +106,7 @@ def nightly_dag(
     staging: str | None = None,
     min_success_rate: float | None = None,
     result_cache: bool = True,
+    columnar: bool = False,
     **dag_kwargs: Any,
 ) -> DAG:
     """The nightly DAG over ``source_table(respondent_id, answered_on, occupation, duties)``.
@@ -140,5 +141,6 @@ def nightly_dag(
         staging=staging,
         min_success_rate=min_success_rate,
         result_cache=result_cache,
+        columnar=columnar,
         **dag_kwargs,
     )

@@ -56,7 +56,9 @@ def write_batch_chunks(
     :return: counts, the chunks written, and where the rejected records went.
     """
     check_chunk_limits(chunk_records, max_chunk_bytes)
-    rid_at, occp_at, tasks_at = FieldMap.parse(field_map).indexes(columns)
+    fields = FieldMap.parse(field_map)
+    rid_at, occp_at, tasks_at = fields.indexes(columns)
+    recode_at = fields.recode_index(columns)
     summary = ExtractSummary(rejects=rejects_path(folder))
     writer = ChunkWriter(folder, chunk_records, max_chunk_bytes)
     position = 0
@@ -70,9 +72,12 @@ def write_batch_chunks(
                 positions = _numbered(position, batch.num_rows)
                 position += batch.num_rows
                 rule = _row_rule(rules, sanitize_records)
-                checked = _apply_rules(ids, occp, tasks, positions, rule, limits, summary, rejects)
+                checked, dropped = _apply_rules(ids, occp, tasks, positions, rule, limits, summary, rejects)
                 if reuse is not None:
-                    checked = _chosen(reuse, *checked)
+                    recode = None
+                    if recode_at is not None:
+                        recode = _recodes(reuse, batch.column(recode_at).to_pylist(), ids, positions, dropped)
+                    checked = _chosen(reuse, *checked, recode=recode)
                 summary.sent += len(checked[1])
                 _write(writer, *checked)
             if reuse is not None:
@@ -109,12 +114,13 @@ def _apply_rules(
     limits: InputLimits,
     summary: ExtractSummary,
     rejects: Any,
-) -> tuple[pa.Array | None, pa.Array, pa.Array, pa.Array, pa.Array]:
-    """The batch less its rejected records, repairs applied; and each record's note (``""`` when none)."""
+) -> tuple[tuple[pa.Array | None, pa.Array, pa.Array, pa.Array, pa.Array], list[int]]:
+    """The batch less its rejected records, repairs applied, and each record's note (``""`` when none);
+    and the rejected records' indexes in the batch."""
     notes = pa.nulls(len(occp), pa.large_string())
     suspects = pc.indices_nonzero(suspect_mask(occp, tasks, limits))
     if len(suspects) == 0:
-        return ids, occp, tasks, positions, pc.fill_null(notes, "")
+        return (ids, occp, tasks, positions, pc.fill_null(notes, "")), []
     occp_of, tasks_of = pc.take(occp, suspects).to_pylist(), pc.take(tasks, suspects).to_pylist()
     ids_of = pc.take(ids, suspects).to_pylist() if ids is not None else None
     positions_of = pc.take(positions, suspects).to_pylist()
@@ -148,22 +154,36 @@ def _apply_rules(
         notes = pc.replace_with_mask(notes, mask, pa.array([f[2] for f in fixed], pa.large_string()))
     notes = pc.fill_null(notes, "")
     kept = pc.invert(pc.is_in(rows, pa.array(dropped, pa.int64())))
-    return (
-        ids.filter(kept) if ids is not None else None,
-        occp.filter(kept),
-        tasks.filter(kept),
-        positions.filter(kept),
-        notes.filter(kept),
-    )
+    checked = (ids.filter(kept) if ids is not None else None, occp.filter(kept), tasks.filter(kept))
+    return (*checked, positions.filter(kept), notes.filter(kept)), dropped
+
+
+def _recodes(
+    reuse: TextReuse, recode: list[Any], ids: pa.Array | None, positions: pa.Array, dropped: list[int]
+) -> list[Any]:
+    """The kept records' ``recode_of`` values; each rejected record that re-codes one listed, as on the row path."""
+    if not dropped:
+        return recode
+    for i in dropped:
+        reuse.rejected(positions[i].as_py(), ids[i].as_py() if ids is not None else None, recode[i])
+    gone = set(dropped)
+    return [value for i, value in enumerate(recode) if i not in gone]
 
 
 def _chosen(
-    reuse: TextReuse, ids: pa.Array | None, occp: pa.Array, tasks: pa.Array, positions: pa.Array, notes: pa.Array
+    reuse: TextReuse,
+    ids: pa.Array | None,
+    occp: pa.Array,
+    tasks: pa.Array,
+    positions: pa.Array,
+    notes: pa.Array,
+    *,
+    recode: list[Any] | None,
 ) -> tuple[pa.Array | None, pa.Array, pa.Array, pa.Array, pa.Array]:
     """The valid records ``reuse`` sends (it lists the others): its digests and choice are per record, in Python."""
     noted = {i: note for i, note in enumerate(notes.to_pylist()) if note}
     values = (ids.to_pylist() if ids is not None else None, occp.to_pylist(), tasks.to_pylist(), positions.to_pylist())
-    send = reuse.choose((*values, noted))
+    send = reuse.choose((*values, noted), recode)
     if send is None:
         return ids, occp, tasks, positions, notes
     kept = pa.array(send, pa.int64())

@@ -1,6 +1,7 @@
 """Test DAG: the shipped nightly DAG (:func:`airflow_batchcode.nightly.nightly_dag`) over the test warehouse.
 
-``BATCHCODE_TEST_STAGING`` names the staging folder; remote operations only (``realtime_max_records=0``).
+``BATCHCODE_TEST_STAGING`` names the staging folder and ``BATCHCODE_TEST_COLUMNAR=1`` takes the Arrow
+path; remote operations only (``realtime_max_records=0``).
 """
 
 from __future__ import annotations
@@ -18,5 +19,6 @@ dag = nightly_dag(
     staging=os.environ.get("BATCHCODE_TEST_STAGING") or None,
     poll_interval=0.5,
     realtime_max_records=0,
+    columnar=os.environ.get("BATCHCODE_TEST_COLUMNAR") == "1",
     default_args={"retries": 0, "retry_delay": timedelta(seconds=0)},
 )

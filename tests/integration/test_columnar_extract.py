@@ -59,7 +59,7 @@ class _Cache:
         return {digest for digest in digests if digest[0] in "0123"}
 
 
-@pytest.mark.parametrize("reuse", [None, "dedupe", "dedupe+cache"])
+@pytest.mark.parametrize("reuse", [None, "dedupe", "dedupe+cache", "dedupe+cache+recode"])
 @pytest.mark.parametrize("sanitize", [False, True])
 @pytest.mark.parametrize(("chunk_records", "max_chunk_bytes"), [(150, 5 * 1024**3 - 64 * 1024**2), (10_000, 4096)])
 def test_adbc_extract_writes_the_db_api_files(
@@ -72,6 +72,11 @@ def test_adbc_extract_writes_the_db_api_files(
 ) -> None:
     total = _seed(*warehouse)
     sql = "SELECT respondent_id, occupation, duties FROM survey_responses ORDER BY respondent_id, occupation, duties"
+    fields = FIELDS
+    if reuse is not None and "recode" in reuse:  # a third of the records re-code an earlier run, rejected ones too
+        recode = "CASE WHEN length(occupation) % 3 = 0 THEN 'earlier-run' END AS recode_of"
+        sql = sql.replace("duties FROM", f"duties, {recode} FROM")
+        fields = {**FIELDS, "recode_of": "recode_of"}
     summaries = {}
     for columnar in (True, False):
         folder = tmp_path / str(columnar)
@@ -85,7 +90,7 @@ def test_adbc_extract_writes_the_db_api_files(
             summaries[columnar] = extract_chunks(
                 "test_warehouse",
                 sql,
-                FIELDS,
+                fields,
                 str(folder),
                 chunk_records=chunk_records,
                 max_chunk_bytes=max_chunk_bytes,
@@ -99,6 +104,8 @@ def test_adbc_extract_writes_the_db_api_files(
     assert [getattr(arrow, name) for name in counted] == [getattr(rows, name) for name in counted]
     if reuse is not None:
         assert rows.duplicates > 0 and (rows.cached > 0) == ("cache" in reuse)
+        listed = (tmp_path / "False" / "reused.jsonl").read_bytes()
+        assert (b'"earlier-run"' in listed and b'"rejected"' in listed) == ("recode" in reuse)
     assert [(c.records, c.bytes, c.digest) for c in arrow.chunks] == [
         (c.records, c.bytes, c.digest) for c in rows.chunks
     ]

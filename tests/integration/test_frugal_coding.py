@@ -154,12 +154,15 @@ def _night(dag: Any, day: str, conf: dict[str, Any]) -> Any:
     return dag.test(logical_date=logical, run_after=logical, run_conf=conf)
 
 
+@pytest.mark.parametrize("columnar", ["0", "1"], ids=["dbapi", "arrow"])
 def test_a_recode_run_codes_again_only_what_failed(
-    airflow_db: Path, tmp_path: Path, warehouse: tuple[str, Any]
+    airflow_db: Path, tmp_path: Path, warehouse: tuple[str, Any], columnar: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The shipped nightly DAG's re-code mode, on the default path and on the Arrow path."""
     kind, connect = warehouse
     with closing(connect()) as conn:
         seed(conn, mark(kind), sample=300)
+    monkeypatch.setenv("BATCHCODE_TEST_COLUMNAR", columnar)
     dag = _nightly(tmp_path)
     day_range = {"from_date": DAY, "to_date": DAY, "recode": True}
     with emulator() as server, batchcode_connection(server):

@@ -91,10 +91,8 @@ def test_frugal_settings_are_checked_and_the_cache_table_defaults_beside_the_out
     assert not replace(config, dedupe=False).reuses
     with pytest.raises(ConfigurationError, match="realtime_max_records"):
         replace(config, realtime_max_records=-1)
-    assert replace(config, columnar=True, result_cache=True).columnar  # the Arrow path reuses texts too
-    recoding = {**FIELDS["field_map"], "recode_of": "earlier_run"}
-    with pytest.raises(ConfigurationError, match="columnar=True does not re-code yet"):
-        replace(config, columnar=True, field_map=recoding)
+    recoding = {**FIELDS["field_map"], "recode_of": "earlier_run"}  # the Arrow path reuses and re-codes too
+    assert replace(config, columnar=True, result_cache=True, field_map=recoding).columnar
     with pytest.raises(ConfigurationError, match="must be a plain name"):
         replace(config, result_cache_table="cache; DROP TABLE x")
 
