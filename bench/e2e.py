@@ -34,7 +34,9 @@ LOGICAL_DATE = "2026-01-02T00:00:00+00:00"
 OURS_DAG = '''"""The shipped nightly pipeline, with the benchmark's chunking and polling."""
 from airflow_batchcode.nightly import nightly_dag
 
-dag = nightly_dag("bench_nightly", chunk_records={chunk_records}, poll_interval=1, staging={staging!r})
+dag = nightly_dag(
+    "bench_nightly", chunk_records={chunk_records}, poll_interval=1, staging={staging!r}, columnar={columnar}
+)
 '''
 NAIVE_DAG = '''"""The naive baseline: one PythonOperator doing everything in memory."""
 from datetime import datetime
@@ -106,11 +108,21 @@ def make_distinct(warehouse: Path) -> int:
 
 
 def _race(
-    report: Report, settings: Settings, work: Path, env: dict[str, str], log: Path, seeded: Path, *, distinct: bool
+    report: Report,
+    settings: Settings,
+    work: Path,
+    env: dict[str, str],
+    log: Path,
+    seeded: Path,
+    *,
+    distinct: bool,
+    columnar: bool = False,
 ) -> None:
-    """Ours and the naive DAG, one after the other, on a copy of ``seeded`` (made all-distinct when
-    asked), in an Airflow home of their own; adds the race's three figures."""
+    """Ours (``columnar=True``: on the Arrow path) and the naive DAG, one after the other, on a copy of
+    ``seeded`` (made all-distinct when asked), in an Airflow home of their own; adds the race's three figures."""
     name, data = ("e2e_distinct", "all-distinct answers") if distinct else ("e2e", "the sample answers")
+    if columnar:
+        name, data = name.replace("e2e", "e2e_arrow"), f"{data}, columnar=True"
     folder = work / name.replace("_", "-")
     dags, staging, home = folder / "dags", folder / "staging", folder / "airflow"
     for path in (dags, staging, home):
@@ -119,7 +131,7 @@ def _race(
     shutil.copyfile(seeded, warehouse)
     texts = make_distinct(warehouse) if distinct else None
     (dags / "bench_nightly.py").write_text(
-        OURS_DAG.format(chunk_records=settings.e2e_chunk_records, staging=str(staging))
+        OURS_DAG.format(chunk_records=settings.e2e_chunk_records, staging=str(staging), columnar=columnar)
     )
     (dags / "bench_naive.py").write_text(NAIVE_DAG)
     naive_times = folder / "naive-times.json"
@@ -190,9 +202,10 @@ def _race(
 
 def figure_e2e(report: Report, settings: Settings, work: Path, env: dict[str, str], log: Path, seeded: Path) -> None:
     """Figure 6, on the sample data (its answers repeat, as survey answers do) and on the same
-    answers made all-distinct (no help from de-duplication)."""
-    for distinct in (False, True):
-        _race(report, settings, work, env, log, seeded, distinct=distinct)
+    answers made all-distinct (no help from de-duplication); each on the default and the Arrow path."""
+    for columnar in (False, True):
+        for distinct in (False, True):
+            _race(report, settings, work, env, log, seeded, distinct=distinct, columnar=columnar)
 
 
 if __name__ == "__main__":
