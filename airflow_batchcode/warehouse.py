@@ -239,7 +239,7 @@ def replace_run_rows(
     check_table_name(table)
     hook = BaseHook.get_connection(conn_id).get_hook()
     conn = hook.get_conn()
-    now = datetime.now(UTC).replace(tzinfo=None)
+    now = load_time()
     # SQLite gets the text sqlite3's datetime adapter would store, converted once instead of per row
     loaded_at: datetime | str = now.isoformat(" ") if _is_sqlite(conn) else now
     if staged is not None:
@@ -273,6 +273,11 @@ def replace_run_rows(
         conn.close()
 
 
+def load_time() -> datetime:
+    """The time a load stamps its rows with (``loaded_at``): now, in UTC, without a zone."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
 def _insert_staged(cursor: Any, table: str, staged: Staged) -> int:
     """Move the staged rows into ``table`` and drop the staging table (not committed)."""
     names = ", ".join(TABLE_COLUMNS)
@@ -284,8 +289,12 @@ def _insert_staged(cursor: Any, table: str, staged: Staged) -> int:
 
 
 def _copy_csv(conn: Any, cursor: Any, table: str, blocks: Iterable[bytes]) -> int:
-    """``COPY`` CSV ``blocks`` into ``table`` (psycopg 3 or psycopg2; not committed); return the rows copied."""
-    statement = f"COPY {table} ({', '.join(TABLE_COLUMNS)}) FROM STDIN (FORMAT csv)"
+    """``COPY`` CSV ``blocks`` into ``table`` (not committed); return the rows copied."""
+    return _copy_blocks(conn, cursor, f"COPY {table} ({', '.join(TABLE_COLUMNS)}) FROM STDIN (FORMAT csv)", blocks)
+
+
+def _copy_blocks(conn: Any, cursor: Any, statement: str, blocks: Iterable[bytes]) -> int:
+    """Run a ``COPY ... FROM STDIN`` with ``blocks`` as its data (psycopg 3 or psycopg2); return the rows copied."""
     module = type(conn).__module__
     if module.startswith("psycopg2"):
         cursor.copy_expert(statement, _BlockStream(blocks), size=1 << 20)
@@ -294,7 +303,7 @@ def _copy_csv(conn: Any, cursor: Any, table: str, blocks: Iterable[bytes]) -> in
             for block in blocks:
                 copy.write(block)
     else:
-        raise ConfigurationError(f"CSV rows need a psycopg connection, not {module}")
+        raise ConfigurationError(f"COPY needs a psycopg connection, not {module}")
     return int(cursor.rowcount)
 
 
@@ -324,8 +333,7 @@ def _copy_loader(conn: Any, cursor: Any, table: str) -> Callable[[Iterable[Table
     if module.startswith("psycopg2"):
 
         def load_psycopg2(rows: Iterable[TableRow]) -> int:
-            cursor.copy_expert(statement, _BlockStream(_text_blocks(rows)), size=1 << 20)
-            return int(cursor.rowcount)
+            return _copy_blocks(conn, cursor, statement, _text_blocks(rows))
 
         return load_psycopg2
     if module.startswith("psycopg"):

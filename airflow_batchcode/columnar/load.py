@@ -35,14 +35,14 @@ import functools
 import hashlib
 import itertools
 from collections.abc import Iterable, Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 
 import pyarrow as pa
 import pyarrow.csv
 
 from airflow_batchcode.columnar.adbc import AdbcSession, adbc_session, has_driver, system_allocator
 from airflow_batchcode.rows import COLUMNS, Row
-from airflow_batchcode.warehouse import AfterInsert, CsvRows, Staged, check_table_name, replace_run_rows
+from airflow_batchcode.warehouse import AfterInsert, CsvRows, Staged, check_table_name, load_time, replace_run_rows
 
 BATCH_ROWS = 10_000
 """Rows per ingested record batch (memory stays flat however many rows the run has)."""
@@ -80,14 +80,10 @@ def ingest_run_batches(
     """
     replace = functools.partial(replace_run_rows, conn_id, table, (), dag_id=dag_id, run_id=run_id, after=after)
     if has_driver(conn_id, "postgres"):
-        loaded_at = _now()
+        loaded_at = load_time()
         watched = _Watched(batches)
-        try:
+        with watched.own_error():
             return replace(staged=CsvRows(csv_blocks(watched, dag_id, run_id, loaded_at), loaded_at))
-        except BaseException:
-            if watched.error is not None:
-                raise watched.error from None  # the rows' own error, not the driver's wrapping of it
-            raise
     staging = staging_table(table, dag_id, run_id)
     staged = stage(conn_id, staging, batches, dag_id=dag_id, run_id=run_id)
     try:
@@ -109,11 +105,6 @@ def csv_blocks(batches: Iterable[pa.RecordBatch], dag_id: str, run_id: str, load
         sink = pa.BufferOutputStream()
         pyarrow.csv.write_csv(_with_run(batch, schema, dag_id, run_id, stamp), sink, _CSV)
         yield sink.getvalue().to_pybytes()
-
-
-def _now() -> datetime:
-    """The load's time, as the DB-API path stamps it (UTC, without a zone)."""
-    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def _drop(conn_id: str, staging: str) -> None:
@@ -143,24 +134,23 @@ def _session(conn_id: str) -> Iterator[AdbcSession]:
 def stage(conn_id: str, staging: str, batches: Iterable[pa.RecordBatch], *, dag_id: str, run_id: str) -> Staged:
     """Ingest ``batches`` with the loader's three columns into a new table ``staging`` (replacing one left by an
     attempt killed before it was moved), committed."""
-    now = _now()
+    now = load_time()
     with _session(conn_id) as session:
         # SQLite stores the text sqlite3's datetime adapter would (as the DB-API path does)
         loaded_at: pa.Scalar = pa.scalar(now.isoformat(" ") if session.sqlite else now)
         watched = _Watched(batches)
-        try:
-            session.execute(f"DROP TABLE IF EXISTS {staging}")
-            schema = _table_schema(loaded_at.type)
-            full = (_with_run(batch, schema, dag_id, run_id, loaded_at) for batch in watched)
-            # not temporary: the move runs on another connection, the hook's
-            session.ingest(staging, pa.RecordBatchReader.from_batches(schema, full), temporary=False)
-            session.commit()
-        except BaseException:
-            with contextlib.suppress(Exception):
-                session.rollback()
-            if watched.error is not None:
-                raise watched.error from None  # the rows' own error (a missing staged file, misaligned results...)
-            raise
+        with watched.own_error():
+            try:
+                session.execute(f"DROP TABLE IF EXISTS {staging}")
+                schema = _table_schema(loaded_at.type)
+                full = (_with_run(batch, schema, dag_id, run_id, loaded_at) for batch in watched)
+                # not temporary: the move runs on another connection, the hook's
+                session.ingest(staging, pa.RecordBatchReader.from_batches(schema, full), temporary=False)
+                session.commit()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    session.rollback()
+                raise
     return Staged(staging, watched.count, loaded_at.as_py())
 
 
@@ -184,6 +174,17 @@ class _Watched:
                 yield batch
         except BaseException as exc:  # a KeyboardInterrupt too: ADBC would wrap it in its own error
             self.error = exc
+            raise
+
+    @contextlib.contextmanager
+    def own_error(self) -> Iterator[None]:
+        """Raise the rows' own error (a missing staged file, misaligned results...) where a driver
+        consuming them raised its wrapping of it."""
+        try:
+            yield
+        except BaseException:
+            if self.error is not None:
+                raise self.error from None
             raise
 
 
