@@ -204,8 +204,8 @@ def _with_run(
     """``batch`` and the loader's three columns."""
     size = batch.num_rows
     extra = [
-        pa.array([dag_id] * size, _TEXT),
-        pa.array([run_id] * size, _TEXT),
-        pa.array([loaded_at] * size, loaded_at.type),
+        pa.repeat(pa.scalar(dag_id, _TEXT), size),
+        pa.repeat(pa.scalar(run_id, _TEXT), size),
+        pa.repeat(loaded_at, size),
     ]
     return pa.RecordBatch.from_arrays([*batch.columns, *extra], schema=schema)

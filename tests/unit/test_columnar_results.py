@@ -102,15 +102,16 @@ def test_usual_lines(lines: list[bytes], notes: list[str | None]) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(RAW_LINE, max_size=25), POSITIONS, st.integers(1, 6))
+@given(st.lists(RAW_LINE, max_size=25), POSITIONS, st.integers(1, 600))
 def test_any_lines_in_blocks(lines: list[bytes], notes: list[str | None], block: int) -> None:
-    with mock.patch.object(results, "BLOCK_LINES", block):
+    """Blocks of any size: each file's blocks end at other lines than the output's (read to a line's end)."""
+    with mock.patch.object(results, "BLOCK_BYTES", block):
         columnar, expected = both(lines, _positions(len(lines), notes))
     assert columnar == expected
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.permutations(range(8)), st.integers(1, 4), st.booleans())
+@given(st.permutations(range(8)), st.integers(1, 400), st.booleans())
 def test_output_out_of_order_is_rejoined_or_refused_as_chunk_rows_does(
     order: list[int], block: int, repeat: bool
 ) -> None:
@@ -119,9 +120,13 @@ def test_output_out_of_order_is_rejoined_or_refused_as_chunk_rows_does(
     if repeat:  # two manifest lines with one key: ambiguous once the order breaks before them
         keys[1] = keys[0]
     lines = [_line(*keys[i]) for i in order]
-    with mock.patch.object(results, "BLOCK_LINES", block):
+    with mock.patch.object(results, "BLOCK_BYTES", block):
         columnar, expected = both(lines, _positions(8, []), _manifest(*keys))
     assert columnar == expected
+
+
+def test_whitespace_is_what_str_strip_removes() -> None:
+    assert set(results._WHITESPACE) == {chr(c) for c in range(0x110000) if chr(c).isspace()}
 
 
 def test_usual_output_in_order_never_takes_the_row_path(monkeypatch: pytest.MonkeyPatch) -> None:
