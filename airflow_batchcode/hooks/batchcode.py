@@ -145,14 +145,19 @@ class BatchCodeHook(BaseHook):
     def get_conn(self) -> BatchCodeClient:
         return self.client
 
-    async def get_async_client(self) -> AsyncBatchCodeClient:
+    async def aget_config(self) -> ServiceConfig:
+        """The connection, read now without blocking the event loop (no object store: a trigger only polls)."""
+        return service_config_from_connection(await self.aget_connection(self.batchcode_conn_id))
+
+    async def get_async_client(self, config: ServiceConfig | None = None) -> AsyncBatchCodeClient:
         """An async client for the trigger, built without blocking the event loop.
 
-        The connection is looked up asynchronously; the client (whose HTTP pool loads TLS
-        certificates, a blocking step) is constructed in a worker thread.
+        The connection is looked up asynchronously (unless ``config``, read by :meth:`aget_config`,
+        is given); the client (whose HTTP pool loads TLS certificates, a blocking step) is
+        constructed in a worker thread.
         """
-        conn = await self.aget_connection(self.batchcode_conn_id)
-        config = service_config_from_connection(conn)
+        if config is None:
+            config = await self.aget_config()
         loop = asyncio.get_running_loop()
         return await asyncio.to_thread(build_async_client, config, lambda value: _mask_from(loop, value))
 
