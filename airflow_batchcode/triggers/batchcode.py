@@ -11,10 +11,10 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_batchcode.exceptions import BatchCodeError
-from airflow_batchcode.hooks.batchcode import BatchCodeHook
 from airflow_batchcode.services.base import AsyncBatchCodeClient, OperationState
 from airflow_batchcode.services.budget.planner import PollPacer
 from airflow_batchcode.services.catalogue import spec_for
+from airflow_batchcode.triggers import clients
 from airflow_batchcode.triggers.event import EndReason, EventStatus, OperationEvent
 
 MIN_POLL_INTERVAL = 0.5
@@ -39,7 +39,9 @@ class OperationStatusTrigger(BaseTrigger):
 
     Serialises only plain values, so it survives a triggerer restart; the deadline is wall
     clock (epoch seconds), so a restart does not reset it. Yields exactly one event, an
-    :class:`~airflow_batchcode.triggers.event.OperationEvent` as a dict.
+    :class:`~airflow_batchcode.triggers.event.OperationEvent` as a dict. Triggers of one
+    connection on one event loop share its client (:mod:`airflow_batchcode.triggers.clients`)
+    and the class's logger, so a waiting trigger keeps few objects of its own.
 
     :param batchcode_conn_id: the ``batchcode`` connection.
     :param operation_id: the remote operation.
@@ -88,21 +90,31 @@ class OperationStatusTrigger(BaseTrigger):
             },
         )
 
+    @property
+    def log(self) -> Any:
+        """The class's logger, which every trigger of it shares (``LoggingMixin`` would make one per
+        trigger: some eight objects each, kept for as long as it waits). It carries no state of its
+        own trigger; the triggerer sends each line to its trigger's log by the running task's context."""
+        return type(self).logger()
+
     async def run(self) -> AsyncIterator[TriggerEvent]:
         await asyncio.sleep(random.uniform(0.0, min(self.poll_interval, START_SPREAD_SECONDS)))
         try:
-            client = await BatchCodeHook(self.batchcode_conn_id).get_async_client()
+            shared = await clients.acquire(self.batchcode_conn_id)
         except Exception as exc:  # a missing connection is Airflow's error, not ours: still one clear event
             reason = str(exc) if isinstance(exc, BatchCodeError) else f"{type(exc).__name__}: {exc}"
             yield self._event("error", f"Cannot build a client for connection {self.batchcode_conn_id!r}: {reason}")
             return
+        client = shared.client
         advice = getattr(client, "poll_advice", None)
         pacer = PollPacer(getattr(client, "budget", None), self.operation_id, advice=advice, log=self.log)
         try:
             yield await self._poll_until_done(client, pacer)
         finally:
-            await pacer.close()
-            await client.aclose()
+            try:
+                await pacer.close()
+            finally:
+                await clients.release(shared)
 
     async def _poll_until_done(self, client: AsyncBatchCodeClient, pacer: PollPacer) -> TriggerEvent:
         polls = failures = 0
@@ -136,7 +148,7 @@ class OperationStatusTrigger(BaseTrigger):
                     return self._event("error", f"Status check failed ({failures} in a row): {exc}", polls=polls)
                 delay = min(self.poll_interval * 2 ** (failures - 1), max(self.poll_interval, 300.0))
                 self.log.warning("Status check %d failed (%s); next try in %.1f s", polls, exc, delay)
-                await self._sleep(delay)
+                await asyncio.sleep(self._capped(delay))
                 continue
             failures = 0
             if last_state is not None and _RANK[operation.state] < _RANK[last_state]:
@@ -156,7 +168,8 @@ class OperationStatusTrigger(BaseTrigger):
                     reason="service",
                     polls=polls,
                 )
-            await self._sleep(await pacer.next_delay(self.poll_interval))
+            del operation  # not kept through the wait: one object fewer per waiting trigger for the collector
+            await asyncio.sleep(self._capped(await pacer.next_delay(self.poll_interval)))
 
     def _time_left(self) -> float | None:
         return None if self.deadline is None else max(0.0, self.deadline - time.time())
@@ -164,7 +177,8 @@ class OperationStatusTrigger(BaseTrigger):
     async def on_kill(self) -> None:
         """A user killed the deferred task: cancel the operation's unfinished work where the service can
         (super.ai: every live job of the batch), and say so in the log."""
-        client = await BatchCodeHook(self.batchcode_conn_id).get_async_client()
+        shared = await clients.acquire(self.batchcode_conn_id)
+        client = shared.client
         try:
             if not spec_for(client.service).cancel:
                 self.log.info("Task killed: %s cannot cancel operation %s", client.service, self.operation_id)
@@ -180,11 +194,12 @@ class OperationStatusTrigger(BaseTrigger):
                 self.operation_id,
             )
         finally:
-            await client.aclose()
+            await clients.release(shared)
 
-    async def _sleep(self, seconds: float) -> None:
+    def _capped(self, seconds: float) -> float:
+        """``seconds``, or the time left before the deadline when that is shorter."""
         left = self._time_left()
-        await asyncio.sleep(seconds if left is None else min(seconds, left))
+        return seconds if left is None else min(seconds, left)
 
     def _event(self, status: str, message: str, *, reason: str | None = None, polls: int | None = None) -> TriggerEvent:
         ended = OperationEvent(

@@ -11,6 +11,7 @@ import pytest
 from airflow_batchcode.exceptions import NotFoundError, ServerError
 from airflow_batchcode.hooks.batchcode import BatchCodeHook
 from airflow_batchcode.services.base import Operation, OperationState
+from airflow_batchcode.services.registry import ServiceConfig
 from airflow_batchcode.triggers.batchcode import OperationStatusTrigger
 
 
@@ -36,9 +37,13 @@ class ScriptedClient:
 def run(monkeypatch: pytest.MonkeyPatch, script: list[Any], **kwargs: Any) -> tuple[dict[str, Any], ScriptedClient]:
     client = ScriptedClient(script)
 
-    async def fake_client(self: BatchCodeHook) -> ScriptedClient:
+    async def fake_config(self: BatchCodeHook) -> ServiceConfig:
+        return ServiceConfig("abs", "https://abs.example")
+
+    async def fake_client(self: BatchCodeHook, config: ServiceConfig | None = None) -> ScriptedClient:
         return client
 
+    monkeypatch.setattr(BatchCodeHook, "aget_config", fake_config)
     monkeypatch.setattr(BatchCodeHook, "get_async_client", fake_client)
     trigger = OperationStatusTrigger(
         batchcode_conn_id="c", operation_id="op-1", topic="anzsco", poll_interval=0.5, **kwargs
