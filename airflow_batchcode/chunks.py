@@ -27,7 +27,7 @@ class Chunk:
     :param results: the folder its results are downloaded into.
     :param records: the manifest's lines.
     :param bytes: the manifest's size.
-    :param digest: BLAKE2b of the manifest's bytes: a retried create re-attaches only to an
+    :param digest: SHA-256 of the manifest's bytes: a retried create re-attaches only to an
         operation fed this content.
     """
 

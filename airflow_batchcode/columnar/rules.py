@@ -21,8 +21,6 @@ from airflow_batchcode.records import MAX_CHARS
 _NOT_PRINTABLE = r"[^\p{L}\p{M}\p{N}\p{P}\p{S}\x20]"
 """Python's ``str.isprintable`` as a character class: anything but letters, marks, numbers, punctuation,
 symbols and the space (so control, format, unassigned characters and other separators)."""
-_BLANK = r"^ *$"
-"""Empty or only spaces (any other whitespace is caught as not printable)."""
 
 
 @dataclass(frozen=True)
@@ -62,8 +60,13 @@ def suspect_mask(occp: pa.Array, tasks: pa.Array, limits: InputLimits = ABS_LIMI
     against 0.059 s on 1,000,000 of the sample's duties. Every record it leaves unmarked is ASCII,
     one byte a character, so the character limit is then checked on byte lengths (which Arrow
     reads off the offsets) instead of counting characters.
+
+    A blank text (empty or only spaces; any other whitespace is caught as not printable) is
+    marked by a cheaper test it always passes: empty, or starting with a space. Records whose
+    texts both start with a space go through the row rules too. On 200,000 of the sample's
+    answers: 3.6 ms, where the regular expression ``^ *$`` on both texts took 29 ms.
     """
-    blank = pc.and_(pc.match_substring_regex(occp, _BLANK), pc.match_substring_regex(tasks, _BLANK))
+    blank = pc.and_(_blank_or_spaced(occp), _blank_or_spaced(tasks))
     if limits.ascii_only:
         odd = pc.invert(pc.and_(pc.ascii_is_printable(occp), pc.ascii_is_printable(tasks)))
         length = pc.binary_length
@@ -77,3 +80,8 @@ def suspect_mask(occp: pa.Array, tasks: pa.Array, limits: InputLimits = ABS_LIMI
         size = pc.add(pc.binary_length(occp), pc.binary_length(tasks))
         marked = pc.or_(marked, pc.greater(size, limits.max_bytes))
     return marked
+
+
+def _blank_or_spaced(texts: pa.Array) -> pa.BooleanArray:
+    """Texts that are empty or start with a space: every blank text, and a few more."""
+    return pc.or_(pc.equal(pc.binary_length(texts), 0), pc.starts_with(texts, " "))
