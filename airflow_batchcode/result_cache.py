@@ -226,13 +226,18 @@ class RunFill:
             summary.add_counted(status, bucket_index, code_length, bool(noted), int(count))
 
     def _store(self, mark: str) -> None:
-        """Keep the sent rows' outcomes (not errors) in the cache; an outcome already there stays."""
+        """Keep the sent rows' outcomes (not errors) in the cache; an outcome already there stays.
+
+        The rows go in the order of the cache's key (the digest; the rest of the key is the run's), so
+        its index grows at one end rather than at a random place per row. Storing 1,000,000 outcomes
+        in an empty cache: SQLite 3.9 s against 7.4 s, PostgreSQL 12.3-14.3 s against 20.2-21.1 s.
+        """
         outcome = ", ".join(f"o.{name}" for name in CACHED_COLUMNS)
         self.cursor.execute(
             f"INSERT INTO {self.cache_table} ({', '.join(KEY_COLUMNS)}, {', '.join(CACHED_COLUMNS)}, cached_at) "  # noqa: S608
             f"SELECT {mark}, {mark}, {mark}, t.digest, {outcome}, {mark} FROM {REUSED_TABLE} t "
             f"JOIN {self.table} o ON o.dag_id = {mark} AND o.dag_run_id = {mark} AND o.position = t.position "
-            f"WHERE t.kind = {mark} AND o.code_status IN ('successful', 'unsuccessful') "
+            f"WHERE t.kind = {mark} AND o.code_status IN ('successful', 'unsuccessful') ORDER BY t.digest "
             f"ON CONFLICT ({', '.join(KEY_COLUMNS)}) DO NOTHING",
             (*self.key.values, self.loaded_at, self.dag_id, self.run_id, SENT),
         )
