@@ -66,22 +66,22 @@ def suspect_mask(occp: pa.Array, tasks: pa.Array, limits: InputLimits = ABS_LIMI
     texts both start with a space go through the row rules too. On 200,000 of the sample's
     answers: 3.6 ms, where the regular expression ``^ *$`` on both texts took 29 ms.
     """
-    blank = pc.and_(_blank_or_spaced(occp), _blank_or_spaced(tasks))
+    occp_bytes, tasks_bytes = pc.binary_length(occp), pc.binary_length(tasks)
+    size = pc.add(occp_bytes, tasks_bytes)
+    blank = pc.and_(_blank_or_spaced(occp, occp_bytes), _blank_or_spaced(tasks, tasks_bytes))
     if limits.ascii_only:
         odd = pc.invert(pc.and_(pc.ascii_is_printable(occp), pc.ascii_is_printable(tasks)))
-        length = pc.binary_length
     else:
         odd = pc.or_(pc.match_substring_regex(occp, _NOT_PRINTABLE), pc.match_substring_regex(tasks, _NOT_PRINTABLE))
-        length = pc.utf8_length
     marked = pc.or_(blank, odd)
     if limits.max_chars is not None:
-        marked = pc.or_(marked, pc.greater(pc.add(length(occp), length(tasks)), limits.max_chars))
+        chars = size if limits.ascii_only else pc.add(pc.utf8_length(occp), pc.utf8_length(tasks))
+        marked = pc.or_(marked, pc.greater(chars, limits.max_chars))
     if limits.max_bytes is not None:
-        size = pc.add(pc.binary_length(occp), pc.binary_length(tasks))
         marked = pc.or_(marked, pc.greater(size, limits.max_bytes))
     return marked
 
 
-def _blank_or_spaced(texts: pa.Array) -> pa.BooleanArray:
-    """Texts that are empty or start with a space: every blank text, and a few more."""
-    return pc.or_(pc.equal(pc.binary_length(texts), 0), pc.starts_with(texts, " "))
+def _blank_or_spaced(texts: pa.Array, sizes: pa.Array) -> pa.BooleanArray:
+    """Texts that are empty (``sizes``: their byte lengths) or start with a space: every blank text, and a few more."""
+    return pc.or_(pc.equal(sizes, 0), pc.starts_with(texts, " "))
