@@ -34,7 +34,7 @@ from airflow_batchcode.dedupe import TextReuse
 from airflow_batchcode.exceptions import ConfigurationError, PartialLoadError
 from airflow_batchcode.hooks.batchcode import BatchCodeHook
 from airflow_batchcode.lineage import attach as attach_lineage
-from airflow_batchcode.manifests import DEFAULT_MAX_CHUNK_BYTES, FieldMap, open_sink, write_chunks
+from airflow_batchcode.manifests import DEFAULT_MAX_CHUNK_BYTES, ChunkOptions, FieldMap, open_sink, write_chunks
 from airflow_batchcode.operators.batchcode import (
     CreateOperationOperator,
     DownloadResultsOperator,
@@ -110,12 +110,18 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         FieldMap.parse(self.field_map)
+        _ = self.chunk_options  # chunk limits out of range are refused as the DAG is parsed
         check_table_name(self.output_table)
         check_table_name(self.cache_table)
         if self.realtime_max_records < 0:
             raise ConfigurationError(f"realtime_max_records must be 0 or more, got {self.realtime_max_records}")
         if self.min_success_rate is not None and not 0 <= self.min_success_rate <= 1:
             raise ConfigurationError(f"min_success_rate must be between 0 and 1, got {self.min_success_rate}")
+
+    @property
+    def chunk_options(self) -> ChunkOptions:
+        """How the extract cuts its records into chunks."""
+        return ChunkOptions(self.chunk_records, self.max_chunk_bytes, self.sanitize)
 
     @property
     def cache_table(self) -> str:
@@ -165,11 +171,7 @@ def _build(config: PipelineConfig) -> None:
         spec = spec_for(hook.service)
         rules = spec.rules()
         model = hook.resolve_model(topic, model or None) if config.result_cache else (model or None)
-        options: dict[str, Any] = {
-            "chunk_records": config.chunk_records,
-            "max_chunk_bytes": config.max_chunk_bytes,
-            "sanitize_records": config.sanitize,
-        }
+        reuse: TextReuse | None = None
         with contextlib.ExitStack() as stack:
             if config.reuses:
                 cache = None
@@ -177,18 +179,20 @@ def _build(config: PipelineConfig) -> None:
                     conn = stack.enter_context(contextlib.closing(_connect(config.output_conn_id)))
                     cache = ResultCache(conn, config.cache_table, CacheKey(hook.service, topic, model))
                 sink = stack.enter_context(open_sink(reused_path(folder)))
-                options["reuse"] = TextReuse(sink, dedupe=config.dedupe, cache=cache, list_sent=config.result_cache)
+                reuse = TextReuse(sink, dedupe=config.dedupe, cache=cache, list_sent=config.result_cache)
             if config.columnar:
                 from airflow_batchcode.columnar.extract import extract_chunks  # pyarrow: not at DAG parse time
 
                 # a service without vectorised limits keeps the DB-API path (its rules, exactly)
                 summary = extract_chunks(
                     config.source_conn_id, source_sql, config.field_map, folder,
-                    rules=rules, limits=spec.limits(), **options,
+                    options=config.chunk_options, rules=rules, limits=spec.limits(), reuse=reuse,
                 )  # fmt: skip
             else:
                 columns, rows = stack.enter_context(stream_query(config.source_conn_id, source_sql))
-                summary = write_chunks(rows, columns, config.field_map, folder, rules=rules, **options)
+                summary = write_chunks(
+                    rows, columns, config.field_map, folder, options=config.chunk_options, rules=rules, reuse=reuse
+                )
         if config.reuses:
             summary.reused = reused_path(folder)
         summary.model = model

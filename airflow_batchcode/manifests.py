@@ -26,7 +26,7 @@ import msgspec
 from airflow_batchcode.chunks import Chunk, ExtractSummary
 from airflow_batchcode.dedupe import TextReuse
 from airflow_batchcode.exceptions import ConfigurationError
-from airflow_batchcode.records import as_text
+from airflow_batchcode.records import Checked, as_text
 from airflow_batchcode.services.rules import ABS_RULES, InputRules
 from airflow_batchcode.staging import ChunkPaths, Rejected, position_line, position_lines, rejected_line, rejects_path
 from airflow_batchcode.storage import as_storage_path, local_path
@@ -305,12 +305,82 @@ def _without(column: Sequence[Any], dropped: list[int]) -> list[Any]:
     return kept
 
 
-def check_chunk_limits(chunk_records: int, max_chunk_bytes: int) -> None:
-    """Refuse chunk limits out of range (every writer of chunks checks the same)."""
-    if chunk_records < 1:
-        raise ConfigurationError(f"chunk_records must be at least 1, got {chunk_records}")
-    if not 1024 <= max_chunk_bytes <= ABS_MAX_BYTES:
-        raise ConfigurationError(f"max_chunk_bytes must be between 1 KiB and 5 GB, got {max_chunk_bytes}")
+def write_rejected(
+    rejects: IO[bytes], position: int, record_id: str | None, occp_text: str, tasks_text: str, refused: Checked
+) -> None:
+    """Write a record the rules refused to ``rejected.jsonl``: its texts as they came, why, and any repair note."""
+    assert refused.error is not None, "only a refused record is written as rejected"
+    record = Rejected(
+        position=position,
+        recordId=record_id,
+        occp_text=occp_text,
+        tasks_text=tasks_text,
+        error=refused.error,
+        note=refused.note,
+    )
+    rejects.write(rejected_line(record))
+
+
+@dataclass(frozen=True)
+class ChunkOptions:
+    """How an extract cuts its records into chunks: one object for both writers (:func:`write_chunks`,
+    :func:`~airflow_batchcode.columnar.manifests.write_batch_chunks`) and the pipeline that calls
+    them (``PipelineConfig.chunk_options``); refused when out of range, so a DAG fails as it is parsed.
+
+    :param chunk_records: records per chunk (one remote operation each).
+    :param max_chunk_bytes: a chunk closes before this many bytes (default just under the service's 5 GB).
+    :param sanitize_records: repair records the service would reject instead of rejecting them.
+    """
+
+    chunk_records: int = 100_000
+    max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES
+    sanitize_records: bool = False
+
+    def __post_init__(self) -> None:
+        if self.chunk_records < 1:
+            raise ConfigurationError(f"chunk_records must be at least 1, got {self.chunk_records}")
+        if not 1024 <= self.max_chunk_bytes <= ABS_MAX_BYTES:
+            raise ConfigurationError(f"max_chunk_bytes must be between 1 KiB and 5 GB, got {self.max_chunk_bytes}")
+
+
+DEFAULT_CHUNKS = ChunkOptions()
+
+
+@dataclass
+class ChunkRun:
+    """One writer's pass over an extract: where the record fields are among the columns, the
+    counts so far, the chunk writer and the open rejects file (:func:`chunk_run`)."""
+
+    rid_at: int | None
+    occp_at: int
+    tasks_at: int
+    recode_at: int | None
+    summary: ExtractSummary
+    writer: ChunkWriter
+    rejects: IO[bytes]
+
+
+@contextlib.contextmanager
+def chunk_run(
+    columns: Sequence[str], field_map: FieldMap | Mapping[str, str], folder: str, options: ChunkOptions,
+    reuse: TextReuse | None,
+) -> Iterator[ChunkRun]:  # fmt: skip
+    """Open a pass of either writer and finish it: the chunks closed (also on error) and listed, and
+    the record counts completed from what ``reuse`` listed instead of sending."""
+    fields = FieldMap.parse(field_map)
+    rid_at, occp_at, tasks_at = fields.indexes(columns)
+    summary = ExtractSummary(rejects=rejects_path(folder))
+    writer = ChunkWriter(folder, options.chunk_records, options.max_chunk_bytes)
+    try:
+        with open_sink(summary.rejects) as rejects:
+            yield ChunkRun(rid_at, occp_at, tasks_at, fields.recode_index(columns), summary, writer, rejects)
+            if reuse is not None:
+                counts = reuse.counts
+                summary.distinct, summary.duplicates, summary.cached = counts.distinct, counts.duplicates, counts.cached
+            summary.rows = summary.sent + summary.rejected + summary.duplicates + summary.cached
+    finally:
+        writer.close()
+    summary.chunks = writer.chunks
 
 
 def write_chunks(
@@ -319,9 +389,7 @@ def write_chunks(
     field_map: FieldMap | Mapping[str, str],
     folder: str,
     *,
-    chunk_records: int = 100_000,
-    max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES,
-    sanitize_records: bool = False,
+    options: ChunkOptions = DEFAULT_CHUNKS,
     rules: InputRules = ABS_RULES,
     reuse: TextReuse | None = None,
 ) -> ExtractSummary:
@@ -332,71 +400,51 @@ def write_chunks(
 
     :return: counts, the chunks written, and where the rejected records went.
     """
-    check_chunk_limits(chunk_records, max_chunk_bytes)
-    fields = FieldMap.parse(field_map)
-    rid_at, occp_at, tasks_at = fields.indexes(columns)
-    recode_at = fields.recode_index(columns)
-    rule = rules.sanitize if sanitize_records else rules.check
+    rule = rules.sanitize if options.sanitize_records else rules.check
     suspects = rules.suspects
-    summary = ExtractSummary(rejects=rejects_path(folder))
-    writer = ChunkWriter(folder, chunk_records, max_chunk_bytes)
-    occp_of, tasks_of = itemgetter(occp_at), itemgetter(tasks_at)
-    rid_of = itemgetter(rid_at) if rid_at is not None else None
-    source = iter(rows)
     position = 0
-    try:
-        with open_sink(summary.rejects) as rejects:
-            while batch := list(itertools.islice(source, BATCH_ROWS)):
-                occp, occp_joined = _column(list(map(occp_of, batch)))
-                tasks, tasks_joined = _column(list(map(tasks_of, batch)))
-                ids, ids_joined = _column(list(map(rid_of, batch))) if rid_of is not None else (None, "")
-                recode = [row[recode_at] for row in batch] if recode_at is not None else None
-                first, position = position + 1, position + len(batch)
-                positions: Sequence[int] = range(first, position + 1)
-                dropped: list[int] = []
-                notes: dict[int, str] = {}
-                quoted = _quoted(occp_joined, rules.ascii_only), _quoted(tasks_joined, rules.ascii_only)
-                for i in suspects(occp, tasks, (occp_joined, tasks_joined)):
-                    checked = rule(occp[i], tasks[i])
+    with chunk_run(columns, field_map, folder, options, reuse) as run:
+        summary, writer, rejects, recode_at = run.summary, run.writer, run.rejects, run.recode_at
+        occp_of, tasks_of = itemgetter(run.occp_at), itemgetter(run.tasks_at)
+        rid_of = itemgetter(run.rid_at) if run.rid_at is not None else None
+        source = iter(rows)
+        while batch := list(itertools.islice(source, BATCH_ROWS)):
+            occp, occp_joined = _column(list(map(occp_of, batch)))
+            tasks, tasks_joined = _column(list(map(tasks_of, batch)))
+            ids, ids_joined = _column(list(map(rid_of, batch))) if rid_of is not None else (None, "")
+            recode = [row[recode_at] for row in batch] if recode_at is not None else None
+            first, position = position + 1, position + len(batch)
+            positions: Sequence[int] = range(first, position + 1)
+            dropped: list[int] = []
+            notes: dict[int, str] = {}
+            quoted = _quoted(occp_joined, rules.ascii_only), _quoted(tasks_joined, rules.ascii_only)
+            for i in suspects(occp, tasks, (occp_joined, tasks_joined)):
+                checked = rule(occp[i], tasks[i])
+                if checked.note:
+                    summary.sanitized += 1
+                if checked.error is None:
+                    occp[i], tasks[i] = checked.occp_text, checked.tasks_text
                     if checked.note:
-                        summary.sanitized += 1
-                    if checked.error is None:
-                        occp[i], tasks[i] = checked.occp_text, checked.tasks_text
-                        if checked.note:
-                            notes[i - len(dropped)] = checked.note
-                            quoted = (True, True)
-                        continue
-                    dropped.append(i)
-                    record = Rejected(
-                        position=first + i,
-                        recordId=ids[i] if ids is not None else None,
-                        occp_text=occp[i],
-                        tasks_text=tasks[i],
-                        error=checked.error,
-                        note=checked.note,
-                    )
-                    rejects.write(rejected_line(record))
-                    if reuse is not None and recode is not None:
-                        reuse.rejected(first + i, record.recordId, recode[i])
-                if dropped:
-                    occp, tasks, positions = (
-                        _without(occp, dropped),
-                        _without(tasks, dropped),
-                        _without(positions, dropped),
-                    )
-                    ids = _without(ids, dropped) if ids is not None else None
-                    recode = _without(recode, dropped) if recode is not None else None
-                if reuse is not None:
-                    ids, occp, tasks, positions, notes = reuse.select((ids, occp, tasks, positions, notes), recode)
-                plain = (ids is not None and _plain(ids_joined), not quoted[0], not quoted[1])
-                writer.write_batch(ids, occp, tasks, positions, notes, plain)
-                summary.sent += len(occp)
-                summary.rejected += len(dropped)
+                        notes[i - len(dropped)] = checked.note
+                        quoted = (True, True)
+                    continue
+                dropped.append(i)
+                record_id = ids[i] if ids is not None else None
+                write_rejected(rejects, first + i, record_id, occp[i], tasks[i], checked)
+                if reuse is not None and recode is not None:
+                    reuse.rejected(first + i, record_id, recode[i])
+            if dropped:
+                occp, tasks, positions = (
+                    _without(occp, dropped),
+                    _without(tasks, dropped),
+                    _without(positions, dropped),
+                )
+                ids = _without(ids, dropped) if ids is not None else None
+                recode = _without(recode, dropped) if recode is not None else None
             if reuse is not None:
-                counts = reuse.counts
-                summary.distinct, summary.duplicates, summary.cached = counts.distinct, counts.duplicates, counts.cached
-            summary.rows = summary.sent + summary.rejected + summary.duplicates + summary.cached
-    finally:
-        writer.close()
-    summary.chunks = writer.chunks
-    return summary
+                ids, occp, tasks, positions, notes = reuse.select((ids, occp, tasks, positions, notes), recode)
+            plain = (ids is not None and _plain(ids_joined), not quoted[0], not quoted[1])
+            writer.write_batch(ids, occp, tasks, positions, notes, plain)
+            summary.sent += len(occp)
+            summary.rejected += len(dropped)
+    return run.summary

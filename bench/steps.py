@@ -17,17 +17,19 @@ OUTPUT_TABLE = "coded_bench"
 def extract(conn_id: str, sql: str, folder: str, chunk_records: int, columnar: bool = True) -> dict[str, Any]:
     """``extract_chunks``, as the ``extract`` task does: ADBC batches for SQLite and PostgreSQL
     (``columnar=False``: ``stream_query`` + ``write_chunks``, the DB-API path)."""
+    from airflow_batchcode.manifests import ChunkOptions
+
     started = time.perf_counter()
     if columnar:
         from airflow_batchcode.columnar.extract import extract_chunks
 
-        summary = extract_chunks(conn_id, sql, FIELD_MAP, folder, chunk_records=chunk_records)
+        summary = extract_chunks(conn_id, sql, FIELD_MAP, folder, options=ChunkOptions(chunk_records))
     else:  # as the pipeline's default path: no pyarrow imported
         from airflow_batchcode.manifests import write_chunks
         from airflow_batchcode.warehouse import stream_query
 
         with stream_query(conn_id, sql) as (columns, rows):
-            summary = write_chunks(rows, columns, FIELD_MAP, folder, chunk_records=chunk_records)
+            summary = write_chunks(rows, columns, FIELD_MAP, folder, options=ChunkOptions(chunk_records))
     return {"seconds": time.perf_counter() - started, "summary": summary.to_xcom()}
 
 

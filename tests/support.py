@@ -290,6 +290,19 @@ def run_pipeline(tmp_path: Path, day: str = "2026-01-01", *, use_executor: bool 
             os.environ.pop(key, None)
 
 
+def unfinished_tasks(airflow_home: Path, dag_run: Any) -> str:
+    """The run's state and its task instances that did not succeed, for an assertion's message."""
+    with closing(sqlite3.connect(airflow_home / "airflow.db", timeout=10)) as conn:
+        rows = conn.execute(
+            "SELECT task_id, map_index, state, try_number FROM task_instance "
+            "WHERE dag_id = ? AND run_id = ? AND (state IS NULL OR state NOT IN ('success', 'skipped')) "
+            "ORDER BY task_id, map_index",
+            (dag_run.dag_id, dag_run.run_id),
+        ).fetchall()
+    tasks = ", ".join(f"{task}[{index}] {state} (try {tries})" for task, index, state, tries in rows)
+    return f"run {dag_run.run_id} ended {dag_run.state}; not done: {tasks or 'none'}"
+
+
 def output(connect: Any, run_id: str | None = None) -> list[tuple[Any, ...]]:
     """Rows of the test pipeline's output table (optionally of one run), by run and position."""
     with closing(connect()) as conn:

@@ -16,7 +16,7 @@ from airflow_batchcode.columnar.manifests import write_batch_chunks
 from airflow_batchcode.columnar.rules import ABS_LIMITS, InputLimits
 from airflow_batchcode.dedupe import TextReuse
 from airflow_batchcode.exceptions import ConfigurationError
-from airflow_batchcode.manifests import DEFAULT_MAX_CHUNK_BYTES, FieldMap, write_chunks
+from airflow_batchcode.manifests import DEFAULT_CHUNKS, ChunkOptions, FieldMap, write_chunks
 from airflow_batchcode.warehouse import stream_query
 
 log = logging.getLogger(__name__)
@@ -29,9 +29,7 @@ def extract_chunks(
     field_map: FieldMap | Mapping[str, str],
     folder: str,
     *,
-    chunk_records: int = 100_000,
-    max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES,
-    sanitize_records: bool = False,
+    options: ChunkOptions = DEFAULT_CHUNKS,
     limits: InputLimits | None = ABS_LIMITS,
     rules: Any = None,
     columnar: bool = True,
@@ -49,19 +47,13 @@ def extract_chunks(
     sent (:mod:`airflow_batchcode.dedupe`); having listed records already, it cannot start over, so
     with it a SQLite type change is a :class:`~airflow_batchcode.exceptions.ConfigurationError`.
     """
-    options: dict[str, Any] = {
-        "chunk_records": chunk_records,
-        "max_chunk_bytes": max_chunk_bytes,
-        "sanitize_records": sanitize_records,
-        "reuse": reuse,
-    }
     if columnar and limits is not None:
         try:
             with stream_batches(conn_id, sql) as streamed:
                 if streamed is not None:
                     columns, batches = streamed
                     return write_batch_chunks(
-                        batches, columns, field_map, folder, limits=limits, rules=rules, **options
+                        batches, columns, field_map, folder, options=options, limits=limits, rules=rules, reuse=reuse
                     )
         except OSError as exc:  # ADBC's errors; SQLite's column types are only guessed from the first batch
             if _SQLITE_MISMATCH not in str(exc):
@@ -73,7 +65,7 @@ def extract_chunks(
                     "pipeline with columnar=False (or cast the column in the query)"
                 ) from exc
             log.warning("A SQLite column changes type mid-extract; extracting again through the DB-API path")
-    if rules is not None:
-        options["rules"] = rules
     with stream_query(conn_id, sql) as (columns, rows):
-        return write_chunks(rows, columns, field_map, folder, **options)
+        if rules is None:
+            return write_chunks(rows, columns, field_map, folder, options=options, reuse=reuse)
+        return write_chunks(rows, columns, field_map, folder, options=options, rules=rules, reuse=reuse)

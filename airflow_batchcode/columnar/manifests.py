@@ -24,9 +24,8 @@ from airflow_batchcode.chunks import ExtractSummary
 from airflow_batchcode.columnar.rules import ABS_LIMITS, InputLimits, suspect_mask
 from airflow_batchcode.columnar.text import text_column, value_bytes
 from airflow_batchcode.dedupe import TextReuse
-from airflow_batchcode.manifests import DEFAULT_MAX_CHUNK_BYTES, ChunkWriter, FieldMap, check_chunk_limits, open_sink
+from airflow_batchcode.manifests import DEFAULT_CHUNKS, ChunkOptions, ChunkWriter, FieldMap, chunk_run, write_rejected
 from airflow_batchcode.records import Checked, check, sanitize
-from airflow_batchcode.staging import Rejected, rejected_line, rejects_path
 
 _encode = msgspec.json.Encoder().encode
 _ESCAPED = r"[^\x20\x21\x23-\x5b\x5d-\x7e]"
@@ -39,9 +38,7 @@ def write_batch_chunks(
     field_map: FieldMap | Mapping[str, str],
     folder: str,
     *,
-    chunk_records: int = 100_000,
-    max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES,
-    sanitize_records: bool = False,
+    options: ChunkOptions = DEFAULT_CHUNKS,
     limits: InputLimits = ABS_LIMITS,
     rules: Any = None,
     reuse: TextReuse | None = None,
@@ -55,39 +52,26 @@ def write_batch_chunks(
 
     :return: counts, the chunks written, and where the rejected records went.
     """
-    check_chunk_limits(chunk_records, max_chunk_bytes)
-    fields = FieldMap.parse(field_map)
-    rid_at, occp_at, tasks_at = fields.indexes(columns)
-    recode_at = fields.recode_index(columns)
-    summary = ExtractSummary(rejects=rejects_path(folder))
-    writer = ChunkWriter(folder, chunk_records, max_chunk_bytes)
+    rule = _row_rule(rules, options.sanitize_records)
     position = 0
-    try:
-        with open_sink(summary.rejects) as rejects:
-            for batch in batches:
-                if batch.num_rows == 0:
-                    continue
-                ids = text_column(batch.column(rid_at)) if rid_at is not None else None
-                occp, tasks = text_column(batch.column(occp_at)), text_column(batch.column(tasks_at))
-                positions = _numbered(position, batch.num_rows)
-                position += batch.num_rows
-                rule = _row_rule(rules, sanitize_records)
-                checked, dropped = _apply_rules(ids, occp, tasks, positions, rule, limits, summary, rejects)
-                if reuse is not None:
-                    recode = None
-                    if recode_at is not None:
-                        recode = _recodes(reuse, batch.column(recode_at).to_pylist(), ids, positions, dropped)
-                    checked = _chosen(reuse, *checked, recode=recode)
-                summary.sent += len(checked[1])
-                _write(writer, *checked)
+    with chunk_run(columns, field_map, folder, options, reuse) as run:
+        rid_at, recode_at = run.rid_at, run.recode_at
+        for batch in batches:
+            if batch.num_rows == 0:
+                continue
+            ids = text_column(batch.column(rid_at)) if rid_at is not None else None
+            occp, tasks = text_column(batch.column(run.occp_at)), text_column(batch.column(run.tasks_at))
+            positions = _numbered(position, batch.num_rows)
+            position += batch.num_rows
+            checked, dropped = _apply_rules(ids, occp, tasks, positions, rule, limits, run.summary, run.rejects)
             if reuse is not None:
-                counts = reuse.counts
-                summary.distinct, summary.duplicates, summary.cached = counts.distinct, counts.duplicates, counts.cached
-            summary.rows = summary.sent + summary.rejected + summary.duplicates + summary.cached
-    finally:
-        writer.close()
-    summary.chunks = writer.chunks
-    return summary
+                recode = None
+                if recode_at is not None:
+                    recode = _recodes(reuse, batch.column(recode_at).to_pylist(), ids, positions, dropped)
+                checked = _chosen(reuse, *checked, recode=recode)
+            run.summary.sent += len(checked[1])
+            _write(run.writer, *checked)
+    return run.summary
 
 
 def _numbered(after: int, count: int) -> pa.Array:
@@ -135,15 +119,8 @@ def _apply_rules(
                 repaired[i] = (outcome.occp_text, outcome.tasks_text, outcome.note)
             continue
         dropped.append(i)
-        record = Rejected(
-            position=positions_of[k],
-            recordId=ids_of[k] if ids_of is not None else None,
-            occp_text=occp_of[k],
-            tasks_text=tasks_of[k],
-            error=outcome.error,
-            note=outcome.note,
-        )
-        rejects.write(rejected_line(record))
+        record_id = ids_of[k] if ids_of is not None else None
+        write_rejected(rejects, positions_of[k], record_id, occp_of[k], tasks_of[k], outcome)
     summary.rejected += len(dropped)
     rows = _numbered(-1, len(occp))  # each record's index in the batch
     if repaired:

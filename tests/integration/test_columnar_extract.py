@@ -22,6 +22,7 @@ import pytest
 from airflow_batchcode.columnar.extract import extract_chunks
 from airflow_batchcode.dedupe import TextReuse
 from airflow_batchcode.exceptions import ConfigurationError
+from airflow_batchcode.manifests import ChunkOptions
 from tests.integration import test_pipeline
 from tests.integration.test_pipeline import seed
 
@@ -92,9 +93,7 @@ def test_adbc_extract_writes_the_db_api_files(
                 sql,
                 fields,
                 str(folder),
-                chunk_records=chunk_records,
-                max_chunk_bytes=max_chunk_bytes,
-                sanitize_records=sanitize,
+                options=ChunkOptions(chunk_records, max_chunk_bytes, sanitize),
                 columnar=columnar,
                 reuse=chooser,
             )

@@ -31,7 +31,7 @@ from tests.reliability.baseline import (
     error_count,
 )
 from tests.reliability.test_pipeline_faults import assert_no_leaks, lost_creates
-from tests.support import admin, batchcode_connection, emulator, run_pipeline, sqlite_warehouse
+from tests.support import admin, batchcode_connection, emulator, run_pipeline, sqlite_warehouse, unfinished_tasks
 
 RECORDS = 1_200
 CHUNK = 200
@@ -92,7 +92,7 @@ def test_each_service_survives_every_kind_of_fault(
     api_key = f"key-{uuid.uuid4().hex}"
     with ExitStack() as stack, faulty_service(service, api_key, stack, faults={"seed": FAULTS["seed"]}):
         clean_run = run_pipeline(tmp_path / "baseline", BASELINE_DAY, BATCHCODE_TEST_CHUNK=str(CHUNK), **EVERY_RECORD)
-    assert clean_run.state == "success"
+    assert clean_run.state == "success", unfinished_tasks(airflow_db, clean_run)
     clean = coded(tmp_path / "baseline" / "warehouse.db")
     path = sqlite_warehouse(tmp_path, RECORDS, messy=False)
     scale = REQUESTS_PER_RECORD.get(service, 1)
@@ -101,6 +101,7 @@ def test_each_service_survives_every_kind_of_fault(
         dag_run = run_pipeline(tmp_path, BATCHCODE_TEST_CHUNK=str(CHUNK), BATCHCODE_TEST_RETRIES="3", **EVERY_RECORD)
         stats = admin(server, "stats")
     log = capfd.readouterr()
+    assert dag_run.state == "success", unfinished_tasks(airflow_db, dag_run)
     with closing(sqlite3.connect(path)) as conn:
         rows = conn.execute("SELECT position, code_status, error, operation_id FROM coded_responses").fetchall()
     created = sum(stats[CREATED[service]].values())
@@ -109,7 +110,6 @@ def test_each_service_survives_every_kind_of_fault(
         f"\n[{service} faults] records in {RECORDS}, rows out {len(rows)}, operations {created}, faults {injected}, "
         f"lost creates {lost_creates(stats, service)}"
     )
-    assert dag_run.state == "success"
     assert sorted(r[0] for r in rows) == list(range(1, RECORDS + 1)), "every record exactly once"
     chunks = RECORDS // CHUNK
     assert len({r[3] for r in rows}) == chunks

@@ -18,7 +18,7 @@ from airflow_batchcode.columnar.manifests import write_batch_chunks
 from airflow_batchcode.columnar.rules import InputLimits, suspect_mask, utf8_limits
 from airflow_batchcode.columnar.text import text_column
 from airflow_batchcode.exceptions import ConfigurationError
-from airflow_batchcode.manifests import write_chunks
+from airflow_batchcode.manifests import ChunkOptions, write_chunks
 from airflow_batchcode.records import as_text, check, sanitize
 
 TRICKY = ' \t\n\r\x0b\x0c\x1c\x1f\x7f\x85\xa0\u2028\u3000\u0378\ud7ff"\\/é☕\U0001f600aZ09'
@@ -100,10 +100,12 @@ def test_batches_write_the_row_path_files(
         }
     )
     fields = {"record_id": "id", "occp_text": "title", "tasks_text": "duties"}
-    options = {"chunk_records": chunk_records, "max_chunk_bytes": max_bytes, "sanitize_records": repair}
-    arrow = write_batch_chunks(table.to_batches(batch_rows), table.column_names, fields, str(base / "a"), **options)
+    options = ChunkOptions(chunk_records, max_bytes, repair)
+    arrow = write_batch_chunks(
+        table.to_batches(batch_rows), table.column_names, fields, str(base / "a"), options=options
+    )
     plain = write_chunks(
-        [tuple(r.values()) for r in table.to_pylist()], table.column_names, fields, str(base / "b"), **options
+        [tuple(r.values()) for r in table.to_pylist()], table.column_names, fields, str(base / "b"), options=options
     )
     assert (arrow.rows, arrow.sent, arrow.rejected, arrow.sanitized) == (
         plain.rows,

@@ -12,6 +12,7 @@ from airflow.serialization.serialized_objects import DagSerialization
 
 from airflow_batchcode.dags import PipelineConfig, coding_dag, coding_task_group
 from airflow_batchcode.exceptions import ConfigurationError
+from airflow_batchcode.manifests import ChunkOptions
 
 FIELDS: dict[str, Any] = {
     "source_conn_id": "warehouse",
@@ -95,6 +96,23 @@ def test_frugal_settings_are_checked_and_the_cache_table_defaults_beside_the_out
     assert replace(config, columnar=True, result_cache=True, field_map=recoding).columnar
     with pytest.raises(ConfigurationError, match="must be a plain name"):
         replace(config, result_cache_table="cache; DROP TABLE x")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"chunk_records": 0}, "chunk_records must be at least 1, got 0"),
+        ({"max_chunk_bytes": 1023}, "max_chunk_bytes must be between 1 KiB and 5 GB, got 1023"),
+        ({"max_chunk_bytes": 6 * 1024**3}, "max_chunk_bytes must be between 1 KiB and 5 GB"),
+    ],
+)
+def test_chunk_limits_out_of_range_fail_as_the_dag_is_parsed(change: dict[str, int], message: str) -> None:
+    config = PipelineConfig(**FIELDS)
+    assert config.chunk_options == ChunkOptions(5000, 10_000_000, sanitize_records=False)
+    with pytest.raises(ConfigurationError, match=message):
+        replace(config, **change)
+    with pytest.raises(ConfigurationError, match=message):
+        coding_dag("chunk_limits", **{**FIELDS, **change}, **DAG_KWARGS)
 
 
 def test_the_pipeline_has_a_real_time_task_between_the_extract_and_the_load() -> None:

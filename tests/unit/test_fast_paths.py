@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from airflow_batchcode.manifests import manifest_lines, write_chunks
+from airflow_batchcode.manifests import ChunkOptions, manifest_lines, write_chunks
 from airflow_batchcode.normalise.abs import chunk_rows, normalise
 from airflow_batchcode.rows import Row, Stamp
 from airflow_batchcode.services.abs import order
@@ -92,7 +92,7 @@ def test_chunks_hold_the_same_lines_however_they_are_cut(
     field_map = {"record_id": "id", "occp_text": "occp", "tasks_text": "tasks"}
     with tempfile.TemporaryDirectory() as folder:
         summary = write_chunks(
-            rows, ["id", "occp", "tasks"], field_map, folder, chunk_records=chunk_records, max_chunk_bytes=max_bytes
+            rows, ["id", "occp", "tasks"], field_map, folder, options=ChunkOptions(chunk_records, max_bytes)
         )
         manifests = [Path(chunk.manifest).read_bytes() for chunk in summary.chunks]
         positions = b"".join(Path(chunk.positions).read_bytes() for chunk in summary.chunks)

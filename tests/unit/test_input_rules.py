@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from airflow_batchcode.exceptions import ConfigurationError
-from airflow_batchcode.manifests import write_chunks
+from airflow_batchcode.manifests import ChunkOptions, write_chunks
 from airflow_batchcode.services.rules import MB, input_rules, utf8_rules
 
 ROWS = [
@@ -28,7 +28,7 @@ def _write(
         ["id", "occp", "tasks"],
         {"record_id": "id", "occp_text": "occp", "tasks_text": "tasks"},
         str(tmp_path),
-        sanitize_records=sanitize,
+        options=ChunkOptions(sanitize_records=sanitize),
         rules=input_rules(service),
     )
     sent = [json.loads(line) for c in summary.chunks for line in Path(c.manifest).read_text().splitlines()]
