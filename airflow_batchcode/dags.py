@@ -183,7 +183,7 @@ def _build(config: PipelineConfig) -> None:
             if config.columnar:
                 from airflow_batchcode.columnar.extract import extract_chunks  # pyarrow: not at DAG parse time
 
-                # a service without vectorised limits keeps the DB-API path (its rules, exactly)
+                # a service whose own rules have no vectorised limits keeps the DB-API path
                 summary = extract_chunks(
                     config.source_conn_id, source_sql, config.field_map, folder,
                     options=config.chunk_options, rules=rules, limits=spec.limits(), reuse=reuse,

@@ -74,7 +74,8 @@ class ServiceSpec:
         (default 1 MiB: an assumption, for services whose documentation names no limit).
     :param column_limits: ``"module:name"`` of the :class:`~airflow_batchcode.columnar.rules.InputLimits`
         that mark, a column at a time, the records ``input_rules`` must look at (the columnar
-        extract); empty when there are none, and that service's extract keeps the DB-API path.
+        extract). Default: the UTF-8 limits of ``max_input_bytes`` where the default rules apply; a
+        service with rules of its own and no limits keeps the DB-API extract.
     :param poll_interval: seconds between status polls when the DAG author names none: the service's advice.
     :param realtime_batch: the most records one call of the service's real-time (synchronous) coding
         takes; 0 when it has none.
@@ -156,8 +157,14 @@ class ServiceSpec:
         return utf8_rules(self.max_input_bytes)
 
     def limits(self) -> Any:
-        """The input rules' vectorised limits (:attr:`column_limits`, imported now: pyarrow), or ``None``."""
-        return _load(self.column_limits) if self.column_limits else None
+        """The input rules' vectorised limits (imported now: pyarrow), or ``None`` when they have none."""
+        if self.column_limits:
+            return _load(self.column_limits)
+        if self.input_rules:
+            return None
+        from airflow_batchcode.columnar.rules import utf8_limits
+
+        return utf8_limits(self.max_input_bytes)
 
     def emulator_factory(self) -> Callable[..., Any]:
         """The emulator's app factory, imported now (it needs the emulator's optional dependencies)."""

@@ -20,9 +20,12 @@ from typing import Any
 import pytest
 
 from airflow_batchcode.columnar.extract import extract_chunks
+from airflow_batchcode.columnar.rules import utf8_limits
 from airflow_batchcode.dedupe import TextReuse
 from airflow_batchcode.exceptions import ConfigurationError
 from airflow_batchcode.manifests import ChunkOptions
+from airflow_batchcode.services.catalogue import SERVICES, spec_for
+from airflow_batchcode.services.rules import utf8_rules
 from tests.integration import test_pipeline
 from tests.integration.test_pipeline import seed
 
@@ -112,6 +115,46 @@ def test_adbc_extract_writes_the_db_api_files(
     columnar_files, row_files = _files(tmp_path / "True"), _files(tmp_path / "False")
     assert columnar_files == row_files
     assert b"ONLY-WHITESPACE" in row_files["rejected.jsonl"]
+
+
+@pytest.mark.parametrize("sanitize", [False, True])
+@pytest.mark.parametrize("service", ["gravity", "superai", "a UTF-8 service taking 300 bytes"])
+def test_adbc_extract_writes_the_db_api_files_under_a_utf8_services_rules(
+    warehouse: tuple[str, Any], tmp_path: Path, sanitize: bool, service: str
+) -> None:
+    """The UTF-8 services send what ABS refuses (non-ASCII, controls): the same files on both paths,
+    under their catalogue rules and under a limit small enough to reject and truncate."""
+    total = _seed(*warehouse)
+    if service in SERVICES:
+        rules, limits = spec_for(service).rules(), spec_for(service).limits()
+    else:
+        rules, limits = utf8_rules(300), utf8_limits(300)
+    sql = "SELECT respondent_id, occupation, duties FROM survey_responses ORDER BY respondent_id, occupation, duties"
+    options = ChunkOptions(chunk_records=500, sanitize_records=sanitize)
+    summaries = {
+        columnar: extract_chunks(
+            "test_warehouse",
+            sql,
+            FIELDS,
+            str(tmp_path / str(columnar)),
+            options=options,
+            rules=rules,
+            limits=limits,
+            columnar=columnar,
+        )
+        for columnar in (True, False)
+    }
+    arrow, rows = summaries[True], summaries[False]
+    counted = ("rows", "sent", "rejected", "sanitized")
+    assert [getattr(arrow, name) for name in counted] == [getattr(rows, name) for name in counted]
+    assert rows.rows == total and len(rows.chunks) > 1
+    assert _files(tmp_path / "True") == _files(tmp_path / "False")
+    sent = b"".join((tmp_path / "False" / Path(c.manifest).name).read_bytes() for c in rows.chunks)
+    assert "caf\u00e9".encode() in sent, "non-ASCII texts are sent as they are"
+    rejected = (tmp_path / "False" / "rejected.jsonl").read_bytes()
+    assert b"ONLY-WHITESPACE" in rejected
+    if service not in SERVICES:
+        assert (b"OVER-300" in rejected) is not sanitize, "over the limit: rejected, or truncated when sanitising"
 
 
 def test_sqlite_bytes_bad_utf8_and_mixed_types_read_as_the_db_api_reads_them(tmp_path: Path) -> None:

@@ -55,13 +55,16 @@ def summary_of(dag_run: Any) -> dict[str, Any]:
         return result
 
 
+@pytest.mark.parametrize("extract", ["dbapi", "arrow"])
 @pytest.mark.parametrize("service", ["refinery", "superai", "gravity"])
 def test_each_service_codes_every_record_once_with_partial_failures_per_record(
-    airflow_db: Path, tmp_path: Path, service: str
+    airflow_db: Path, tmp_path: Path, service: str, extract: str
 ) -> None:
+    """On the default path and with ``columnar=True`` (the UTF-8 rules as Arrow expressions)."""
+    columnar = "1" if extract == "arrow" else "0"
     path = sqlite_warehouse(tmp_path, RECORDS)
     with ExitStack() as stack, service_connection(service, stack) as server:
-        dag_run = run_pipeline(tmp_path, BATCHCODE_TEST_CHUNK=str(CHUNK))
+        dag_run = run_pipeline(tmp_path, BATCHCODE_TEST_CHUNK=str(CHUNK), BATCHCODE_TEST_COLUMNAR=columnar)
         stats = admin(server, "stats")
         latest = gravity_jobs_through_the_hook() if service == "gravity" else []
     assert dag_run.state == "success"

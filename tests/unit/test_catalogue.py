@@ -66,7 +66,7 @@ def test_each_spec_names_a_normaliser_and_an_emulator_that_exist(name: str) -> N
 
 @pytest.mark.parametrize("name", SERVICES)
 def test_what_a_spec_promises_its_clients_have(name: str) -> None:
-    """``cancel`` means both clients have ``cancel_batch``; ``column_limits`` names real vectorised limits."""
+    """``cancel`` means both clients have ``cancel_batch``; ``limits()`` are vectorised limits of its rules."""
     from airflow_batchcode.columnar.rules import InputLimits
 
     spec = spec_for(name)
@@ -77,8 +77,11 @@ def test_what_a_spec_promises_its_clients_have(name: str) -> None:
         assert callable(getattr(async_, "cancel_batch", None)) is spec.cancel
     finally:
         sync.close()
-    assert spec.limits() is None if not spec.column_limits else isinstance(spec.limits(), InputLimits)
-    assert (spec.limits() is not None) is (name == "abs")  # the others' rules are exact on the DB-API path
+    limits = spec.limits()
+    assert isinstance(limits, InputLimits), "every service's rules have vectorised limits (the columnar extract)"
+    if not spec.input_rules:  # the default UTF-8 rules: the limits check the same byte size
+        assert (limits.max_bytes, limits.max_chars, limits.ascii_only) == (spec.max_input_bytes, None, False)
+        assert spec.rules().name == f"UTF-8 text up to {spec.max_input_bytes} bytes"
 
 
 def test_the_catalogue_lists_every_service_once_and_the_default_is_in_it() -> None:

@@ -8,6 +8,7 @@ are byte for byte those written from rows, reasons, repairs and chunk boundaries
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pytest
@@ -20,6 +21,7 @@ from airflow_batchcode.columnar.text import text_column
 from airflow_batchcode.exceptions import ConfigurationError
 from airflow_batchcode.manifests import ChunkOptions, write_chunks
 from airflow_batchcode.records import as_text, check, sanitize
+from airflow_batchcode.services.rules import utf8_rules
 
 TRICKY = ' \t\n\r\x0b\x0c\x1c\x1f\x7f\x85\xa0\u2028\u3000\u0378\ud7ff"\\/é☕\U0001f600aZ09'
 texts = st.one_of(
@@ -81,8 +83,15 @@ def _files(folder: Path) -> dict[str, bytes]:
     return {path.name: path.read_bytes() for path in sorted(folder.iterdir())} if folder.exists() else {}
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(records, st.booleans(), st.integers(1, 7), st.sampled_from([1024, 1500, 1 << 20]), st.integers(1, 9))
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    records,
+    st.booleans(),
+    st.integers(1, 7),
+    st.sampled_from([1024, 1500, 1 << 20]),
+    st.integers(1, 9),
+    st.sampled_from([None, 25, 300]),
+)
 def test_batches_write_the_row_path_files(
     tmp_path_factory: pytest.TempPathFactory,
     rows: list[tuple[object, str, str]],
@@ -90,7 +99,11 @@ def test_batches_write_the_row_path_files(
     chunk_records: int,
     max_bytes: int,
     batch_rows: int,
+    utf8_limit: int | None,
 ) -> None:
+    """ABS's rules (``utf8_limit`` ``None``) or those of a UTF-8 service taking ``utf8_limit`` bytes a record."""
+    rules: dict[str, Any] = {} if utf8_limit is None else {"rules": utf8_rules(utf8_limit)}
+    limits: dict[str, Any] = {} if utf8_limit is None else {"limits": utf8_limits(utf8_limit)}
     base = tmp_path_factory.mktemp("eq")
     table = pa.table(
         {
@@ -102,10 +115,15 @@ def test_batches_write_the_row_path_files(
     fields = {"record_id": "id", "occp_text": "title", "tasks_text": "duties"}
     options = ChunkOptions(chunk_records, max_bytes, repair)
     arrow = write_batch_chunks(
-        table.to_batches(batch_rows), table.column_names, fields, str(base / "a"), options=options
+        table.to_batches(batch_rows), table.column_names, fields, str(base / "a"), options=options, **rules, **limits
     )
     plain = write_chunks(
-        [tuple(r.values()) for r in table.to_pylist()], table.column_names, fields, str(base / "b"), options=options
+        [tuple(r.values()) for r in table.to_pylist()],
+        table.column_names,
+        fields,
+        str(base / "b"),
+        options=options,
+        **rules,
     )
     assert (arrow.rows, arrow.sent, arrow.rejected, arrow.sanitized) == (
         plain.rows,
