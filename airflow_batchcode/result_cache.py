@@ -48,6 +48,8 @@ CACHED_COLUMNS = (
 """The outcome a cache row keeps (besides its key and when it was stored)."""
 KEY_COLUMNS = ("service", "topic", "model_id", "text_digest")
 REUSED_TABLE = "batchcode_reused"
+FIRSTS_TABLE = "batchcode_firsts"
+"""SQLite: the run's rows that repeats copy their outcome from (see :meth:`RunFill._fill`)."""
 NO_MODEL = ""
 """The cache key's model for services that name no model (their outcomes are cached under the service's default)."""
 
@@ -150,10 +152,9 @@ class RunFill:
         mark = _placeholder(self.conn)
         self._load(reused, mark)
         inserted = 0
-        if self.cache_table is not None:
-            inserted += self._fill(mark, CACHED)
-        inserted += self._fill(mark, DUPLICATE)
-        self._count(mark, summary)
+        for kind in (CACHED, DUPLICATE) if self.cache_table is not None else (DUPLICATE,):
+            inserted += self._fill(mark, kind)
+            self._count(mark, summary, kind)
         if self.cache_table is not None:
             self._store(mark)
         self.cursor.execute(
@@ -184,43 +185,60 @@ class RunFill:
         while batch := list(itertools.islice(rows, 10_000)):
             self.cursor.executemany(insert, batch)
 
-    def _fill(self, mark: str, kind: str) -> int:
-        """Insert the run's rows of ``kind`` from the cache or from the run's first row with the same texts."""
-        own = {"record_id": "t.record_id", "position": "t.position", "note": "t.note", "recode_of": "NULL"}
+    def _source(self, mark: str, kind: str) -> tuple[str, str, tuple[Any, ...]]:
+        """Where the outcomes of the reused rows ``t`` of ``kind`` are: the ``FROM`` and ``ON`` of a join, and
+        the values of the ``ON``'s placeholders."""
         if kind == CACHED:
-            source, join = (
-                f"{self.cache_table} o",
-                (f"o.service = {mark} AND o.topic = {mark} AND o.model_id = {mark} AND o.text_digest = t.digest"),
+            on = f"o.service = {mark} AND o.topic = {mark} AND o.model_id = {mark} AND o.text_digest = t.digest"
+            return f"{self.cache_table} o", on, self.key.values
+        if mark == "?":
+            return f"{FIRSTS_TABLE} o", "o.position = t.first_position", ()
+        on = f"o.dag_id = {mark} AND o.dag_run_id = {mark} AND o.position = t.first_position"
+        return f"{self.table} o", on, (self.dag_id, self.run_id)
+
+    def _fill(self, mark: str, kind: str) -> int:
+        """Insert the run's rows of ``kind`` from the cache or from the run's first row with the same texts.
+
+        SQLite copies the first rows into a temporary table first: reading the table it inserts into, it
+        would hold every row of the insert aside before writing them (measured on the sample answers'
+        973,100 repeats of 1,874 texts: 1.6 s with the copy against 2.4 s without). PostgreSQL reads a
+        snapshot and needs no copy.
+        """
+        if kind == DUPLICATE and mark == "?":
+            self.cursor.execute(
+                f"CREATE TEMPORARY TABLE {FIRSTS_TABLE} AS SELECT * FROM {self.table} "  # noqa: S608
+                f"WHERE dag_id = ? AND dag_run_id = ? AND position IN "
+                f"(SELECT first_position FROM {REUSED_TABLE} WHERE kind = ?)",
+                (self.dag_id, self.run_id, DUPLICATE),
             )
-            params: tuple[Any, ...] = self.key.values
-            given = {"error": "NULL", "chunk": "NULL", "source": "'cache'"}
-        else:
-            source, join = (
-                f"{self.table} o",
-                f"o.dag_id = {mark} AND o.dag_run_id = {mark} AND o.position = t.first_position",
-            )
-            params = (self.dag_id, self.run_id)
-            given = {}
+            self.cursor.execute(f"CREATE INDEX {FIRSTS_TABLE}_position ON {FIRSTS_TABLE} (position)")
+        own = {"record_id": "t.record_id", "position": "t.position", "note": "t.note", "recode_of": "NULL"}
+        given = {"error": "NULL", "chunk": "NULL", "source": "'cache'"} if kind == CACHED else {}
         expressions = [own.get(name) or given.get(name) or f"o.{name}" for name in COLUMNS]
         columns = (*COLUMNS, "dag_id", "dag_run_id", "loaded_at")
+        source, on, params = self._source(mark, kind)
         self.cursor.execute(
             f"INSERT INTO {self.table} ({', '.join(columns)}) "  # noqa: S608
             f"SELECT {', '.join(expressions)}, {mark}, {mark}, {mark} FROM {REUSED_TABLE} t "
-            f"JOIN {source} ON {join} WHERE t.kind = {mark}",
+            f"JOIN {source} ON {on} WHERE t.kind = {mark}",
             (self.dag_id, self.run_id, self.loaded_at, *params, kind),
         )
         return int(self.cursor.rowcount)
 
-    def _count(self, mark: str, summary: RunSummary) -> None:
-        """Count the filled rows into ``summary``, aggregated in the database."""
+    def _count(self, mark: str, summary: RunSummary, kind: str) -> None:
+        """Count the filled rows of ``kind`` into ``summary``, aggregated in the database.
+
+        The reused rows are grouped by where their outcome is before the join, so it meets each outcome
+        once: 0.28 s against 0.93 s for the sample answers' 973,100 repeats, joined row by row.
+        """
+        source, on, params = self._source(mark, kind)
         bucket = _confidence_bucket_sql("o.code_confidence")
         self.cursor.execute(
-            f"SELECT o.code_status, {bucket}, LENGTH(o.code_category), "  # noqa: S608
-            "CASE WHEN o.note IS NULL OR o.note = '' THEN 0 ELSE 1 END, COUNT(*) "
-            f"FROM {self.table} o JOIN {REUSED_TABLE} t ON t.position = o.position "
-            f"WHERE o.dag_id = {mark} AND o.dag_run_id = {mark} AND t.kind IN ({mark}, {mark}) "
-            "GROUP BY 1, 2, 3, 4",
-            (self.dag_id, self.run_id, CACHED, DUPLICATE),
+            f"SELECT o.code_status, {bucket}, LENGTH(o.code_category), t.noted, SUM(t.n) "  # noqa: S608
+            "FROM (SELECT digest, first_position, CASE WHEN note IS NULL OR note = '' THEN 0 ELSE 1 END AS noted, "
+            f"COUNT(*) AS n FROM {REUSED_TABLE} WHERE kind = {mark} GROUP BY digest, first_position, noted) t "
+            f"JOIN {source} ON {on} GROUP BY 1, 2, 3, 4",
+            (kind, *params),
         )
         for status, bucket_index, code_length, noted, count in self.cursor.fetchall():
             summary.add_counted(status, bucket_index, code_length, bool(noted), int(count))

@@ -20,6 +20,7 @@ from airflow_batchcode.staging import read_reused
 from airflow_batchcode.summary import RunSummary
 from airflow_batchcode.warehouse import TABLE_COLUMNS, prepare_table
 from tests.support import postgres_database
+from tests.unit.test_dedupe import fill_a_mixed_run
 
 KEY = CacheKey("abs", "anzsco", "model-1")
 DISTINCT = 20_000
@@ -72,3 +73,18 @@ def test_the_fill_plans_its_joins_with_the_reused_table_analysed() -> None:
         cursor.execute("SELECT COUNT(*) FROM out_cache")
         assert cursor.fetchone() == (DISTINCT,), "every sent outcome is cached once"
         assert summary.by_status == {"successful": DISTINCT}
+
+
+def test_the_filled_rows_are_counted_as_counting_them_one_by_one_would() -> None:
+    """As the SQLite test of the same name (``tests/unit/test_dedupe.py``), on PostgreSQL."""
+    with (
+        postgres_database() as fields,
+        psycopg.connect(
+            host=fields["host"], port=fields["port"], user=fields["login"], dbname=fields["schema"]
+        ) as conn,
+    ):
+        cursor = conn.cursor()
+        prepare_table(cursor, "out")
+        filled, aggregated, one_by_one = fill_a_mixed_run(conn, cursor, "%s")
+    assert filled == one_by_one.total == 51
+    assert aggregated.to_dict() == one_by_one.to_dict()

@@ -138,3 +138,47 @@ def test_the_load_fills_duplicates_and_cache_rows_and_stores_only_real_outcomes(
     assert stored == {"gp": "op-0", "nurse": "op-1", "teacher": "op-1"}, "errors are never cached"
     assert summary.by_status == {"successful": 2}
     assert summary.confidence["0.9-1.0"] == 1 and summary.confidence["0.7-0.9"] == 1
+
+
+def test_the_filled_rows_are_counted_as_counting_them_one_by_one_would() -> None:
+    """Repeats (some with a repair note of their own) and cache rows of every status, bucket and code length:
+    the aggregated counts of the fill equal :meth:`RunSummary.add` over the rows it inserted."""
+    conn = _db()
+    filled, aggregated, one_by_one = fill_a_mixed_run(conn, conn.cursor(), "?")
+    assert filled == one_by_one.total == 51
+    assert aggregated.to_dict() == one_by_one.to_dict()
+    assert aggregated.sanitized > 0 and aggregated.by_status["error"] > 0 and aggregated.by_status["unsuccessful"] > 0
+
+
+def fill_a_mixed_run(conn: Any, cursor: Any, mark: str) -> tuple[int, RunSummary, RunSummary]:
+    """Fill a run of 56 records (5 sent, 3 texts in the cache, the rest repeats) in ``out`` (made by :func:`_db`
+    or alike); return the rows filled, the fill's counts and the filled rows counted one by one."""
+    cache = ResultCache(conn, "out_cache", KEY)
+    insert = "INSERT INTO out_cache (service, topic, model_id, text_digest, code_status, code_category, "
+    insert += f"code_confidence, occp_text, tasks_text, operation_id) VALUES ({', '.join([mark] * 8)}, '', 'op-0')"
+    for occp, code, confidence in [("gp", "253111", 0.95), ("chef", "3513", 0.55), ("vet", None, None)]:
+        status = "successful" if code else "unsuccessful"
+        cursor.execute(insert, (*KEY.values, text_digest(occp, ""), status, code, confidence, occp))
+    primary = [
+        _row(1, "successful", "nurse", code="254411", confidence=0.8),
+        _row(2, "successful", "cook", code="35", confidence=0.3),
+        _row(3, "successful", "pilot", code="231111"),
+        _row(4, "unsuccessful", "teacher", suggestions="[]"),
+        _row(5, "error", "clerk", error="the service failed the line"),
+    ]
+    cursor.executemany(f"INSERT INTO out ({', '.join(TABLE_COLUMNS)}) VALUES ({', '.join([mark] * 24)})", primary)
+    texts = ["nurse", "cook", "pilot", "teacher", "clerk", "gp", "chef", "vet"] * 7
+    positions = range(1, len(texts) + 1)
+    sink = io.BytesIO()
+    notes = {index: "sanitized: folded whitespace" for index in range(0, len(texts), 3)}
+    TextReuse(sink, dedupe=True, cache=cache, list_sent=True).select(
+        ([f"r{p}" for p in positions], texts, [""] * len(texts), positions, notes)
+    )
+    aggregated = RunSummary()
+    filler = RunFill(conn, cursor, "out", "out_cache", KEY, "dag", "run", "2026-01-01 00:00:00")
+    filled = filler.run(read_reused(sink.getvalue().splitlines()), aggregated)
+    one_by_one = RunSummary()
+    cursor.execute(f"SELECT {', '.join(Row._fields)} FROM out WHERE position > 5")
+    for values in cursor.fetchall():
+        one_by_one.add(Row(*values))
+    return filled, aggregated, one_by_one
