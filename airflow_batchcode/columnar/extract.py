@@ -47,14 +47,21 @@ def extract_chunks(
     sent (:mod:`airflow_batchcode.dedupe`); having listed records already, it cannot start over, so
     with it a SQLite type change is a :class:`~airflow_batchcode.exceptions.ConfigurationError`.
     """
+    if columnar and limits is None:
+        log.info("The service's input rules have no column form: extracting through the DB-API")
     if columnar and limits is not None:
         try:
             with stream_batches(conn_id, sql) as streamed:
                 if streamed is not None:
+                    log.info("Extracting through ADBC into Arrow record batches")
                     columns, batches = streamed
                     return write_batch_chunks(
                         batches, columns, field_map, folder, options=options, limits=limits, rules=rules, reuse=reuse
                     )
+                log.info(
+                    "Connection %r has no ADBC driver here (postgres and sqlite do): extracting through the DB-API",
+                    conn_id,
+                )
         except OSError as exc:  # ADBC's errors; SQLite's column types are only guessed from the first batch
             if _SQLITE_MISMATCH not in str(exc):
                 raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -27,16 +28,19 @@ def _warehouse(tmp_path: Path) -> Path:
     return path
 
 
-def test_a_sqlite_connection_extracts_through_adbc(tmp_path: Path) -> None:
+def test_a_sqlite_connection_extracts_through_adbc(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger=extract.__name__)
     with (
         env_connection("w", {"conn_type": "sqlite", "host": str(_warehouse(tmp_path))}),
         mock.patch.object(extract, "stream_query", side_effect=AssertionError("DB-API path taken")),
     ):
         summary = extract.extract_chunks("w", "SELECT * FROM t", FIELDS, str(tmp_path / "out"))
     assert (summary.sent, summary.rejected) == (1, 1)
+    assert "Extracting through ADBC into Arrow record batches" in caplog.text
 
 
-def test_a_connection_without_a_driver_keeps_the_db_api_path(tmp_path: Path) -> None:
+def test_a_connection_without_a_driver_keeps_the_db_api_path(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger=extract.__name__)
     rows = [("1", "cook", "cooking")]
 
     @contextmanager
@@ -51,6 +55,7 @@ def test_a_connection_without_a_driver_keeps_the_db_api_path(tmp_path: Path) -> 
             assert streamed is None
         summary = extract.extract_chunks("other", "SELECT 1", FIELDS, str(tmp_path / "out"))
     assert summary.sent == 1
+    assert "Connection 'other' has no ADBC driver here" in caplog.text
 
 
 def test_the_postgres_uri_quotes_credentials_and_keeps_libpq_options_only() -> None:
