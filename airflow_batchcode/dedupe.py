@@ -16,12 +16,23 @@ the chance of two different texts sharing one is negligible at any survey's size
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from hashlib import blake2b
 from typing import IO, Any, Protocol
 
 from airflow_batchcode.staging import CACHED, DUPLICATE, REJECTED, SENT, Reused, reused_line
+
+DIGEST_MEMO = 1 << 14
+"""Texts whose digests the extract remembers (least recently seen forgotten first), while texts repeat.
+
+Survey answers repeat: on 1,000,000 of the sample's (1,874 distinct texts), :meth:`TextReuse.choose`
+took 0.54-0.63 s with it against 1.02-1.04 s (the digests alone: 0.08 s against 0.56 s). Where most
+of the first :data:`DIGEST_MEMO` texts are new it is dropped, since looking each text up first costs
+more than hashing it (all-distinct answers: 1.03-1.04 s against 1.01-1.09 s). Full, it holds 3.8 MB
+and keeps its texts alive (about 2.5 MB of the sample's).
+"""
 
 
 def text_digest(occp_text: str, tasks_text: str) -> str:
@@ -72,6 +83,7 @@ class TextReuse:
         self.list_sent = list_sent
         self.counts = ReuseCounts()
         self._first: dict[str, int] = {}
+        self._digest: Callable[[str, str], str] = functools.lru_cache(maxsize=DIGEST_MEMO)(text_digest)
 
     def select(self, batch: Batch, recode_of: Sequence[Any] | None = None) -> Batch:
         """The records of ``batch`` to send; the others are listed. ``recode_of`` (per record) bypasses the cache."""
@@ -91,7 +103,8 @@ class TextReuse:
     def choose(self, batch: Batch, recode_of: Sequence[Any] | None = None) -> list[int] | None:
         """:meth:`select`'s choice as the indexes of the records to send, in order; ``None`` when all are."""
         _, occp, tasks, positions, _ = batch
-        digests = list(map(text_digest, occp, tasks))
+        digests = list(map(self._digest, occp, tasks))
+        self._forget_unless_repeating()
         send: list[int] = []
         look_up: list[int] = []
         lines: list[bytes] = []
@@ -123,6 +136,14 @@ class TextReuse:
                 lines.append(self._line(batch, i, SENT, digests[i], recode_of))
         self.sink.write(b"".join(lines))
         return None if len(send) == len(occp) else send
+
+    def _forget_unless_repeating(self) -> None:
+        """Stop remembering digests once :data:`DIGEST_MEMO` texts have been seen if most were new."""
+        cache_info = getattr(self._digest, "cache_info", None)
+        if cache_info is not None:
+            seen = cache_info()
+            if seen.hits + seen.misses >= DIGEST_MEMO and seen.hits < seen.misses:
+                self._digest = text_digest
 
     def rejected(self, position: int, record_id: str | None, recode_of: Any) -> None:
         """List a record caught by the input rules when it re-codes an earlier run's row (for its ``recode_of``)."""

@@ -7,7 +7,7 @@ import io
 import sqlite3
 from typing import Any
 
-from airflow_batchcode.dedupe import TextReuse, text_digest
+from airflow_batchcode.dedupe import DIGEST_MEMO, TextReuse, text_digest
 from airflow_batchcode.result_cache import LOOKUP_BATCH, CacheKey, ResultCache, RunFill
 from airflow_batchcode.rows import Row
 from airflow_batchcode.staging import CACHED, DUPLICATE, REJECTED, SENT, read_reused
@@ -182,3 +182,15 @@ def fill_a_mixed_run(conn: Any, cursor: Any, mark: str) -> tuple[int, RunSummary
     for values in cursor.fetchall():
         one_by_one.add(Row(*values))
     return filled, aggregated, one_by_one
+
+
+def test_digests_are_remembered_while_texts_repeat_and_forgotten_when_they_do_not() -> None:
+    repeating = TextReuse(io.BytesIO(), dedupe=True, cache=None, list_sent=False)
+    distinct = TextReuse(io.BytesIO(), dedupe=True, cache=None, list_sent=False)
+    batches = range(0, 2 * DIGEST_MEMO, 1000)
+    for start in batches:
+        positions = range(start + 1, start + 1001)
+        repeating.choose((None, [f"job {p % 50}" for p in positions], [""] * 1000, positions, {}))
+        distinct.choose((None, [f"job {p}" for p in positions], [""] * 1000, positions, {}))
+    assert repeating._digest is not text_digest and distinct._digest is text_digest
+    assert (repeating.counts.distinct, distinct.counts.distinct) == (50, 1000 * len(batches))
