@@ -167,8 +167,11 @@ class RunFill:
 
     def _load(self, reused: Iterator[Reused], mark: str) -> None:
         temporary = "ON COMMIT DROP" if mark == "%s" else ""
+        # SQLite: INTEGER PRIMARY KEY is the rowid itself, one b-tree instead of two (BIGINT would get its own index):
+        # 975,000 rows in 1.33-1.38 s against 1.61-1.74 s
+        position = "BIGINT" if mark == "%s" else "INTEGER"
         self.cursor.execute(
-            f"CREATE TEMPORARY TABLE {REUSED_TABLE} (position BIGINT PRIMARY KEY, kind TEXT, digest TEXT, "
+            f"CREATE TEMPORARY TABLE {REUSED_TABLE} (position {position} PRIMARY KEY, kind TEXT, digest TEXT, "
             f"first_position BIGINT, record_id TEXT, note TEXT, recode_of TEXT) {temporary}"
         )
         insert = f"INSERT INTO {REUSED_TABLE} VALUES ({', '.join([mark] * 7)})"  # noqa: S608
