@@ -9,6 +9,8 @@ size when the joins run, and that every reused row gets the right outcome.
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -36,7 +38,9 @@ def _primary_row(position: int) -> tuple[Any, ...]:
     return (*row, "dag", "run", "2026-01-01 00:00:00")
 
 
-def test_the_fill_plans_its_joins_with_the_reused_table_analysed() -> None:
+@contextmanager
+def output_database() -> Iterator[tuple[Any, Any]]:
+    """A connection and cursor to a fresh PostgreSQL database holding an empty output table ``out``."""
     with (
         postgres_database() as fields,
         psycopg.connect(
@@ -46,6 +50,11 @@ def test_the_fill_plans_its_joins_with_the_reused_table_analysed() -> None:
         cursor = conn.cursor()
         prepare_table(cursor, "out")
         cursor.execute("CREATE INDEX ix_out_pos ON out (dag_id, dag_run_id, position)")
+        yield conn, cursor
+
+
+def test_the_fill_plans_its_joins_with_the_reused_table_analysed() -> None:
+    with output_database() as (conn, cursor):
         cache = ResultCache(conn, "out_cache", KEY)
         with cursor.copy(f"COPY out ({', '.join(TABLE_COLUMNS)}) FROM STDIN") as stream:
             for position in range(1, DISTINCT + 1):
@@ -77,14 +86,7 @@ def test_the_fill_plans_its_joins_with_the_reused_table_analysed() -> None:
 
 def test_the_filled_rows_are_counted_as_counting_them_one_by_one_would() -> None:
     """As the SQLite test of the same name (``tests/unit/test_dedupe.py``), on PostgreSQL."""
-    with (
-        postgres_database() as fields,
-        psycopg.connect(
-            host=fields["host"], port=fields["port"], user=fields["login"], dbname=fields["schema"]
-        ) as conn,
-    ):
-        cursor = conn.cursor()
-        prepare_table(cursor, "out")
+    with output_database() as (conn, cursor):
         filled, aggregated, one_by_one = fill_a_mixed_run(conn, cursor, "%s")
     assert filled == one_by_one.total == 51
     assert aggregated.to_dict() == one_by_one.to_dict()
