@@ -429,6 +429,18 @@ def test_create_is_tried_once_and_a_lost_answer_names_the_manifest(
     assert not any(s in message for s in secrets)
 
 
+def test_a_create_refused_with_429_is_tried_again_after_retry_after(storage: S3Sandbox, secrets: list[str]) -> None:
+    """A 429 means the service did not take the request: the create waits and tries again (a 5xx does not)."""
+    with refinery(storage) as server, client_for(server, storage, secrets, max_attempts=5) as client:
+        # seed 1: the first try draws a burst of two 429s, the third try draws no fault
+        faults = {"429_rate": 0.5, "429_burst": 2, "retry_after": 0, "only": "^POST /v1/jobs$", "seed": 1}
+        admin(server, "faults", faults)
+        target = client.create_operation("anzsco", manifest=jsonl_manifest(RECORDS[:2]), name="chunk-8")
+        stats = admin(server, "stats")
+    assert target.operation_id
+    assert stats["faults"] == {"429": 2} and stats["jobs_created"] == {"demo-tenant": 1}
+
+
 def test_secrets_stay_out_of_errors_reprs_logs_and_job_objects(
     storage: S3Sandbox, secrets: list[str], capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:

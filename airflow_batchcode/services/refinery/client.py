@@ -21,6 +21,7 @@ from airflow_batchcode.exceptions import (
     InvalidRequestError,
     NotFoundError,
     OperationFailedError,
+    RateLimitedError,
     ServerError,
     ServiceError,
     TransportError,
@@ -161,7 +162,11 @@ class RefineryClient(_RefineryBase, ApiKeyClient[RefinerySettings]):
         return parse_created(self._create_job(topic, staged))
 
     def _create_job(self, topic: str, staged: StagedInput) -> Any:
-        """``POST /v1/jobs`` once: a job is paid work, so an answer that may have been lost is not retried.
+        """``POST /v1/jobs``: a job is paid work, so an answer that may have been lost is not retried.
+
+        Only a 429 is tried again (after its ``Retry-After``): the service refused the request before
+        doing it. Refinery documents retries for exports and status polls only, so a 5xx is taken as an
+        unknown outcome, like a time-out.
 
         :raises CreateOutcomeUnknownError: time-out, broken connection or 5xx; names the manifest.
         """
@@ -170,7 +175,13 @@ class RefineryClient(_RefineryBase, ApiKeyClient[RefinerySettings]):
             with self._service_errors(what):
                 request = self.job_request(topic, staged)
                 url = self._url("/v1/jobs")
-                body = self._once.api_json("POST", url, headers=self._headers, what=what, json=request)
+                body = self._http.retrying(
+                    lambda: self._once.api_json("POST", url, headers=self._headers, what=what, json=request),
+                    what=what,
+                    idempotent=False,
+                    handled=(RateLimitedError,),
+                    rate_limited=True,
+                )
         except (TransportError, ServerError) as exc:
             raise CreateOutcomeUnknownError(
                 f"Refinery {what} for manifest {redact_url(staged.url)} got no usable answer ({exc}). "
