@@ -4,14 +4,14 @@
 (server-side cursors where the driver has them, psycopg 3's chunked stream where libpq allows),
 never holding the result set whole. The output table is created when missing; loading a run
 deletes that run's earlier rows and inserts the new ones in one transaction, so re-running or
-clearing a run never duplicates. PostgreSQL gets ``COPY FROM STDIN``; other databases get
-batched ``executemany``.
+clearing a run never duplicates. PostgreSQL gets ``COPY FROM STDIN`` (:mod:`airflow_batchcode.pg_copy`);
+other databases get batched ``executemany``. A row of the output table is a :class:`Row` and the
+loader's three columns (:data:`TABLE_COLUMNS`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import itertools
 import os
 import re
@@ -21,11 +21,10 @@ from functools import partial
 from typing import Any, NamedTuple
 
 from airflow_batchcode.exceptions import ConfigurationError, PartialLoadError
+from airflow_batchcode.pg_copy import RowLoader, TableRow, copy_blocks, row_copier
 from airflow_batchcode.rows import COLUMNS, Row
 
 TABLE_COLUMNS = (*COLUMNS, "dag_id", "dag_run_id", "loaded_at")
-TableRow = tuple[Any, ...]
-"""A row of the output table: a :class:`Row` and the loader's three columns."""
 COLUMN_TYPES = {
     "position": "BIGINT",
     "code_confidence": "DOUBLE PRECISION",
@@ -290,28 +289,14 @@ def _insert_staged(cursor: Any, table: str, staged: Staged) -> int:
 
 def _copy_csv(conn: Any, cursor: Any, table: str, blocks: Iterable[bytes]) -> int:
     """``COPY`` CSV ``blocks`` into ``table`` (not committed); return the rows copied."""
-    return _copy_blocks(conn, cursor, f"COPY {table} ({', '.join(TABLE_COLUMNS)}) FROM STDIN (FORMAT csv)", blocks)
-
-
-def _copy_blocks(conn: Any, cursor: Any, statement: str, blocks: Iterable[bytes]) -> int:
-    """Run a ``COPY ... FROM STDIN`` with ``blocks`` as its data (psycopg 3 or psycopg2); return the rows copied."""
-    module = type(conn).__module__
-    if module.startswith("psycopg2"):
-        cursor.copy_expert(statement, _BlockStream(blocks), size=1 << 20)
-    elif module.startswith("psycopg"):
-        with cursor.copy(statement) as copy:
-            for block in blocks:
-                copy.write(block)
-    else:
-        raise ConfigurationError(f"COPY needs a psycopg connection, not {module}")
-    return int(cursor.rowcount)
+    return copy_blocks(conn, cursor, f"COPY {table} ({', '.join(TABLE_COLUMNS)}) FROM STDIN (FORMAT csv)", blocks)
 
 
 def _is_sqlite(conn: Any) -> bool:
     return type(conn).__module__.startswith("sqlite3")
 
 
-def _executemany_loader(cursor: Any, table: str, placeholder: str) -> Callable[[Iterable[TableRow]], int]:
+def _executemany_loader(cursor: Any, table: str, placeholder: str) -> RowLoader:
     values = ", ".join([placeholder] * len(TABLE_COLUMNS))
     statement = f"INSERT INTO {table} ({', '.join(TABLE_COLUMNS)}) VALUES ({values})"  # noqa: S608
 
@@ -326,125 +311,6 @@ def _executemany_loader(cursor: Any, table: str, placeholder: str) -> Callable[[
     return load
 
 
-def _copy_loader(conn: Any, cursor: Any, table: str) -> Callable[[Iterable[TableRow]], int] | None:
+def _copy_loader(conn: Any, cursor: Any, table: str) -> RowLoader | None:
     """``COPY ... FROM STDIN`` for psycopg 3 and psycopg2; ``None`` for other drivers."""
-    module = type(conn).__module__
-    statement = f"COPY {table} ({', '.join(TABLE_COLUMNS)}) FROM STDIN"
-    if module.startswith("psycopg2"):
-
-        def load_psycopg2(rows: Iterable[TableRow]) -> int:
-            return _copy_blocks(conn, cursor, statement, _text_blocks(rows))
-
-        return load_psycopg2
-    if module.startswith("psycopg"):
-
-        def load_psycopg(rows: Iterable[TableRow]) -> int:
-            count = 0
-            with cursor.copy(statement) as copy:
-                write = copy.write_row
-                for count, row in enumerate(rows, 1):  # noqa: B007
-                    write(row)
-            return count
-
-        return load_psycopg
-    return None
-
-
-class _BlockStream(io.RawIOBase):
-    """A readable file over blocks of bytes, for psycopg2's ``copy_expert``."""
-
-    def __init__(self, blocks: Iterable[bytes]) -> None:
-        self._blocks: Iterator[bytes] = iter(blocks)
-        self._buffer = bytearray()
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        while size < 0 or len(self._buffer) < size:
-            block = next(self._blocks, None)
-            if block is None:
-                break
-            self._buffer += block
-        if size < 0 or size >= len(self._buffer):
-            out = bytes(self._buffer)
-            self._buffer.clear()
-            return out
-        out = bytes(self._buffer[:size])
-        del self._buffer[:size]
-        return out
-
-
-def _text_blocks(rows: Iterable[TableRow]) -> Iterator[bytes]:
-    """``rows`` in COPY's text format (``\\N`` for NULL), :data:`BATCH_ROWS` a block."""
-    source = iter(rows)
-    while batch := list(itertools.islice(source, BATCH_ROWS)):
-        block = _copy_block(batch)
-        if block is None:
-            block = "".join("\t".join(map(_copy_text, row)) + "\n" for row in batch)
-        yield block.encode()
-
-
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-
-
-def _copy_text(value: Any) -> str:
-    if value is None:
-        return "\\N"
-    if isinstance(value, datetime):
-        return value.isoformat(sep=" ")
-    return str(value).translate(_COPY_ESCAPES)
-
-
-_NULL_TEXT = "\\N"
-_CONSTANT_TYPES = (str, type(None), datetime)
-_NUMBER_TYPES = {int, float}
-
-
-def _copy_block(rows: list[TableRow]) -> str | None:
-    """``rows`` in COPY's text format, built a column at a time (as :func:`_copy_text` would, value by value).
-
-    A join of :func:`_copy_text` per row costs 10-12 µs for our 22 columns; here each column
-    is checked and converted whole with built-ins, columns with one value throughout (topic,
-    run, load time...) are written once, and a row is one ``str.join``: about 4 µs. (psycopg
-    3's own ``write_row``, in C, is faster still: that path keeps it.) ``None`` when a column
-    holds a type other than text, numbers, ``NULL`` or one repeated ``datetime``: those rows
-    are formatted value by value.
-    """
-    if len(set(map(len, rows))) != 1:
-        return None
-    columns: list[list[str]] = []
-    constant: str | None = None  # a run of columns with one value each, joined
-    for values in zip(*rows, strict=True):
-        first = values[0]
-        if type(first) in _CONSTANT_TYPES and values.count(first) == len(values):
-            text = _copy_text(first)
-            constant = text if constant is None else f"{constant}\t{text}"
-            continue
-        if constant is not None:
-            columns.append([constant] * len(rows))
-            constant = None
-        texts = _copy_column(values)
-        if texts is None:
-            return None
-        columns.append(texts)
-    if constant is not None:
-        columns.append([constant] * len(rows))
-    return "\n".join(map("\t".join, zip(*columns, strict=True))) + "\n"
-
-
-def _copy_column(values: tuple[Any, ...]) -> list[str] | None:
-    """One column of texts and NULLs, or of numbers and NULLs, in COPY's text format (else ``None``)."""
-    nulls = values.count(None)
-    texts = [_NULL_TEXT if value is None else value for value in values] if nulls else list(values)
-    try:
-        joined = "".join(texts)
-    except TypeError:
-        kinds = set(map(type, values)) - {type(None)}
-        if not kinds <= _NUMBER_TYPES:
-            return None
-        return [_NULL_TEXT if value is None else str(value) for value in values] if nulls else list(map(str, values))
-    # every NULL brings one backslash; any other, or a tab or line break, needs escaping
-    if joined.count("\\") != nulls or "\t" in joined or "\n" in joined or "\r" in joined:
-        return [_NULL_TEXT if value is None else value.translate(_COPY_ESCAPES) for value in values]
-    return texts
+    return row_copier(conn, cursor, f"COPY {table} ({', '.join(TABLE_COLUMNS)}) FROM STDIN", batch_rows=BATCH_ROWS)

@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 
 from airflow_batchcode.manifests import ChunkOptions, manifest_lines, write_chunks
 from airflow_batchcode.normalise.abs import chunk_rows, normalise
+from airflow_batchcode.pg_copy import copy_block, copy_text
 from airflow_batchcode.rows import Row, Stamp
 from airflow_batchcode.services.abs import order
-from airflow_batchcode.warehouse import _copy_block, _copy_text
 
 PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 TEXT = st.text(max_size=40)
@@ -107,8 +107,8 @@ def test_chunks_hold_the_same_lines_however_they_are_cut(
 
 
 def slow_copy(rows: list[tuple[Any, ...]]) -> str:
-    """:func:`_copy_text` value by value, joined row by row."""
-    return "".join("\t".join(map(_copy_text, row)) + "\n" for row in rows)
+    """:func:`copy_text` value by value, joined row by row."""
+    return "".join("\t".join(map(copy_text, row)) + "\n" for row in rows)
 
 
 LOADED_AT = datetime(2026, 1, 2, 3, 4, 5, 678)
@@ -131,7 +131,7 @@ VALUES = st.one_of(
     ],
 )
 def test_copy_block_examples(rows: list[tuple[Any, ...]]) -> None:
-    assert _copy_block(rows) == slow_copy(rows)
+    assert copy_block(rows) == slow_copy(rows)
 
 
 @st.composite
@@ -158,14 +158,14 @@ def table(draw: Any, kinds_allowed: tuple[str, ...] = ("text", "number", "mixed"
 @PROPERTY
 @given(table())
 def test_copy_block_equals_copy_text_value_by_value(rows: list[tuple[Any, ...]]) -> None:
-    block = _copy_block(rows)
+    block = copy_block(rows)
     assert block is None or block == slow_copy(rows)
 
 
 @PROPERTY
 @given(table(("text", "number", "constant")))
 def test_copy_block_takes_columns_of_text_numbers_and_nulls(rows: list[tuple[Any, ...]]) -> None:
-    assert _copy_block(rows) == slow_copy(rows)
+    assert copy_block(rows) == slow_copy(rows)
 
 
 # the ABS output decoder --------------------------------------------------------------------------
