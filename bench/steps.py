@@ -33,33 +33,46 @@ def extract(conn_id: str, sql: str, folder: str, chunk_records: int, columnar: b
     return {"seconds": time.perf_counter() - started, "summary": summary.to_xcom()}
 
 
-def upload(manifest: str, target: dict[str, str]) -> dict[str, Any]:
-    """``upload_manifest`` through the hook's client, as ``UploadManifestOperator`` does."""
+def _start_at(moment: float | None) -> float:
+    """Sleep until ``moment`` (wall clock) when given; return how late this process got there (s)."""
+    if moment is None:
+        return 0.0
+    time.sleep(max(0.0, moment - time.time()))
+    return max(0.0, time.time() - moment)
+
+
+def upload(manifest: str, target: dict[str, str], start_at: float | None = None) -> dict[str, Any]:
+    """``upload_manifest`` through the hook's client, as ``UploadManifestOperator`` does (from ``start_at``)."""
     from airflow_batchcode.hooks.batchcode import BatchCodeHook
     from airflow_batchcode.services.base import UploadTarget
     from airflow_batchcode.storage import open_for_reading
 
     client = BatchCodeHook("batchcode_default").client
-    started = time.perf_counter()
+    late = _start_at(start_at)
+    started, cpu = time.perf_counter(), time.process_time()
     with open_for_reading(manifest) as source:
         sent = client.upload_manifest(UploadTarget(**target), source)
-    return {"seconds": time.perf_counter() - started, "bytes": sent}
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    return {"seconds": seconds, "cpu_seconds": cpu, "late_s": late, "bytes": sent}
 
 
-def download(operation_id: str, destination: str, atomic: bool = True) -> dict[str, Any]:
-    """Fresh URL from the status call, then ``download`` into the file (atomically, as the operator does)."""
+def download(operation_id: str, destination: str, atomic: bool = True, start_at: float | None = None) -> dict[str, Any]:
+    """Fresh URL from the status call, then ``download`` into the file (atomically, as the operator does),
+    from ``start_at``."""
     from airflow_batchcode.hooks.batchcode import BatchCodeHook
     from airflow_batchcode.storage import write_atomically
 
     client: Any = BatchCodeHook("batchcode_default").client  # the ABS client: ``download`` is its own
     url = str(client.get_operation(operation_id, TOPIC).response_url)
-    started = time.perf_counter()
+    late = _start_at(start_at)
+    started, cpu = time.perf_counter(), time.process_time()
     if atomic:
         size = write_atomically(destination, lambda sink: client.download(url, sink))
     else:
         with open(destination, "wb") as sink:
             size = client.download(url, sink)
-    return {"seconds": time.perf_counter() - started, "bytes": size}
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    return {"seconds": seconds, "cpu_seconds": cpu, "late_s": late, "bytes": size}
 
 
 def load(
