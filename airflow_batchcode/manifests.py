@@ -5,27 +5,25 @@ checked against the service's input rules (or sanitised, when asked), and are wr
 chunks that close at ``chunk_records`` records or before ``max_chunk_bytes``. Each chunk has
 a sidecar index holding every line's position in the extract, so results map back one-to-one
 even when record ids repeat. Records the service would reject are not sent: they go to
-``rejected.jsonl`` with the reason.
+``rejected.jsonl`` with the reason. The lines themselves are built by
+:mod:`airflow_batchcode.manifest_json`.
 """
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import dataclasses
 import hashlib
 import itertools
-import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import IO, Any
 
-import msgspec
-
 from airflow_batchcode.chunks import Chunk, ExtractSummary
 from airflow_batchcode.dedupe import TextReuse
 from airflow_batchcode.exceptions import ConfigurationError
+from airflow_batchcode.manifest_json import manifest_lines, may_need_escaping, needs_no_escaping
 from airflow_batchcode.records import Checked, as_text
 from airflow_batchcode.services.rules import ABS_RULES, InputRules
 from airflow_batchcode.staging import ChunkPaths, Rejected, position_line, position_lines, rejected_line, rejects_path
@@ -37,11 +35,7 @@ DEFAULT_MAX_CHUNK_BYTES = ABS_MAX_BYTES - 64 * 1024**2
 BATCH_ROWS = 10_000
 """Records validated and encoded together: the rules and the JSON encoder work a column or a batch at a time."""
 WRITE_BUFFER = 1 << 20
-_encode = msgspec.json.Encoder().encode
-_ESCAPED = re.compile(r"[^\x20\x21\x23-\x5b\x5d-\x7e]")
 """Characters a JSON string does not hold as they are: quote, backslash, controls, and (for speed) non-ASCII."""
-_WITH_ID = ('{"recordId":"', None, '","occp_text":"', None, '","tasks_text":"', None, '"}\n')
-_WITHOUT_ID = ('{"occp_text":"', None, '","tasks_text":"', None, '"}\n')
 
 
 @dataclass(frozen=True)
@@ -225,55 +219,6 @@ class ChunkWriter:
         self._stack = self._lines = self._positions = None
 
 
-def manifest_lines(
-    ids: list[str] | None, occp: list[str], tasks: list[str], plain: tuple[bool, bool, bool] = (False, False, False)
-) -> bytes:
-    """JSONL manifest lines ``{"recordId", "occp_text", "tasks_text"}`` for columns of texts, built a batch at once.
-
-    Byte for byte what ``msgspec.json.encode`` gives each record, at a fraction of the cost:
-    the lines are the texts interleaved with the fixed JSON between them, and only the few
-    texts that need escaping go through the encoder. ``plain`` tells which columns are known
-    to need none (printable ASCII without quotes or backslashes).
-    """
-    parts: list[str | None]
-    if ids is None:
-        parts = list(_WITHOUT_ID) * len(occp)
-        parts[1::5] = occp if plain[1] else _json_strings(occp)
-        parts[3::5] = tasks if plain[2] else _json_strings(tasks)
-    else:
-        parts = list(_WITH_ID) * len(occp)
-        parts[1::7] = ids if plain[0] else _json_strings(ids)
-        parts[3::7] = occp if plain[1] else _json_strings(occp)
-        parts[5::7] = tasks if plain[2] else _json_strings(tasks)
-    return "".join(parts).encode()  # type: ignore[arg-type]  # every None is filled in above
-
-
-def _plain(joined: str) -> bool:
-    """True when text needs no JSON escaping: printable ASCII without quotes or backslashes."""
-    return joined.isascii() and joined.isprintable() and '"' not in joined and "\\" not in joined
-
-
-def _quoted(joined: str, ascii_only: bool) -> bool:
-    """Whether texts may need JSON escaping: quotes or backslashes, and (unless the rules keep
-    them to printable ASCII) control characters."""
-    if '"' in joined or "\\" in joined:
-        return True
-    return not ascii_only and not joined.isprintable()
-
-
-def _json_strings(texts: list[str]) -> list[str]:
-    """``texts`` as they read between the quotes of a JSON string (escaped only where they need it)."""
-    joined = "".join(texts)
-    if _plain(joined):
-        return texts
-    ends = list(itertools.accumulate(map(len, texts)))
-    escape = {bisect.bisect_right(ends, match.start()) for match in _ESCAPED.finditer(joined)}
-    texts = list(texts)
-    for i in escape:
-        texts[i] = _encode(texts[i])[1:-1].decode()
-    return texts
-
-
 def _column(values: list[Any]) -> tuple[list[str], str]:
     """A column as text (see :func:`as_text`; ``NULL``s are replaced in place) and its concatenation."""
     with contextlib.suppress(TypeError):
@@ -417,7 +362,7 @@ def write_chunks(
             positions: Sequence[int] = range(first, position + 1)
             dropped: list[int] = []
             notes: dict[int, str] = {}
-            quoted = _quoted(occp_joined, rules.ascii_only), _quoted(tasks_joined, rules.ascii_only)
+            quoted = may_need_escaping(occp_joined, rules.ascii_only), may_need_escaping(tasks_joined, rules.ascii_only)
             for i in suspects(occp, tasks, (occp_joined, tasks_joined)):
                 checked = rule(occp[i], tasks[i])
                 if checked.note:
@@ -443,7 +388,7 @@ def write_chunks(
                 recode = _without(recode, dropped) if recode is not None else None
             if reuse is not None:
                 ids, occp, tasks, positions, notes = reuse.select((ids, occp, tasks, positions, notes), recode)
-            plain = (ids is not None and _plain(ids_joined), not quoted[0], not quoted[1])
+            plain = (ids is not None and needs_no_escaping(ids_joined), not quoted[0], not quoted[1])
             writer.write_batch(ids, occp, tasks, positions, notes, plain)
             summary.sent += len(occp)
             summary.rejected += len(dropped)

@@ -19,7 +19,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from airflow_batchcode.manifests import ChunkOptions, manifest_lines, write_chunks
+from airflow_batchcode.manifest_json import manifest_lines
+from airflow_batchcode.manifests import ChunkOptions, write_chunks
 from airflow_batchcode.normalise.abs import chunk_rows, normalise
 from airflow_batchcode.pg_copy import copy_block, copy_text
 from airflow_batchcode.rows import Row, Stamp
