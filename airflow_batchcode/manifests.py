@@ -23,7 +23,7 @@ from typing import IO, Any
 from airflow_batchcode.chunks import Chunk, ExtractSummary
 from airflow_batchcode.dedupe import TextReuse
 from airflow_batchcode.exceptions import ConfigurationError
-from airflow_batchcode.manifest_json import manifest_lines, may_need_escaping, needs_no_escaping
+from airflow_batchcode.manifest_json import manifest_lines
 from airflow_batchcode.records import Checked, as_text
 from airflow_batchcode.services.rules import ABS_RULES, InputRules
 from airflow_batchcode.staging import ChunkPaths, Rejected, position_line, position_lines, rejected_line, rejects_path
@@ -148,9 +148,8 @@ class ChunkWriter:
         tasks: list[str],
         positions: Sequence[int],
         notes: Mapping[int, str],
-        plain: tuple[bool, bool, bool] = (False, False, False),
     ) -> None:
-        """Write many records at once, encoded together (see :func:`manifest_lines` for ``plain``).
+        """Write many records at once, encoded together (:func:`~airflow_batchcode.manifest_json.manifest_lines`).
 
         ``notes`` maps an index of the batch to its note.
         """
@@ -160,7 +159,7 @@ class ChunkWriter:
                 self._roll()
             assert self._lines is not None and self._positions is not None
             end = min(total, start + self.chunk_records - self._count)
-            blob = manifest_lines(ids[start:end] if ids is not None else None, occp[start:end], tasks[start:end], plain)
+            blob = manifest_lines(ids[start:end] if ids is not None else None, occp[start:end], tasks[start:end])
             if self._bytes + len(blob) > self.max_bytes:
                 for i in range(start, end):  # the byte limit falls in this run: roll over line by line
                     line = manifest_lines([ids[i]] if ids is not None else None, [occp[i]], [tasks[i]])
@@ -356,13 +355,12 @@ def write_chunks(
         while batch := list(itertools.islice(source, BATCH_ROWS)):
             occp, occp_joined = _column(list(map(occp_of, batch)))
             tasks, tasks_joined = _column(list(map(tasks_of, batch)))
-            ids, ids_joined = _column(list(map(rid_of, batch))) if rid_of is not None else (None, "")
+            ids = _column(list(map(rid_of, batch)))[0] if rid_of is not None else None
             recode = [row[recode_at] for row in batch] if recode_at is not None else None
             first, position = position + 1, position + len(batch)
             positions: Sequence[int] = range(first, position + 1)
             dropped: list[int] = []
             notes: dict[int, str] = {}
-            quoted = may_need_escaping(occp_joined, rules.ascii_only), may_need_escaping(tasks_joined, rules.ascii_only)
             for i in suspects(occp, tasks, (occp_joined, tasks_joined)):
                 checked = rule(occp[i], tasks[i])
                 if checked.note:
@@ -371,7 +369,6 @@ def write_chunks(
                     occp[i], tasks[i] = checked.occp_text, checked.tasks_text
                     if checked.note:
                         notes[i - len(dropped)] = checked.note
-                        quoted = (True, True)
                     continue
                 dropped.append(i)
                 record_id = ids[i] if ids is not None else None
@@ -388,8 +385,7 @@ def write_chunks(
                 recode = _without(recode, dropped) if recode is not None else None
             if reuse is not None:
                 ids, occp, tasks, positions, notes = reuse.select((ids, occp, tasks, positions, notes), recode)
-            plain = (ids is not None and needs_no_escaping(ids_joined), not quoted[0], not quoted[1])
-            writer.write_batch(ids, occp, tasks, positions, notes, plain)
+            writer.write_batch(ids, occp, tasks, positions, notes)
             summary.sent += len(occp)
             summary.rejected += len(dropped)
     return run.summary

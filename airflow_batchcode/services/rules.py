@@ -41,21 +41,19 @@ class InputRules:
     :param check: a record's texts → :class:`~airflow_batchcode.records.Checked` (never changes them).
     :param sanitize: a record's texts → repaired texts that pass ``check``, or the reason they cannot.
     :param suspects: a batch's two text columns → indexes of every record ``check`` may reject.
-    :param ascii_only: whether texts that pass are printable ASCII (lets the manifest writer skip escaping).
     """
 
     name: str
     check: Rule
     sanitize: Rule
     suspects: Suspects
-    ascii_only: bool
 
     def __post_init__(self) -> None:
         if not self.name:
             raise ConfigurationError("input rules need a name")
 
 
-ABS_RULES = InputRules("ABS (printable ASCII, 300 characters)", records.check, records.sanitize, records.suspects, True)
+ABS_RULES = InputRules("ABS (printable ASCII, 300 characters)", records.check, records.sanitize, records.suspects)
 
 
 def _utf8_check(limit: int, occp_text: str, tasks_text: str) -> Checked:
@@ -112,7 +110,6 @@ def utf8_rules(limit: int) -> InputRules:
         partial(_utf8_check, limit),
         partial(_utf8_sanitize, limit),
         partial(_utf8_suspects, limit),
-        False,
     )
 
 
