@@ -12,6 +12,11 @@ One ``encode_lines`` call over ``msgspec.Struct`` records is the fastest way mea
   the texts that need escaping through the encoder): 1.0-1.2 ms on printable ASCII answers, and
   3.0-3.2 ms on the messy sample, where finding the 1 % of texts that need escaping was most of
   the cost.
+
+The records are not tracked by the garbage collector (``gc=False``: they hold only strings, so
+they can be in no cycle). In the extract of 1,000,000 rows, a million tracked records set off
+collections that cost 10 % more: 0.095-0.105 s of lines against 0.083-0.093 s untracked (and
+0.084-0.129 s for the hand-built lines, on the same rows).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import msgspec
 _encode_lines = msgspec.json.Encoder().encode_lines
 
 
-class _Line(msgspec.Struct):
+class _Line(msgspec.Struct, gc=False):
     """A manifest line; its fields are the service's input names, in the order the service documents."""
 
     recordId: str  # the service's field name
@@ -29,7 +34,7 @@ class _Line(msgspec.Struct):
     tasks_text: str
 
 
-class _LineWithoutId(msgspec.Struct):
+class _LineWithoutId(msgspec.Struct, gc=False):
     """A manifest line of an extract without record ids."""
 
     occp_text: str
