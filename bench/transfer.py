@@ -176,7 +176,7 @@ def figure_transfer(
                 ours,
                 "MB/s",
                 f"curl {fmt(curl)} MB/s, {fmt(nbytes / 1e6)} MB over loopback; each transfer starts "
-                f"{fmt(START_AFTER)} s after the one before (ours up to {fmt(max(late[direction]))} s late)",
+                f"{fmt(START_AFTER)} s after the one before (ours at most {max(late[direction]) * 1000:.1f} ms late)",
                 details={
                     "ours_s": times["ours"],
                     "curl_s": times["curl"],
