@@ -35,7 +35,6 @@ DEFAULT_MAX_CHUNK_BYTES = ABS_MAX_BYTES - 64 * 1024**2
 BATCH_ROWS = 10_000
 """Records validated and encoded together: the rules and the JSON encoder work a column or a batch at a time."""
 WRITE_BUFFER = 1 << 20
-"""Characters a JSON string does not hold as they are: quote, backslash, controls, and (for speed) non-ASCII."""
 
 
 @dataclass(frozen=True)
