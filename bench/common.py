@@ -245,6 +245,12 @@ def child_main(functions: dict[str, Callable[..., dict[str, Any]]]) -> None:
     print(json.dumps(result), flush=True)
 
 
+def sleep_until(moment: float) -> float:
+    """Sleep until ``moment`` (wall clock, so parent and child agree on it); return how late we got there (s)."""
+    time.sleep(max(0.0, moment - time.time()))
+    return max(0.0, time.time() - moment)
+
+
 def best(times: list[float]) -> float:
     """The fastest of repeated timings: background load only ever adds time."""
     return min(times)

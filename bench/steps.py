@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from bench.common import FIELD_MAP, TOPIC, child_main
+from bench.common import FIELD_MAP, TOPIC, child_main, sleep_until
 
 OUTPUT_TABLE = "coded_bench"
 
@@ -33,14 +33,6 @@ def extract(conn_id: str, sql: str, folder: str, chunk_records: int, columnar: b
     return {"seconds": time.perf_counter() - started, "summary": summary.to_xcom()}
 
 
-def _start_at(moment: float | None) -> float:
-    """Sleep until ``moment`` (wall clock) when given; return how late this process got there (s)."""
-    if moment is None:
-        return 0.0
-    time.sleep(max(0.0, moment - time.time()))
-    return max(0.0, time.time() - moment)
-
-
 def upload(manifest: str, target: dict[str, str], start_at: float | None = None) -> dict[str, Any]:
     """``upload_manifest`` through the hook's client, as ``UploadManifestOperator`` does (from ``start_at``)."""
     from airflow_batchcode.hooks.batchcode import BatchCodeHook
@@ -48,7 +40,7 @@ def upload(manifest: str, target: dict[str, str], start_at: float | None = None)
     from airflow_batchcode.storage import open_for_reading
 
     client = BatchCodeHook("batchcode_default").client
-    late = _start_at(start_at)
+    late = sleep_until(start_at) if start_at is not None else 0.0
     started, cpu = time.perf_counter(), time.process_time()
     with open_for_reading(manifest) as source:
         sent = client.upload_manifest(UploadTarget(**target), source)
@@ -64,7 +56,7 @@ def download(operation_id: str, destination: str, atomic: bool = True, start_at:
 
     client: Any = BatchCodeHook("batchcode_default").client  # the ABS client: ``download`` is its own
     url = str(client.get_operation(operation_id, TOPIC).response_url)
-    late = _start_at(start_at)
+    late = sleep_until(start_at) if start_at is not None else 0.0
     started, cpu = time.perf_counter(), time.process_time()
     if atomic:
         size = write_atomically(destination, lambda sink: client.download(url, sink))

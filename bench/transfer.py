@@ -25,6 +25,7 @@ from bench.common import (
     child,
     fmt,
     seed_sqlite,
+    sleep_until,
     sqlite_connection,
     wait_complete,
 )
@@ -93,10 +94,6 @@ def curl_get(url: str, destination: Path) -> tuple[float, int, float]:
     return _curl(["-o", str(destination), url])
 
 
-def _sleep_until(moment: float) -> None:
-    time.sleep(max(0.0, moment - time.time()))
-
-
 def _target(target: Any) -> dict[str, str]:
     return {"operation_id": target.operation_id, "upload_url": target.upload_url, "kms_key_arn": target.kms_key_arn}
 
@@ -110,7 +107,7 @@ def figure_transfer(
     upload's operation complete), ours and curl's alike: ours is a fresh Python process that needs
     2-4 s to import Airflow and build the hook, and the emulator received the same gigabyte 2-3x
     more slowly 4 s after its last work than at once (curl alone, best of 4: 0.89 s against 0.38 s),
-    so starting curl at once and ours seconds later compared two different servers.
+    so starting curl at once and ours seconds later timed ours in the slower condition.
 
     Beside the throughput, each side's own CPU time per transfer (user and system, the child's
     timed window and curl's whole process), which does not depend on how busy the server is.
@@ -128,7 +125,7 @@ def figure_transfer(
             target = client.create_operation(TOPIC)
             start_at = time.time() + START_AFTER
             if who == "curl":
-                _sleep_until(start_at)
+                sleep_until(start_at)
                 seconds, cpu = curl_put(manifest, target)
             else:
                 arguments = {"manifest": str(manifest), "target": _target(target), "start_at": start_at}
@@ -149,7 +146,7 @@ def figure_transfer(
             start_at = time.time() + START_AFTER
             if who == "curl":
                 url = str(client.get_operation(operations[0], TOPIC).response_url)
-                _sleep_until(start_at)
+                sleep_until(start_at)
                 seconds, downloaded, cpu = curl_get(url, out)
             else:
                 arguments = {
