@@ -7,30 +7,24 @@ Each subcommand is one ``_add_<name>(subparsers)`` function that registers its p
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from airflow_batchcode.exceptions import MissingExtraError
 from airflow_batchcode.extras import require
 
-_SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "B": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4}
 
+def _argument_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """``parse`` for argparse: its ``ValueError`` becomes the flag's error message."""
 
-def _size(text: str) -> int:
-    """``5368709120``, ``5GiB``, ``500MB`` or ``100k`` → bytes."""
-    match = _SIZE.match(text)
-    if match is None:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r}")
-    number, unit = int(match.group(1)), (match.group(2) or "").upper()
-    binary = "I" in unit
-    base = _UNITS[unit[:1] if unit else ""]
-    if binary:
-        base = 1024 ** {"K": 1, "M": 2, "G": 3, "T": 4}[unit[0]]
-    return number * base
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
@@ -54,10 +48,10 @@ def _client(text: str) -> tuple[str, str]:
 
 def _add_emulator(subparsers: Any, summary: str) -> None:
     from airflow_batchcode.emulator.config import EmulatorConfig
+    from airflow_batchcode.emulator.flags import API_KEYS, GROUPS, flagged
     from airflow_batchcode.emulator.server import EMULATED_SERVICES
     from airflow_batchcode.services.catalogue import DEFAULT_SERVICE, spec_for
 
-    d = EmulatorConfig()
     specs = [spec_for(name) for name in EMULATED_SERVICES]
     p = subparsers.add_parser(
         "emulator",
@@ -77,70 +71,25 @@ def _add_emulator(subparsers: Any, summary: str) -> None:
         metavar="ID:SECRET",
         help="an OAuth2 client (repeatable; default demo-client:demo-secret)",
     )
-    _settings(
-        p.add_argument_group("auth and limits"),
-        d,
-        token_ttl="access token lifetime (s)",  # noqa: S106 (help text, not a token)
-        token_limit="tokens per client per hour (0 = no limit)",  # noqa: S106
-        rate_limit="API requests/s per client (0 = off)",
-        daily_quota="API requests per client per day (0 = off)",
-        quota_window="quota window (s; 86400 = UTC days)",
-    )
-    _settings(
-        p.add_argument_group("operations and storage"),
-        d,
-        url_ttl="presigned URL lifetime (s)",
-        awaiting_timeout="wait for input (s)",
-        processing_delay="minimum in_progress (s)",
-        processing_workers="coding threads",
-        retention="output kept after completion (s)",
-        max_upload_bytes="largest input file",
-        data_dir="keep files here (default: a temporary dir, deleted on exit)",
-        public_url="origin put into presigned URLs (default: as called)",
-    )
-    g = p.add_argument_group(f"API-key services ({', '.join(spec.name for spec in specs if not spec.uses_login)})")
-    g.add_argument(
+    groups = {title: p.add_argument_group(title) for title in GROUPS}
+    groups[API_KEYS].title = f"{API_KEYS} ({', '.join(spec.name for spec in specs if not spec.uses_login)})"
+    groups[API_KEYS].add_argument(
         "--api-key",
         action="append",
         type=_client,
         metavar="KEY:TENANT",
         help="an API key and its tenant (repeatable; default demo-key:demo-tenant and other-key:other-tenant)",
     )
-    _settings(
-        g,
-        d,
-        record_failure_rate="share of records the service fails on its own (partial failures)",
-        s3_endpoint_url="S3-compatible endpoint for manifests and delivery (default: AWS)",
-    )
-    g = p.add_argument_group("fault injection")
-    _settings(
-        g,
-        d,
-        reorder_output_rate="share of ABS operations whose output lines come out of input order",
-        seed="random seed of the fault injector",
-        fault_5xx_rate="share of 500 answers",
-        fault_429_rate="share of 429 bursts",
-        fault_429_burst="429s in a row per burst",
-        fault_retry_after="Retry-After of 429s (s)",
-        fault_lost_response_rate="share of requests carried out whose response is cut off",
-        fault_truncate_rate="share of downloads cut in half",
-        fault_slow_rate="share of slow answers",
-        fault_slow_seconds="delay of slow answers",
-    )
-    g.add_argument("--fault-only", default=None, metavar="REGEX", help='faults only where "METHOD /path" matches')
+    for item, flag in sorted(flagged(EmulatorConfig), key=lambda pair: GROUPS.index(pair[1].group)):
+        default = item.default
+        groups[flag.group].add_argument(
+            f"--{item.name.replace('_', '-')}",
+            type=_argument_type(flag.parse) if flag.parse else (str if default is None else type(default)),
+            default=default,
+            metavar=flag.metavar,
+            help=flag.help,
+        )
     p.set_defaults(handler=_run_emulator, parser=p)
-
-
-_SETTING_TYPES: dict[str, Callable[[str], Any]] = {"max_upload_bytes": _size, "data_dir": Path}
-"""Settings whose flag parses its value otherwise than by the type of the setting's default."""
-
-
-def _settings(group: Any, defaults: Any, **helps: str) -> None:
-    """One flag per :class:`EmulatorConfig` setting named: ``--the-name``, typed and defaulted as the setting."""
-    for name, help_text in helps.items():
-        default = getattr(defaults, name)
-        kind = _SETTING_TYPES.get(name) or (str if default is None else type(default))
-        group.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default, help=help_text)
 
 
 def emulator_config(args: argparse.Namespace) -> Any:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from airflow_batchcode.emulator.faults import FaultSettings, settings_from
+from airflow_batchcode.emulator.flags import API_KEYS, AUTH, FAULTS, STORAGE, parse_size, setting
 
 GIB = 1024**3
 
@@ -21,7 +22,8 @@ def _default_api_keys() -> dict[str, str]:
 
 @dataclass
 class EmulatorConfig(FaultSettings):
-    """Settings of one emulator instance; each field has a ``--flag`` of the same name in the CLI.
+    """Settings of one emulator instance; each field has a ``--flag`` of the same name in the CLI
+    (:mod:`airflow_batchcode.emulator.flags`: ``clients`` and ``api_keys`` are ``--client`` and ``--api-key``).
 
     Times are in seconds, rates are probabilities per request (0.0 = never). The ``fault_*``
     fields come from :class:`~airflow_batchcode.emulator.faults.FaultSettings`.
@@ -50,24 +52,32 @@ class EmulatorConfig(FaultSettings):
     """
 
     clients: dict[str, str] = field(default_factory=_default_clients)
-    token_ttl: float = 3600.0
-    token_limit: int = 0
-    rate_limit: float = 1.0
-    daily_quota: int = 10000
-    quota_window: float = 86400.0
-    url_ttl: int = 3600
-    awaiting_timeout: float = 3600.0
-    processing_delay: float = 2.0
-    retention: float = 86400.0
-    max_upload_bytes: int = 5 * GIB
-    data_dir: Path | None = None
-    public_url: str | None = None
-    seed: int = 0
-    processing_workers: int = 2
+    token_ttl: float = setting(3600.0, "access token lifetime (s)", group=AUTH)
+    token_limit: int = setting(0, "tokens per client per hour (0 = no limit)", group=AUTH)
+    rate_limit: float = setting(1.0, "API requests/s per client (0 = off)", group=AUTH)
+    daily_quota: int = setting(10000, "API requests per client per day (0 = off)", group=AUTH)
+    quota_window: float = setting(86400.0, "quota window (s; 86400 = UTC days)", group=AUTH)
+    url_ttl: int = setting(3600, "presigned URL lifetime (s)", group=STORAGE)
+    awaiting_timeout: float = setting(3600.0, "wait for input (s)", group=STORAGE)
+    processing_delay: float = setting(2.0, "minimum in_progress (s)", group=STORAGE)
+    retention: float = setting(86400.0, "output kept after completion (s)", group=STORAGE)
+    max_upload_bytes: int = setting(5 * GIB, "largest input file", group=STORAGE, parse=parse_size)
+    data_dir: Path | None = setting(
+        None, "keep files here (default: a temporary dir, deleted on exit)", group=STORAGE, parse=Path
+    )
+    public_url: str | None = setting(None, "origin put into presigned URLs (default: as called)", group=STORAGE)
+    seed: int = setting(0, "random seed of the fault injector", group=FAULTS)
+    processing_workers: int = setting(2, "coding threads", group=STORAGE)
     api_keys: dict[str, str] = field(default_factory=_default_api_keys)
-    record_failure_rate: float = 0.0
-    reorder_output_rate: float = 0.0
-    s3_endpoint_url: str | None = None
+    record_failure_rate: float = setting(
+        0.0, "share of records the service fails on its own (partial failures)", group=API_KEYS
+    )
+    reorder_output_rate: float = setting(
+        0.0, "share of ABS operations whose output lines come out of input order", group=FAULTS
+    )
+    s3_endpoint_url: str | None = setting(
+        None, "S3-compatible endpoint for manifests and delivery (default: AWS)", group=API_KEYS
+    )
 
     def fault_settings(self) -> dict[str, Any]:
         """The fault fields as a plain dict (what ``GET /_emulator/faults`` returns)."""

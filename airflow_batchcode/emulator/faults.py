@@ -32,6 +32,8 @@ from typing import Any, get_type_hints
 import msgspec
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from airflow_batchcode.emulator.flags import FAULTS, setting
+
 KINDS = ("5xx", "429", "slow", "lost_response", "truncate")
 _PREFIXES = ("/v1/", "/api/", "/oauth2/token", "/_storage/")
 """Routes faults apply to: every service's API and storage, never the ``/_emulator`` admin routes."""
@@ -52,15 +54,17 @@ def message_body(message: str) -> dict[str, str]:
 class FaultSettings:
     """What to inject and how often; rates are probabilities per eligible request."""
 
-    fault_5xx_rate: float = 0.0
-    fault_429_rate: float = 0.0
-    fault_429_burst: int = 3
-    fault_retry_after: int = 1
-    fault_lost_response_rate: float = 0.0
-    fault_truncate_rate: float = 0.0
-    fault_slow_rate: float = 0.0
-    fault_slow_seconds: float = 5.0
-    fault_only: str | None = None
+    fault_5xx_rate: float = setting(0.0, "share of 500 answers", group=FAULTS)
+    fault_429_rate: float = setting(0.0, "share of 429 bursts", group=FAULTS)
+    fault_429_burst: int = setting(3, "429s in a row per burst", group=FAULTS)
+    fault_retry_after: int = setting(1, "Retry-After of 429s (s)", group=FAULTS)
+    fault_lost_response_rate: float = setting(
+        0.0, "share of requests carried out whose response is cut off", group=FAULTS
+    )
+    fault_truncate_rate: float = setting(0.0, "share of downloads cut in half", group=FAULTS)
+    fault_slow_rate: float = setting(0.0, "share of slow answers", group=FAULTS)
+    fault_slow_seconds: float = setting(5.0, "delay of slow answers", group=FAULTS)
+    fault_only: str | None = setting(None, 'faults only where "METHOD /path" matches', group=FAULTS, metavar="REGEX")
 
     def validated(self) -> FaultSettings:
         """Return self after checking ranges and the regex; raise ``ValueError`` otherwise."""
