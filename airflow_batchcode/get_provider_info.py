@@ -17,7 +17,10 @@ _SHARED_FIELDS: dict[str, dict[str, Any]] = {
 }
 _NETWORK_FIELDS: dict[str, dict[str, Any]] = {
     "rate_limit": form_field(
-        "Requests per second", "Client-side limit shared by every task and trigger of this connection.", "number", 1
+        "Requests per second",
+        "Client-side limit shared by every task and trigger of this connection; empty: the service's default "
+        "(ABS 1, super.ai 10, Gravity-AI 5, Refinery none); 0: none.",
+        "number",
     ),
     "daily_quota": form_field(
         "Requests per quota window",

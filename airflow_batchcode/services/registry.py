@@ -41,16 +41,24 @@ class ServiceConfig:
         return default if value in (None, "") else str(value)
 
     def number(self, key: str, default: float) -> float:
-        """A numeric extra setting, with a clear error when it is not a number."""
-        value = self.extra.get(key, default)
+        """A numeric extra setting, or ``default`` when missing or empty; a clear error when not a number.
+
+        Empty counts as missing because Airflow's connection form saves a field left blank as
+        ``null`` or ``""``.
+        """
+        value = self.extra.get(key)
+        if value in (None, ""):
+            return default
         try:
             return float(value)
         except (TypeError, ValueError):
             raise ConfigurationError(f"Connection extra {key!r} must be a number, got {value!r}") from None
 
     def flag(self, key: str, default: bool = False) -> bool:
-        """A boolean extra setting (accepts true/false, yes/no, 1/0)."""
-        value = self.extra.get(key, default)
+        """A boolean extra setting (accepts true/false, yes/no, 1/0), or ``default`` when missing or empty."""
+        value = self.extra.get(key)
+        if value in (None, ""):
+            return default
         if isinstance(value, str):
             return value.strip().lower() in ("1", "true", "yes", "on")
         return bool(value)

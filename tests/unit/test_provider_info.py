@@ -76,3 +76,25 @@ def test_declared_defaults_keep_the_codes_fallbacks(monkeypatch: pytest.MonkeyPa
     monkeypatch.delenv("AIRFLOW__BATCHCODE__DEFAULT_DEFERRABLE", raising=False)
     assert conf.get("batchcode", "staging", fallback="fallback") == "fallback"
     assert conf.getboolean("batchcode", "default_deferrable", fallback=False) is True
+
+
+@pytest.mark.parametrize("service", ["abs", "superai", "gravity", "refinery"])
+@pytest.mark.parametrize("blank", [None, ""])
+def test_a_form_field_left_blank_keeps_the_services_default(service: str, blank: str | None) -> None:
+    """The connection form saves blank fields as null or ""; the form itself gives no rate default,
+    so a connection made in the UI keeps its service's own rate, the one the field's help names."""
+    from airflow_batchcode.services.catalogue import spec_for
+    from airflow_batchcode.services.registry import ServiceConfig
+
+    spec = spec_for(service)
+    (conn,) = get_provider_info()["connection-types"]
+    description = conn["conn-fields"]["rate_limit"]["description"]
+    assert "default" not in conn["conn-fields"]["rate_limit"]["schema"]
+    needed = {"app_uuid": "app", "manifest_location": "s3://bucket/prefix"}
+    blanks = dict.fromkeys(("rate_limit", "read_timeout", "quota_window", "allow_insecure_http"), blank)
+    default = spec._settings(ServiceConfig(service, "https://service.example", "id", "secret", needed))
+    settings = spec._settings(ServiceConfig(service, "https://service.example", "id", "secret", {**needed, **blanks}))
+    assert settings.rate_limit == default.rate_limit
+    shown = "none" if default.rate_limit == 0 else f"{default.rate_limit:g}"
+    assert f"{spec.label.split()[-1]} {shown}" in description
+    assert settings.http.read_timeout == 60.0 and settings.http.allow_insecure_http is False
