@@ -32,7 +32,9 @@ decided here, once, by :attr:`BatchCodeError.transient`; the retry engine
 (:mod:`airflow_batchcode.services.http.retry`) and the trigger read it and decide nothing else
 about an error's kind. A :class:`TransportError` also means the answer may have been lost
 (:attr:`BatchCodeError.answer_lost`): the service may have done what was asked, so a call that is
-not safe to repeat (a create) is not tried again blindly.
+not safe to repeat (a create) is not tried again blindly. An error a retry loop has given up on
+is marked (:attr:`BatchCodeError.retries_spent`, its message saying why) and is final for every
+loop around that one.
 
 Messages never contain tokens, client secrets or presigned URLs: URLs are reported with
 their query string removed (see :func:`airflow_batchcode.services.redact.redact_url`).
@@ -50,6 +52,16 @@ class BatchCodeError(Exception):
     """Whether the same request, tried again a little later, may succeed."""
     answer_lost: bool = False
     """Whether the service may have carried the request out although no answer reached us."""
+    retries_spent: bool = False
+    """Whether a retry loop has already given up on the request this error ended. No loop around it
+    tries again: a token fetched inside an API call's try, retried six times and failed, would
+    otherwise be fetched six times more for each of the call's own tries."""
+
+    def stop_retrying(self, note: str | None = None) -> None:
+        """Mark this error final for every retry loop (:attr:`retries_spent`), its message ending with ``note``."""
+        self.retries_spent = True
+        if note and len(self.args) == 1 and isinstance(self.args[0], str):
+            self.args = (f"{self.args[0]}; {note}",)
 
 
 class ConfigurationError(BatchCodeError):

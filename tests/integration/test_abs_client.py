@@ -17,6 +17,8 @@ from airflow_batchcode.exceptions import (
     ConflictError,
     InvalidRequestError,
     NotFoundError,
+    RateLimitedError,
+    ServerError,
     TransportError,
     UploadRejectedError,
 )
@@ -289,6 +291,40 @@ def test_a_lost_create_response_is_retried_and_the_orphan_counted() -> None:
             client.create_operation("anzsco")
         created = admin(server, "stats")["operations_created"]["demo-client"]
     assert created == FAST.max_attempts + 1
+
+
+def test_a_failing_token_endpoint_is_tried_max_attempts_times_in_all() -> None:
+    """The token is fetched inside each try of the API call; once the token's own loop has given up,
+    the call's loop does not start it again (it used to: 6 x 6 token requests, 3 minutes per task try)."""
+    with emulator(fault_5xx_rate=1.0, fault_only=r"^POST /oauth2/token") as server:
+        with client_for(server) as client, pytest.raises(ServerError, match="token request") as raised:
+            client.list_models("anzsco")
+        assert admin(server, "stats")["faults"] == {"5xx": FAST.max_attempts}
+    assert f"gave up after {FAST.max_attempts} tries and " in str(raised.value)
+
+
+def test_the_status_poll_of_the_trigger_fetches_a_failing_token_max_attempts_times_in_all() -> None:
+    async def poll(server: EmulatorServer) -> None:
+        http = HttpSettings(retry=FAST, read_timeout=10.0)
+        settings = AbsSettings(server.base_url, "demo-client", "demo-secret", rate_limit=0, http=http)
+        client = AsyncAbsClient(settings)
+        try:
+            await client.get_operation("not-created", "anzsco")
+        finally:
+            await client.aclose()
+
+    with emulator(fault_5xx_rate=1.0, fault_only=r"^POST /oauth2/token") as server:
+        with pytest.raises(ServerError, match=f"gave up after {FAST.max_attempts} tries"):
+            asyncio.run(poll(server))
+        assert admin(server, "stats")["faults"] == {"5xx": FAST.max_attempts}
+
+
+def test_a_retry_after_longer_than_a_call_waits_says_so() -> None:
+    with emulator(fault_429_rate=1.0, fault_retry_after=900, fault_only=r"^GET /v1/topics") as server:
+        with client_for(server) as client, pytest.raises(RateLimitedError) as raised:
+            client.list_models("anzsco")
+        assert admin(server, "stats")["faults"] == {"429": 1}
+    assert "the service asked to wait 900 s (Retry-After), longer than the 600 s a call waits" in str(raised.value)
 
 
 def test_truncated_downloads_are_detected_and_resumed_to_the_exact_file() -> None:

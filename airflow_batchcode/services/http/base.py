@@ -39,7 +39,8 @@ class Transport:
         on_auth_failure: Callable[[], None] | None,
     ) -> float | None:
         """What both transports' retry loops do after ``error``: the seconds to wait before the next
-        try, or ``None`` when the retry engine says the error is final (the loop then raises).
+        try, or ``None`` when the retry engine says the error is final (the loop then raises it, marked
+        final for any loop around this one, its message saying why when the engine says).
 
         A spent quota on a budgeted call is waited out without using a try (the budget holds every
         call on the connection until the window resets). Otherwise the engine's :class:`~.retry.Retry`
@@ -50,6 +51,7 @@ class Transport:
             return self.budget.exhausted(error.retry_after)
         decision = attempts.after(error)
         if decision is None:
+            error.stop_retrying(attempts.final_note(error))
             return None
         if decision.refresh_auth and on_auth_failure is not None:
             on_auth_failure()

@@ -13,7 +13,11 @@ the policy around it:
 * the service's ``Retry-After`` is honoured, and one longer than we agree to wait fails at once;
 * an answer that may have been lost (:attr:`~airflow_batchcode.exceptions.BatchCodeError.answer_lost`)
   ends a call that is not safe to repeat (``idempotent=False``): the service may have done it;
-* a refused credential is refreshed and tried again once, when the caller can refresh it.
+* a refused credential is refreshed and tried again once, when the caller can refresh it;
+* an error another loop already gave up on (:attr:`~airflow_batchcode.exceptions.BatchCodeError.retries_spent`)
+  is final: loops nest (an API call's try fetches a token through its own loop) and must not multiply.
+
+When a transient error is final, :meth:`Attempts.final_note` says why, for the error's message.
 """
 
 from __future__ import annotations
@@ -111,6 +115,8 @@ class Attempts:
         self.policy = policy
         self.idempotent = idempotent
         self.number = 0
+        self.waited = 0.0
+        """Seconds of backoff handed out so far."""
         self._can_refresh = refresh_auth
         self._jitter = jitter
 
@@ -121,6 +127,8 @@ class Attempts:
 
     def after(self, error: BaseException) -> Retry | None:
         """What to do now that the current try failed with ``error``: a :class:`Retry`, or ``None`` to raise it."""
+        if getattr(error, "retries_spent", False):
+            return None
         if isinstance(error, AuthenticationError) and self._can_refresh:
             self._can_refresh = False
             return Retry(0.0, refresh_auth=True)
@@ -131,7 +139,23 @@ class Attempts:
         retry_after = error.retry_after if isinstance(error, ServiceError) else None
         if not self.policy.can_retry(self.number, retry_after):
             return None
-        return Retry(self.policy.delay(self.number, retry_after, jitter=self._jitter))
+        delay = self.policy.delay(self.number, retry_after, jitter=self._jitter)
+        self.waited += delay
+        return Retry(delay)
+
+    def final_note(self, error: BaseException) -> str | None:
+        """Why :meth:`after` made transient ``error`` final, for its message; ``None`` when there is nothing to add."""
+        if not getattr(error, "transient", False) or getattr(error, "retries_spent", False):
+            return None
+        retry_after = error.retry_after if isinstance(error, ServiceError) else None
+        if retry_after is not None and retry_after > self.policy.retry_after_max:
+            return (
+                f"not tried again: the service asked to wait {retry_after:.0f} s (Retry-After), "
+                f"longer than the {self.policy.retry_after_max:.0f} s a call waits"
+            )
+        if self.number >= self.policy.max_attempts and self.number > 1:
+            return f"gave up after {self.number} tries and {self.waited:.0f} s of backoff"
+        return None
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:

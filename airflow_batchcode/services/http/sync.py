@@ -96,7 +96,10 @@ class SyncTransport(Transport):
                 if delay is None:
                     if give_up is None:
                         raise
-                    raise give_up(error) from None
+                    replacement = give_up(error)
+                    if isinstance(replacement, BatchCodeError):
+                        replacement.stop_retrying()
+                    raise replacement from None
                 time.sleep(delay)
 
     def api_json(

@@ -234,3 +234,36 @@ def test_the_async_loop_is_driven_by_the_same_engine() -> None:
         await aio.aclose()
 
     asyncio.run(scenario())
+
+
+def test_an_error_another_loop_gave_up_on_is_final_and_says_why() -> None:
+    spent = ServerError("token request: service error", status_code=500)
+    spent.stop_retrying("gave up after 6 tries and 31 s of backoff")
+    assert spent.retries_spent and str(spent).endswith("HTTP 500; gave up after 6 tries and 31 s of backoff")
+    assert failing_tries(spent, 1) == [None]
+    # not even refreshed as a refused credential would be: the inner loop already decided
+    refused = AuthenticationError("token request: not authorised", status_code=401)
+    refused.stop_retrying()
+    assert failing_tries(refused, 1, refresh_auth=True) == [None] and str(refused).endswith("HTTP 401")
+
+
+def test_the_final_note_says_the_tries_were_used_up_or_the_retry_after_was_too_long() -> None:
+    attempts = POLICY.attempts(jitter=top)
+    error = ServerError("x", status_code=503)
+    for _ in range(POLICY.max_attempts):
+        attempts.start()
+        decision = attempts.after(error)
+    assert decision is None and attempts.waited == 1.0 + 2.0 + 4.0
+    assert attempts.final_note(error) == "gave up after 4 tries and 7 s of backoff"
+    waiting = POLICY.attempts()
+    waiting.start()
+    too_long = RateLimitedError("x", status_code=429, retry_after=31.0)
+    assert waiting.after(too_long) is None
+    assert waiting.final_note(too_long) == (
+        "not tried again: the service asked to wait 31 s (Retry-After), longer than the 30 s a call waits"
+    )
+    # a final error that is not transient, or a first try that is also the last, needs no note
+    assert waiting.final_note(NotFoundError("x", status_code=404)) is None
+    single = RetryPolicy(max_attempts=1).attempts()
+    single.start()
+    assert single.after(error) is None and single.final_note(error) is None
