@@ -21,7 +21,8 @@
     ├── OperationError                a remote operation ended badly
     │   ├── OperationFailedError      state ``failed``
     │   ├── OperationTimedOutError    state ``timed_out``: it never got its input and cannot be reused
-    │   └── WaitTimedOutError         our own wait deadline passed; the operation may still finish
+    │   ├── WaitTimedOutError         our own wait deadline passed; the operation may still finish
+    │   └── StatusCheckFailedError    the wait could not read the status; the operation may still finish
     ├── PartialLoadError              fewer rows reached the output table than were extracted
     ├── StagedFileMissingError        a staged file an earlier task wrote is not there (also a FileNotFoundError)
     ├── QualityGateError              the run's success rate is under ``min_success_rate``
@@ -235,6 +236,17 @@ class WaitTimedOutError(OperationError):
 
     summary = "Gave up waiting for the batch coding operation"
     advice = "The operation may still finish: clear the wait task to wait again, or give the sensor a longer timeout"
+
+
+class StatusCheckFailedError(OperationError):
+    """The wait ended because the operation's status could not be read, not because of its state."""
+
+    summary = "Could not read the batch coding operation's status"
+    advice = (
+        "The operation may still finish: once the cause is fixed (the service answers again, or the "
+        "connection's credentials are right), clear the wait task to wait on the same operation again; "
+        "nothing is created or uploaded again"
+    )
 
 
 class PartialLoadError(BatchCodeError):

@@ -17,10 +17,12 @@ from airflow_batchcode.exceptions import (
     BatchCodeError,
     OperationFailedError,
     OperationTimedOutError,
+    StatusCheckFailedError,
     WaitTimedOutError,
 )
 from airflow_batchcode.operation_ref import OperationRef
 from airflow_batchcode.services.base import BatchCodeClient, OperationState
+from airflow_batchcode.triggers.event import EventStatus
 
 CREATED_KEY = "batchcode_operation"
 """State store key: the operation the create task made (its reference, upload URL expiry, input digest)."""
@@ -65,6 +67,8 @@ def raise_for_outcome(status: str, operation_id: str, message: str | None, *, re
         raise WaitTimedOutError(operation_id, None, detail=message or "")
     if status == OperationState.TIMED_OUT:
         raise OperationTimedOutError(operation_id, message)
+    if status == EventStatus.ERROR:
+        raise StatusCheckFailedError(operation_id, None, detail=message or "")
     if status != OperationState.COMPLETE:
         raise BatchCodeError(f"Waiting on operation {operation_id} failed: {message}")
 

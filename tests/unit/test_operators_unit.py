@@ -9,10 +9,10 @@ from unittest import mock
 import pytest
 
 from airflow_batchcode.exceptions import (
-    BatchCodeError,
     ConfigurationError,
     OperationFailedError,
     OperationTimedOutError,
+    StatusCheckFailedError,
     UnexpectedResponseError,
     WaitTimedOutError,
 )
@@ -140,7 +140,7 @@ def test_upload_into_a_failed_operation_raises_the_typed_error(tmp_path: Any) ->
         ({"status": "failed", "operation_id": "op-1", "message": "bad lines"}, OperationFailedError),
         ({"status": "timed_out", "operation_id": "op-1", "message": "x", "reason": "service"}, OperationTimedOutError),
         ({"status": "timed_out", "operation_id": "op-1", "message": "x", "reason": "deadline"}, WaitTimedOutError),
-        ({"status": "error", "operation_id": "op-1", "message": "boom"}, BatchCodeError),
+        ({"status": "error", "operation_id": "op-1", "message": "boom"}, StatusCheckFailedError),
         ({"status": "weird", "operation_id": "op-1"}, UnexpectedResponseError),
         ({"operation_id": "op-1"}, UnexpectedResponseError),
         (None, UnexpectedResponseError),
@@ -154,6 +154,9 @@ def test_execute_complete_validates_and_raises_typed_errors(event: Any, error: t
         assert (
             "op-1" in str(info.value) and "bad lines" in str(info.value) and "clear the task group" in str(info.value)
         )
+    if error is StatusCheckFailedError:
+        assert str(info.value).startswith("Could not read the batch coding operation's status (operation op-1). boom.")
+        assert "clear the wait task to wait on the same operation again" in str(info.value)
     if error is WaitTimedOutError:
         assert "may still finish" in str(info.value) and "cannot be reused" not in str(info.value)
         assert not isinstance(info.value, OperationTimedOutError), "opposite advice: not a kind of it"
