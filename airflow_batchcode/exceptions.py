@@ -4,7 +4,8 @@
 
     BatchCodeError
     ├── ConfigurationError            bad connection or operator settings
-    │   └── MissingExtraError         an optional part's pip extra is not installed (also an ImportError)
+    │   ├── MissingExtraError         an optional part's pip extra is not installed (also an ImportError)
+    │   └── SourceQueryError          the database refused or failed the extract query
     ├── TransportError          [T]   the request never got a usable answer (network, timeout)
     │   └── IncompleteDownloadError   a body shorter or longer than its Content-Length
     ├── UnexpectedResponseError       the service answered something off-contract
@@ -79,6 +80,21 @@ class MissingExtraError(ConfigurationError, ImportError):
     def __init__(self, message: str, *, extra: str) -> None:
         super().__init__(message)
         self.extra = extra
+
+
+class SourceQueryError(ConfigurationError):
+    """The source database refused or failed the extract query (a missing table or column, bad SQL).
+
+    The message names the connection and carries the database's own words; the driver's exception
+    is its ``__cause__``.
+    """
+
+    def __init__(self, conn_id: str, error: BaseException) -> None:
+        self.conn_id = conn_id
+        super().__init__(
+            f"The extract query failed on connection {conn_id!r}: {error} ({type(error).__name__}). "
+            "The query as it ran is on the extract task's Rendered Template tab (source_sql)"
+        )
 
 
 class TransportError(BatchCodeError):

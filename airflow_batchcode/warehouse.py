@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, NamedTuple
 
-from airflow_batchcode.exceptions import ConfigurationError, PartialLoadError
+from airflow_batchcode.exceptions import BatchCodeError, ConfigurationError, PartialLoadError, SourceQueryError
 from airflow_batchcode.pg_copy import RowLoader, TableRow, copy_blocks, row_copier
 from airflow_batchcode.rows import COLUMNS, Row
 
@@ -64,7 +64,8 @@ def stream_query(conn_id: str, sql: str, *, fetch_rows: int = FETCH_ROWS) -> Ite
             if not conn.in_transaction:
                 conn.execute("BEGIN")  # one snapshot, should the query have to be re-run
             cursor = conn.cursor()
-            cursor.execute(sql)
+            with source_query(conn_id):
+                cursor.execute(sql)
             columns = [d[0] for d in cursor.description or ()]
             yield columns, itertools.chain.from_iterable(_sqlite_batches(conn, cursor, sql, fetch_rows))
         else:
@@ -73,7 +74,8 @@ def stream_query(conn_id: str, sql: str, *, fetch_rows: int = FETCH_ROWS) -> Ite
             if streamed is not None:
                 cursor, stream = streamed
                 try:
-                    first = next(stream, None)  # runs the query; its columns are known from the first row
+                    with source_query(conn_id):
+                        first = next(stream, None)  # runs the query; its columns are known from the first row
                     if first is not None:
                         columns = [d[0] for d in cursor.description or ()]
                         yield columns, itertools.chain((first,), stream)
@@ -81,7 +83,8 @@ def stream_query(conn_id: str, sql: str, *, fetch_rows: int = FETCH_ROWS) -> Ite
                     stream.close()  # a stream left half read would hold the connection
             if first is None:  # no chunked stream, or an empty result (whose columns a stream does not give)
                 cursor = _server_side_cursor(conn, fetch_rows)
-                cursor.execute(sql)
+                with source_query(conn_id):
+                    cursor.execute(sql)
                 columns = [d[0] for d in cursor.description or ()]
                 yield columns, itertools.chain.from_iterable(iter(partial(cursor.fetchmany, fetch_rows), []))
         cursor.close()
@@ -89,6 +92,18 @@ def stream_query(conn_id: str, sql: str, *, fetch_rows: int = FETCH_ROWS) -> Ite
         with contextlib.suppress(Exception):
             conn.rollback()
         conn.close()
+
+
+@contextlib.contextmanager
+def source_query(conn_id: str) -> Iterator[None]:
+    """Run the extract query in the block: a database's error (each driver has its own classes) becomes a
+    :class:`~airflow_batchcode.exceptions.SourceQueryError` naming the connection."""
+    try:
+        yield
+    except BatchCodeError:
+        raise
+    except Exception as exc:
+        raise SourceQueryError(conn_id, exc) from exc
 
 
 def _replace_bad_utf8(raw: bytes) -> str:

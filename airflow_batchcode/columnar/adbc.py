@@ -22,6 +22,8 @@ from urllib.parse import quote, urlencode
 
 import pyarrow as pa
 
+from airflow_batchcode.warehouse import source_query
+
 DRIVERS = ("postgres", "sqlite")
 """Connection types with an ADBC driver."""
 BATCH_BYTES = 1 << 20
@@ -213,7 +215,8 @@ def stream_batches(conn_id: str, sql: str) -> Iterator[tuple[list[str], Iterator
         return
     batches: Generator[pa.RecordBatch, None, None] | None = None
     try:
-        reader = session.query(sql)
+        with source_query(conn_id):
+            reader = session.query(sql)
         batches = read_ahead(reader)
         yield list(reader.schema.names), batches
     finally:

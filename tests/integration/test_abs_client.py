@@ -201,7 +201,11 @@ def test_bad_credentials_fail_without_revealing_the_secret() -> None:
     with emulator() as server, client_for(server, secret="wrong-secret-value") as client:
         with pytest.raises(AuthenticationError) as info:
             client.list_topics()
+        assert admin(server, "stats")["requests"].get("POST /oauth2/token") == 1, "a refusal is final at once"
     assert "invalid_client" in str(info.value) and "wrong-secret-value" not in str(info.value)
+    assert "/oauth2/token refused client id 'demo-client'; check the connection's login (client id), " in str(
+        info.value
+    )
 
 
 def test_one_token_is_shared_by_every_client_of_the_connection_and_renewed_when_refused() -> None:

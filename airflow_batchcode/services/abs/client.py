@@ -43,6 +43,7 @@ from airflow_batchcode.services.http.settings import check_url
 from airflow_batchcode.services.http.sync import SyncTransport
 from airflow_batchcode.services.links import download_fresh, read_first_byte
 from airflow_batchcode.services.parsing import require_list_of_objects
+from airflow_batchcode.services.redact import redact_url
 from airflow_batchcode.services.tokens import Token, token_cache_for
 
 MAX_REALTIME_RECORDS = 300
@@ -89,6 +90,17 @@ class _AbsBase:
             "data": {"grant_type": "client_credentials"},
         }
 
+    def _refused(self, error: AuthenticationError) -> AuthenticationError:
+        """The token endpoint's refusal, naming the settings to check; final for every retry loop."""
+        refused = AuthenticationError(
+            f"token request: {redact_url(self.settings.token_url)} refused client id {self.settings.client_id!r}; "
+            "check the connection's login (client id), password (client secret) and extra auth_url",
+            status_code=error.status_code,
+            service_message=error.service_message,
+        )
+        refused.stop_retrying()
+        return refused
+
     def _accept_token(self, body: Any) -> Token:
         token = parse_token(body)
         self._report_secret(token.value)
@@ -132,7 +144,11 @@ class AbsClient(_AbsBase, Closing):
         return self._tokens.get(self._fetch_token)
 
     def _fetch_token(self) -> Token:
-        return self._accept_token(self._http.api_json("POST", self.settings.token_url, **self._token_call()))
+        try:
+            body = self._http.api_json("POST", self.settings.token_url, **self._token_call())
+        except AuthenticationError as error:
+            raise self._refused(error) from None
+        return self._accept_token(body)
 
     def _headers(self) -> Mapping[str, str]:
         return {"Authorization": self.token(), "Accept": "application/json"}
@@ -312,7 +328,10 @@ class AsyncAbsClient(_AbsBase):
         return await self._tokens.get_async(self._fetch_token)
 
     async def _fetch_token(self) -> Token:
-        body = await self._http.api_json("POST", self.settings.token_url, **self._token_call())
+        try:
+            body = await self._http.api_json("POST", self.settings.token_url, **self._token_call())
+        except AuthenticationError as error:
+            raise self._refused(error) from None
         return self._accept_token(body)
 
     async def _headers(self) -> dict[str, str]:
