@@ -16,6 +16,8 @@ the policy around it:
 * a refused credential is refreshed and tried again once, when the caller can refresh it;
 * an error another loop already gave up on (:attr:`~airflow_batchcode.exceptions.BatchCodeError.retries_spent`)
   is final: loops nest (an API call's try fetches a token through its own loop) and must not multiply.
+  A loop of one try (``max_attempts=1``: the transport a create is sent through, inside the create's
+  own loop) gives nothing up: its caller decides.
 
 When a transient error is final, :meth:`Attempts.final_note` says why, for the error's message.
 """

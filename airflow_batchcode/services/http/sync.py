@@ -97,7 +97,7 @@ class SyncTransport(Transport):
                     if give_up is None:
                         raise
                     replacement = give_up(error)
-                    if isinstance(replacement, BatchCodeError):
+                    if isinstance(replacement, BatchCodeError) and error.retries_spent:
                         replacement.stop_retrying()
                     raise replacement from None
                 time.sleep(delay)
