@@ -126,8 +126,9 @@ def test_topics_and_the_documented_lookup_errors() -> None:
         osca_model = client.list_models("osca")[0].model_id
         with pytest.raises(NotFoundError, match="The specified topic does not exist"):
             client.list_models("isco")
-        with pytest.raises(NotFoundError, match="The specified model does not exist"):
+        with pytest.raises(NotFoundError, match="The specified model does not exist") as unknown:
             client.create_operation("anzsco", "00000000-0000-0000-0000-000000000000")
+        assert str(unknown.value).startswith("create anzsco operation with model 00000000-0000-0000-0000-000000000000:")
         with pytest.raises(ConflictError, match="Selected model does not match the input topic"):
             client.create_operation("anzsco", osca_model)
 

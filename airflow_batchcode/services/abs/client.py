@@ -198,7 +198,8 @@ class AbsClient(_AbsBase, Closing):
 
         ABS takes its input by a later upload: ``manifest`` and ``name`` are not used.
         """
-        body = self._api("POST", f"{topic_path(topic, model)}/batch-code", what=f"create {topic} operation")
+        what = f"create {topic} operation" + (f" with model {model}" if model else "")
+        body = self._api("POST", f"{topic_path(topic, model)}/batch-code", what=what)
         target = parse_create(body)
         self._report_secret(target.upload_url)
         return target
