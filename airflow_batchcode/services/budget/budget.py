@@ -205,7 +205,8 @@ class Budget:
         until = now + retry_after if retry_after else self.settings.window.reset(now)
         self.hold_off(until - now)
         log.warning(
-            "The service answered Limit Exceeded on %s: every call waits for the quota window to reset at %s",
+            "The service answered Limit Exceeded on %s: every call waits for the quota window to reset at %s "
+            "(a task making one keeps running, and holds its worker slot, until then)",
             self.settings.key,
             utc(until),
         )
