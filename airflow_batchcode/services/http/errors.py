@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping
+import socket
+import ssl
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import httpx
@@ -144,9 +146,8 @@ def scrub(message: str | None, sent_headers: Mapping[str, str] | None) -> str | 
     return _URL_QUERY.sub(r"\1?<redacted>", message)
 
 
-def _timed_out(exc: BaseException) -> bool:
-    """True when ``exc``, or an exception it wraps, is a timeout (``requests`` reports a read timeout
-    in the middle of a body as a ``ConnectionError``)."""
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and every exception it wraps (in its arguments, as its cause or its context), each once."""
     pending: list[BaseException] = [exc]
     seen: set[int] = set()
     while pending:
@@ -154,20 +155,41 @@ def _timed_out(exc: BaseException) -> bool:
         if id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, urllib3.exceptions.NewConnectionError):
-            continue  # a refused connection, though urllib3 derives it from ConnectTimeoutError
-        if isinstance(current, _TIMEOUTS):
-            return True
+        yield current
         pending += [arg for arg in current.args if isinstance(arg, BaseException)]
         pending += [e for e in (current.__cause__, current.__context__) if e is not None]
-    return False
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """True when ``exc``, or an exception it wraps, is a timeout (``requests`` reports a read timeout
+    in the middle of a body as a ``ConnectionError``). A refused connection is not one, though urllib3
+    derives its ``NewConnectionError`` from ``ConnectTimeoutError``."""
+    return any(
+        isinstance(current, _TIMEOUTS) and not isinstance(current, urllib3.exceptions.NewConnectionError)
+        for current in _chain(exc)
+    )
+
+
+_CAUSES: tuple[tuple[type[BaseException], str], ...] = (
+    (ssl.SSLError, "TLS error"),
+    (socket.gaierror, "host not found"),
+    (urllib3.exceptions.NameResolutionError, "host not found"),
+    (ConnectionRefusedError, "connection refused"),
+    (ConnectionResetError, "connection reset"),
+)
+"""What the transport exceptions wrap, in words a reader can act on (first match in the chain wins)."""
 
 
 def describe_exception(exc: BaseException) -> str:
-    """A short, secret-free description of a transport exception (no URLs, no query strings)."""
+    """A short, secret-free description of a transport exception (no URLs, no query strings):
+    its type, and what it wraps when that says more (``ConnectError: connection refused``)."""
     name = type(exc).__name__
     if isinstance(exc, IncompleteDownloadError):
         return str(exc)
     if _timed_out(exc):
         return f"{name}: timed out"
+    for current in _chain(exc):
+        for kind, words in _CAUSES:
+            if isinstance(current, kind):
+                return f"{name}: {words}"
     return name
