@@ -51,8 +51,8 @@ class Transport:
             return self.budget.exhausted(error.retry_after)
         decision = attempts.after(error)
         if decision is None:
-            if attempts.policy.max_attempts > 1:  # a loop of one try (a create's) leaves retrying to its caller
-                error.stop_retrying(attempts.final_note(error))
+            if attempts.spends:
+                error.stop_retrying(attempts.final_note)
             return None
         if decision.refresh_auth and on_auth_failure is not None:
             on_auth_failure()

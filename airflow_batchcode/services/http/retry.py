@@ -19,7 +19,7 @@ the policy around it:
   A loop of one try (``max_attempts=1``: the transport a create is sent through, inside the create's
   own loop) gives nothing up: its caller decides.
 
-When a transient error is final, :meth:`Attempts.final_note` says why, for the error's message.
+When a transient error is final, :attr:`Attempts.final_note` says why, for the error's message.
 """
 
 from __future__ import annotations
@@ -119,6 +119,8 @@ class Attempts:
         self.number = 0
         self.waited = 0.0
         """Seconds of backoff handed out so far."""
+        self.final_note: str | None = None
+        """Why the last :meth:`after` made a transient error final, for its message (``None``: nothing to add)."""
         self._can_refresh = refresh_auth
         self._jitter = jitter
 
@@ -127,8 +129,15 @@ class Attempts:
         self.number += 1
         return self.number
 
+    @property
+    def spends(self) -> bool:
+        """Whether an error this loop makes final is final for the loops around it too. Not for a loop of
+        one try (the transport a create is sent through, inside the create's own loop): its caller decides."""
+        return self.policy.max_attempts > 1
+
     def after(self, error: BaseException) -> Retry | None:
         """What to do now that the current try failed with ``error``: a :class:`Retry`, or ``None`` to raise it."""
+        self.final_note = None
         if getattr(error, "retries_spent", False):
             return None
         if isinstance(error, AuthenticationError) and self._can_refresh:
@@ -140,24 +149,17 @@ class Attempts:
             return None
         retry_after = error.retry_after if isinstance(error, ServiceError) else None
         if not self.policy.can_retry(self.number, retry_after):
+            if retry_after is not None and retry_after > self.policy.retry_after_max:
+                self.final_note = (
+                    f"not tried again: the service asked to wait {retry_after:.0f} s (Retry-After), "
+                    f"longer than the {self.policy.retry_after_max:.0f} s a call waits"
+                )
+            elif self.number > 1:
+                self.final_note = f"gave up after {self.number} tries and {self.waited:.0f} s of backoff"
             return None
         delay = self.policy.delay(self.number, retry_after, jitter=self._jitter)
         self.waited += delay
         return Retry(delay)
-
-    def final_note(self, error: BaseException) -> str | None:
-        """Why :meth:`after` made transient ``error`` final, for its message; ``None`` when there is nothing to add."""
-        if not getattr(error, "transient", False) or getattr(error, "retries_spent", False):
-            return None
-        retry_after = error.retry_after if isinstance(error, ServiceError) else None
-        if retry_after is not None and retry_after > self.policy.retry_after_max:
-            return (
-                f"not tried again: the service asked to wait {retry_after:.0f} s (Retry-After), "
-                f"longer than the {self.policy.retry_after_max:.0f} s a call waits"
-            )
-        if self.number >= self.policy.max_attempts and self.number > 1:
-            return f"gave up after {self.number} tries and {self.waited:.0f} s of backoff"
-        return None
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:

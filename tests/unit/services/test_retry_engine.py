@@ -254,16 +254,17 @@ def test_the_final_note_says_the_tries_were_used_up_or_the_retry_after_was_too_l
         attempts.start()
         decision = attempts.after(error)
     assert decision is None and attempts.waited == 1.0 + 2.0 + 4.0
-    assert attempts.final_note(error) == "gave up after 4 tries and 7 s of backoff"
+    assert attempts.final_note == "gave up after 4 tries and 7 s of backoff" and attempts.spends
     waiting = POLICY.attempts()
     waiting.start()
     too_long = RateLimitedError("x", status_code=429, retry_after=31.0)
     assert waiting.after(too_long) is None
-    assert waiting.final_note(too_long) == (
+    assert waiting.final_note == (
         "not tried again: the service asked to wait 31 s (Retry-After), longer than the 30 s a call waits"
     )
     # a final error that is not transient, or a first try that is also the last, needs no note
-    assert waiting.final_note(NotFoundError("x", status_code=404)) is None
+    assert waiting.after(NotFoundError("x", status_code=404)) is None and waiting.final_note is None
     single = RetryPolicy(max_attempts=1).attempts()
     single.start()
-    assert single.after(error) is None and single.final_note(error) is None
+    assert single.after(error) is None and single.final_note is None
+    assert not single.spends, "a loop of one try leaves the decision to its caller"
