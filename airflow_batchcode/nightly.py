@@ -100,27 +100,28 @@ def nightly_dag(
     source_table: str = "survey_responses",
     warehouse_conn_id: str = "batchcode_warehouse",
     output_table: str = "coded_occupations",
-    batchcode_conn_id: str = "batchcode_default",
-    chunk_records: int = 100_000,
-    poll_interval: float | None = None,
-    staging: str | None = None,
-    min_success_rate: float | None = None,
-    result_cache: bool = True,
-    columnar: bool = False,
-    **dag_kwargs: Any,
+    **options: Any,
 ) -> DAG:
     """The nightly DAG over ``source_table(respondent_id, answered_on, occupation, duties)``.
 
     Scheduled daily at midnight UTC with a data interval of the day before (a
     ``CronDataIntervalTimetable``: Airflow 3's plain ``"@daily"`` has zero-length intervals),
     so each run, and each backfilled day, selects exactly one day of answers.
+
+    :param warehouse_conn_id: the connection the answers are read from and the codes written to.
+    :param options: as for :func:`~airflow_batchcode.dags.coding_dag`: keywords naming
+        :class:`~airflow_batchcode.dags.PipelineConfig` fields (``batchcode_conn_id``, ``chunk_records``,
+        ``poll_interval``, ``staging``, ``columnar``, ...) configure the pipeline, with its defaults but
+        for ``result_cache``, on here; every other keyword goes to ``DAG``, over the schedule and
+        defaults below. The source, output, field map, topic and model are this function's to set.
     """
-    dag_kwargs.setdefault("schedule", CronDataIntervalTimetable("0 0 * * *", timezone="UTC"))
-    dag_kwargs.setdefault("start_date", datetime(2026, 1, 1))
-    dag_kwargs.setdefault("catchup", False)
-    dag_kwargs.setdefault("max_active_runs", 4)
-    dag_kwargs.setdefault("default_args", {"retries": 2, "retry_delay": timedelta(minutes=2)})
-    dag_kwargs.setdefault("params", PARAMS)
+    options.setdefault("result_cache", True)
+    options.setdefault("schedule", CronDataIntervalTimetable("0 0 * * *", timezone="UTC"))
+    options.setdefault("start_date", datetime(2026, 1, 1))
+    options.setdefault("catchup", False)
+    options.setdefault("max_active_runs", 4)
+    options.setdefault("default_args", {"retries": 2, "retry_delay": timedelta(minutes=2)})
+    options.setdefault("params", PARAMS)
     return coding_dag(
         dag_id,
         source_conn_id=warehouse_conn_id,
@@ -133,14 +134,7 @@ def nightly_dag(
         },
         output_conn_id=warehouse_conn_id,
         output_table=output_table,
-        batchcode_conn_id=batchcode_conn_id,
         topic="{{ params.topic }}",
         model="{{ params.model or '' }}",
-        chunk_records=chunk_records,
-        poll_interval=poll_interval,
-        staging=staging,
-        min_success_rate=min_success_rate,
-        result_cache=result_cache,
-        columnar=columnar,
-        **dag_kwargs,
+        **options,
     )

@@ -119,3 +119,24 @@ def test_the_pipeline_has_a_real_time_task_between_the_extract_and_the_load() ->
     dag = coding_dag("frugal", **FIELDS, **DAG_KWARGS)
     realtime = dag.get_task("code_realtime")
     assert realtime.upstream_task_ids == {"extract"} and "load" in realtime.downstream_task_ids
+
+
+def test_nightly_dag_takes_any_pipeline_field_by_name_and_caches_results_by_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from airflow_batchcode import dags
+    from airflow_batchcode.nightly import nightly_dag
+
+    options = {"batchcode_conn_id": "coder", "poll_interval": 30.0, "wait_timeout": timedelta(hours=3)}
+    nightly = nightly_dag("nightly", **options)
+    wait = nightly.get_task("code_chunk.wait")
+    assert (wait.batchcode_conn_id, wait.poll_interval, wait.timeout) == ("coder", 30.0, 10_800)
+    assert nightly.schedule is not None and not nightly.catchup, "the nightly's DAG defaults apply"
+    assert nightly_dag("nightly", schedule=None).schedule is None, "and DAG keywords override them"
+
+    built: list[PipelineConfig] = []
+    monkeypatch.setattr(dags, "_build", built.append)
+    nightly_dag("nightly", dedupe=False)
+    nightly_dag("nightly", result_cache=False, realtime_max_records=0)
+    assert [(c.result_cache, c.dedupe, c.realtime_max_records) for c in built] == [(True, False, 300), (False, True, 0)]
+    assert built[0].output_table == "coded_occupations" and built[0].topic == "{{ params.topic }}"
