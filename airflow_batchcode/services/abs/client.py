@@ -15,18 +15,9 @@ from airflow_batchcode.exceptions import (
     UnexpectedResponseError,
     UploadRejectedError,
 )
+from airflow_batchcode.services.abs import wire
 from airflow_batchcode.services.abs.settings import DAILY_QUOTA, POLL_ADVICE, SERVICE, AbsSettings
-from airflow_batchcode.services.abs.wire import (
-    ModelDescription,
-    Topic,
-    parse_create,
-    parse_status,
-    parse_token,
-    read_abs_error,
-    status_path,
-    string_tuple,
-    topic_path,
-)
+from airflow_batchcode.services.abs.wire import ModelDescription, Topic
 from airflow_batchcode.services.base import (
     Closing,
     ManifestSource,
@@ -42,7 +33,6 @@ from airflow_batchcode.services.http.errors import s3_message_reader
 from airflow_batchcode.services.http.settings import check_url
 from airflow_batchcode.services.http.sync import SyncTransport
 from airflow_batchcode.services.links import download_fresh, read_first_byte
-from airflow_batchcode.services.parsing import require_list_of_objects
 from airflow_batchcode.services.redact import redact_url
 from airflow_batchcode.services.tokens import Token, token_cache_for
 
@@ -102,12 +92,12 @@ class _AbsBase:
         return refused
 
     def _accept_token(self, body: Any) -> Token:
-        token = parse_token(body)
+        token = wire.parse_token(body)
         self._report_secret(token.value)
         return token
 
     def _accept_status(self, body: Any, operation_id: str) -> Operation:
-        operation = parse_status(body, operation_id)
+        operation = wire.parse_status(body, operation_id)
         self._report_secret(operation.response_url)
         self._report_secret(operation.metadata_url)
         return operation
@@ -131,7 +121,7 @@ class AbsClient(_AbsBase, Closing):
 
     def __init__(self, settings: AbsSettings, *, on_secret: SecretCallback | None = None) -> None:
         super().__init__(settings, on_secret=on_secret)
-        self._http = SyncTransport(settings.http, read_abs_error, self.budget, service="ABS")
+        self._http = SyncTransport(settings.http, wire.read_abs_error, self.budget, service="ABS")
 
     def close(self) -> None:
         """Release pooled connections."""
@@ -168,26 +158,12 @@ class AbsClient(_AbsBase, Closing):
 
     def list_topics(self) -> list[Topic]:
         """The topics (classifications) this account may code against."""
-        body = self._api("GET", "/v1/topics", what="list topics")
-        items = require_list_of_objects(body, "ABS list topics")
-        return [Topic(uri_name=str(item.get("uriName", "")), full_name=str(item.get("fullName", ""))) for item in items]
+        return wire.parse_topics(self._api("GET", "/v1/topics", what="list topics"))
 
     def list_models(self, topic: str) -> list[ModelDescription]:
         """The models of ``topic``, as the service lists them."""
-        body = self._api("GET", f"{topic_path(topic, None)}/models", what=f"list models of {topic}")
-        items = require_list_of_objects(body, f"ABS list models of {topic}")
-        return [
-            ModelDescription(
-                model_id=str(item.get("modelId", "")),
-                model_version=str(item.get("modelVersion", "")),
-                release_date=str(item.get("modelReleaseDate", "")),
-                model_type=str(item.get("modelType", "")),
-                input_format=string_tuple(item.get("inputFormat")),
-                topic_standard=str(item.get("topicStandard", "")),
-                topic_version=str(item.get("topicVersion", "")),
-            )
-            for item in items
-        ]
+        path = f"{wire.topic_path(topic, None)}/models"
+        return wire.parse_models(self._api("GET", path, what=f"list models of {topic}"), topic)
 
     # --- async batch coding ---------------------------------------------------------------
 
@@ -199,8 +175,8 @@ class AbsClient(_AbsBase, Closing):
         ABS takes its input by a later upload: ``manifest`` and ``name`` are not used.
         """
         what = f"create {topic} operation" + (f" with model {model}" if model else "")
-        body = self._api("POST", f"{topic_path(topic, model)}/batch-code", what=what)
-        target = parse_create(body)
+        body = self._api("POST", f"{wire.topic_path(topic, model)}/batch-code", what=what)
+        target = wire.parse_create(body)
         self._report_secret(target.upload_url)
         return target
 
@@ -241,7 +217,7 @@ class AbsClient(_AbsBase, Closing):
 
     def get_operation(self, operation_id: str, topic: str, model: str | None = None) -> Operation:
         """The operation's status; download URLs in it are fresh for one hour."""
-        path = status_path(topic, model, operation_id)
+        path = wire.status_path(topic, model, operation_id)
         body = self._api("GET", path, what="operation status", operation_id=operation_id)
         return self._accept_status(body, operation_id)
 
@@ -305,7 +281,8 @@ class AbsClient(_AbsBase, Closing):
         """Code up to 300 records in real time; one bad record fails the whole call."""
         if not 1 <= len(records) <= MAX_REALTIME_RECORDS:
             raise ConfigurationError(f"Real-time coding takes 1 to {MAX_REALTIME_RECORDS} records, got {len(records)}")
-        body = self._api("POST", f"{topic_path(topic, model)}/code", what=f"code {len(records)} records", json=records)
+        path = f"{wire.topic_path(topic, model)}/code"
+        body = self._api("POST", path, what=f"code {len(records)} records", json=records)
         if isinstance(body, dict):
             body = [body]
         if not isinstance(body, list) or len(body) != len(records):
@@ -318,7 +295,7 @@ class AsyncAbsClient(_AbsBase):
 
     def __init__(self, settings: AbsSettings, *, on_secret: SecretCallback | None = None) -> None:
         super().__init__(settings, on_secret=on_secret)
-        self._http = AsyncTransport(settings.http, read_abs_error, self.budget, service="ABS")
+        self._http = AsyncTransport(settings.http, wire.read_abs_error, self.budget, service="ABS")
 
     async def aclose(self) -> None:
         """Release pooled connections."""
@@ -340,7 +317,7 @@ class AsyncAbsClient(_AbsBase):
 
     async def get_operation(self, operation_id: str, topic: str, model: str | None = None) -> Operation:
         """The operation's status."""
-        path = status_path(topic, model, operation_id)
+        path = wire.status_path(topic, model, operation_id)
         body = await self._http.api_json(
             "GET",
             self._url(path),

@@ -11,7 +11,14 @@ from typing import Any
 from airflow_batchcode.exceptions import UnexpectedResponseError
 from airflow_batchcode.services.base import Operation, OperationState, UploadTarget
 from airflow_batchcode.services.http.errors import json_message_reader
-from airflow_batchcode.services.parsing import is_plain_id, json_kind, require_object, require_strings, segment
+from airflow_batchcode.services.parsing import (
+    is_plain_id,
+    json_kind,
+    require_list_of_objects,
+    require_object,
+    require_strings,
+    segment,
+)
 from airflow_batchcode.services.tokens import Token
 
 read_abs_error = json_message_reader("message", "error_description", "error")
@@ -116,6 +123,28 @@ def parse_status(body: Any, operation_id: str) -> Operation:
         metadata_url=metadata_url,
         raw_status=raw,
     )
+
+
+def parse_topics(body: Any) -> list[Topic]:
+    """``GET /v1/topics``: the topics the account may code against."""
+    items = require_list_of_objects(body, "ABS list topics")
+    return [Topic(uri_name=str(item.get("uriName", "")), full_name=str(item.get("fullName", ""))) for item in items]
+
+
+def parse_models(body: Any, topic: str) -> list[ModelDescription]:
+    """``GET /v1/topics/{topic}/models``: the topic's models, as the service lists them."""
+    return [
+        ModelDescription(
+            model_id=str(item.get("modelId", "")),
+            model_version=str(item.get("modelVersion", "")),
+            release_date=str(item.get("modelReleaseDate", "")),
+            model_type=str(item.get("modelType", "")),
+            input_format=string_tuple(item.get("inputFormat")),
+            topic_standard=str(item.get("topicStandard", "")),
+            topic_version=str(item.get("topicVersion", "")),
+        )
+        for item in require_list_of_objects(body, f"ABS list models of {topic}")
+    ]
 
 
 def string_tuple(value: Any) -> tuple[str, ...]:
