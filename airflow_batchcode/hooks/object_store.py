@@ -112,18 +112,26 @@ class _S3Reader(io.RawIOBase):
 class _BucketStore(abc.ABC):
     """What the S3 and GCS stores share: files are staged as ``scheme://bucket/prefix/name``.
 
-    A subclass sets ``scheme``, reads the connection's ``credentials()`` and writes one object with
-    ``_upload`` (a stream) or ``_put`` (bytes), turning its client's failures into the package's errors.
+    A subclass sets ``scheme`` and the connection it uses by default, reads the connection's
+    ``credentials()`` and writes one object with ``_upload`` (a stream) or ``_put`` (bytes),
+    turning its client's failures into the package's errors.
 
     :param bucket: the bucket manifests are staged in.
     :param prefix: key prefix of staged manifests (leading and trailing ``/`` are dropped).
+    :param conn_id: the Airflow connection the store reads and writes with; the class's
+        ``default_conn_id`` when empty.
     """
 
     scheme: str
+    default_conn_id: str
 
-    def __init__(self, bucket: str, prefix: str) -> None:
+    def __init__(self, bucket: str, prefix: str = "", conn_id: str | None = None) -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
+        self.conn_id = conn_id or self.default_conn_id
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.scheme}://{self.bucket}/{self.prefix}, conn_id={self.conn_id!r})"
 
     def key_for(self, name: str) -> str:
         """The object key a staged file called ``name`` gets."""
@@ -162,28 +170,18 @@ class _BucketStore(abc.ABC):
 
 
 class S3ObjectStore(_BucketStore):
-    """Stages manifests under ``s3://bucket/prefix/`` and reads objects, through an Airflow ``aws`` connection.
-
-    :param bucket: the bucket manifests are staged in.
-    :param prefix: key prefix of staged manifests (no leading or trailing ``/``).
-    :param aws_conn_id: the Airflow connection of type ``aws``.
-    """
+    """Stages manifests under ``s3://bucket/prefix/`` and reads objects, through an Airflow ``aws``
+    connection (``aws_default`` unless ``conn_id`` names another)."""
 
     scheme = "s3"
-
-    def __init__(self, bucket: str, prefix: str = "", aws_conn_id: str = DEFAULT_STORAGE_CONN_ID) -> None:
-        super().__init__(bucket, prefix)
-        self.aws_conn_id = aws_conn_id
-
-    def __repr__(self) -> str:
-        return f"S3ObjectStore(s3://{self.bucket}/{self.prefix}, aws_conn_id={self.aws_conn_id!r})"
+    default_conn_id = DEFAULT_STORAGE_CONN_ID
 
     @cached_property
     def hook(self) -> Any:
         """The Amazon provider's S3 hook for the connection."""
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-        return S3Hook(aws_conn_id=self.aws_conn_id)
+        return S3Hook(aws_conn_id=self.conn_id)
 
     @cached_property
     def _client(self) -> Any:
@@ -194,9 +192,9 @@ class S3ObjectStore(_BucketStore):
         try:
             creds = self.hook.get_credentials()
         except Exception as exc:
-            raise storage_error(exc, "reading credentials of storage connection", self.aws_conn_id) from None
+            raise storage_error(exc, "reading credentials of storage connection", self.conn_id) from None
         if not creds.access_key or not creds.secret_key:
-            raise ConfigurationError(f"Storage connection {self.aws_conn_id!r} has no access key and secret key")
+            raise ConfigurationError(f"Storage connection {self.conn_id!r} has no access key and secret key")
         values = {
             "access_key_id": creds.access_key,
             "secret_access_key": creds.secret_key,
@@ -245,37 +243,28 @@ class S3ObjectStore(_BucketStore):
 class GcsObjectStore(_BucketStore):
     """Stages manifests under ``gs://bucket/prefix/`` through an Airflow Google Cloud connection.
 
-    The service reads them with the connection's service account key (``keyfile_dict`` in its extra),
-    which is what Refinery's ``credentials.service_account_json`` takes.
-
-    :param bucket: the bucket manifests are staged in.
-    :param prefix: key prefix of staged manifests.
-    :param gcp_conn_id: the Airflow connection of type ``google_cloud_platform``.
+    The connection is of type ``google_cloud_platform`` (``google_cloud_default`` unless ``conn_id``
+    names another). The service reads the manifests with its service account key (``keyfile_dict``
+    in its extra), which is what Refinery's ``credentials.service_account_json`` takes.
     """
 
     scheme = "gs"
-
-    def __init__(self, bucket: str, prefix: str = "", gcp_conn_id: str = DEFAULT_GCP_CONN_ID) -> None:
-        super().__init__(bucket, prefix)
-        self.gcp_conn_id = gcp_conn_id
-
-    def __repr__(self) -> str:
-        return f"GcsObjectStore(gs://{self.bucket}/{self.prefix}, gcp_conn_id={self.gcp_conn_id!r})"
+    default_conn_id = DEFAULT_GCP_CONN_ID
 
     @cached_property
     def hook(self) -> Any:
         """The Google provider's GCS hook for the connection."""
         from airflow.providers.google.cloud.hooks.gcs import GCSHook
 
-        return GCSHook(gcp_conn_id=self.gcp_conn_id)
+        return GCSHook(gcp_conn_id=self.conn_id)
 
     def credentials(self) -> dict[str, str]:
         """The connection's service account key as JSON text (``service_account_json``)."""
-        extra = self.hook.get_connection(self.gcp_conn_id).extra_dejson
+        extra = self.hook.get_connection(self.conn_id).extra_dejson
         keyfile = extra.get("keyfile_dict") or extra.get("extra__google_cloud_platform__keyfile_dict")
         if not keyfile:
             raise ConfigurationError(
-                f"Storage connection {self.gcp_conn_id!r} has no service account key (keyfile_dict): "
+                f"Storage connection {self.conn_id!r} has no service account key (keyfile_dict): "
                 "the service needs one to read gs:// manifests"
             )
         return {"service_account_json": keyfile if isinstance(keyfile, str) else json.dumps(keyfile)}
@@ -347,6 +336,6 @@ def object_store_for(extra: Mapping[str, Any]) -> ObjectStore | None:
         raise ConfigurationError(
             f"manifest_location must look like s3://bucket/prefix (or gs://bucket/prefix), got {location[:200]!r}"
         )
-    if parts.scheme == "gs":
-        return GcsObjectStore(parts.netloc, parts.path, str(extra.get("storage_conn_id") or DEFAULT_GCP_CONN_ID))
-    return S3ObjectStore(parts.netloc, parts.path, str(extra.get("storage_conn_id") or DEFAULT_STORAGE_CONN_ID))
+    store = GcsObjectStore if parts.scheme == "gs" else S3ObjectStore
+    conn_id = extra.get("storage_conn_id")
+    return store(parts.netloc, parts.path, str(conn_id) if conn_id else None)

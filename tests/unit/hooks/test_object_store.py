@@ -36,9 +36,11 @@ def test_extras_describe_the_store() -> None:
     assert object_store_for({}) is None and object_store_for({"manifest_location": ""}) is None
     store = object_store_for({"manifest_location": "s3://my-bucket/some/prefix/"})
     assert isinstance(store, S3ObjectStore)
-    assert (store.bucket, store.prefix, store.aws_conn_id) == ("my-bucket", "some/prefix", "aws_default")
+    assert (store.bucket, store.prefix, store.conn_id) == ("my-bucket", "some/prefix", "aws_default")
     assert store.key_for("a.jsonl") == "some/prefix/a.jsonl"
     assert S3ObjectStore("b").key_for("a.jsonl") == "a.jsonl"
+    named = object_store_for({"manifest_location": "s3://b/p", "storage_conn_id": "minio"})
+    assert repr(named) == "S3ObjectStore(s3://b/p, conn_id='minio')"
     for name in ("", "a/b.jsonl", ".."):
         with pytest.raises(ConfigurationError):
             store.key_for(name)
@@ -56,7 +58,7 @@ def test_gs_locations_need_the_google_provider() -> None:
             object_store_for({"manifest_location": "gs://bucket/prefix"})
     else:
         store = object_store_for({"manifest_location": "gs://bucket/prefix"})
-        assert isinstance(store, GcsObjectStore) and store.gcp_conn_id == "google_cloud_default"
+        assert isinstance(store, GcsObjectStore) and store.conn_id == "google_cloud_default"
 
 
 def test_stage_streams_a_file_and_returns_where_and_how_to_read_it(sandbox: S3Sandbox, tmp_path: Path) -> None:
