@@ -7,79 +7,33 @@ characters, embedded newlines, over-long duties, and nothing at all.
 
 from __future__ import annotations
 
+import functools
+import json
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib import resources
 
-# (job title variants, duty variants) per occupation
-_JOBS: list[tuple[tuple[str, ...], tuple[str, ...]]] = [
-    (
-        ("software developer", "software engineer", "programmer", "web developer"),
-        ("writing code and unit tests", "building web applications", "developing and testing software"),
-    ),
-    (("paramedic", "ambulance officer"), ("responding to medical emergencies", "treating patients in ambulances")),
-    (("registered nurse", "RN", "nurse"), ("caring for patients on a hospital ward", "giving medication to patients")),
-    (("aged care nurse",), ("looking after elderly residents", "managing medication in a nursing home")),
-    (("brickie", "bricklayer"), ("laying bricks", "building brick walls on housing sites", "")),
-    (("carpenter", "chippy"), ("framing houses", "building timber frames and fitting doors")),
-    (("electrician", "sparky"), ("wiring houses", "installing and repairing electrical wiring")),
-    (("plumber",), ("fixing leaking pipes", "installing hot water systems")),
-    (("truck driver", "truckie"), ("driving semi trailers interstate", "delivering freight")),
-    (("primary school teacher", "teacher"), ("teaching year 3", "teaching children to read and write")),
-    (("high school teacher", "secondary teacher"), ("teaching maths to year 10", "teaching english and history")),
-    (("accountant",), ("preparing tax returns", "preparing financial statements for clients")),
-    (("bookkeeper",), ("doing the books", "processing invoices and payroll")),
-    (("solicitor", "lawyer"), ("conveyancing", "advising clients on family law")),
-    (("GP", "general practitioner", "doctor"), ("seeing patients in a medical clinic", "diagnosing and treating")),
-    (("chef",), ("preparing meals in a restaurant kitchen", "planning menus")),
-    (("cook",), ("cooking meals in a cafe", "cooking")),
-    (("kitchenhand", "kitchen hand"), ("washing dishes", "cleaning the kitchen and preparing food")),
-    (("barista",), ("making coffee", "making coffee and serving customers")),
-    (("waiter", "waitress"), ("serving tables", "taking orders and serving food")),
-    (("retail assistant", "sales assistant", "shop assistant"), ("serving customers", "stocking shelves")),
-    (("checkout operator", "cashier"), ("scanning groceries", "operating the cash register")),
-    (("store manager", "retail manager"), ("managing staff and stock", "running a supermarket")),
-    (("cleaner",), ("cleaning offices", "vacuuming and mopping floors")),
-    (("farm hand", "farmhand"), ("feeding livestock", "fencing and mustering sheep")),
-    (("labourer",), ("digging trenches", "general labouring on building sites")),
-    (("police officer", "cop"), ("patrolling and responding to incidents", "general duties policing")),
-    (("public servant",), ("processing applications", "policy work for a government department")),
-    (("receptionist",), ("answering phones", "greeting visitors and booking appointments")),
-    (("admin assistant", "office administrator"), ("filing and data entry", "general office administration")),
-    (("forklift driver",), ("moving pallets in a warehouse", "loading trucks")),
-    (("storeperson", "warehouse worker"), ("picking and packing orders", "receiving stock")),
-    (("mechanic", "motor mechanic"), ("servicing cars", "repairing engines and brakes")),
-    (("hairdresser",), ("cutting and colouring hair", "styling hair")),
-    (("child care worker", "childcare educator"), ("looking after children", "running activities at a daycare")),
-    (("aged care worker", "personal care assistant"), ("helping elderly people shower and dress", "")),
-    (("disability support worker",), ("supporting people with disability", "personal care and community access")),
-    (("security guard",), ("patrolling premises", "crowd control at venues")),
-    (("civil engineer",), ("designing roads and bridges", "managing construction projects")),
-    (("project manager",), ("managing projects", "")),
-    (("manager",), ("", "managing a team")),
-    (("sales rep", "sales representative"), ("selling products to businesses", "visiting clients")),
-    (("bus driver",), ("driving a city bus route", "")),
-    (("pharmacist",), ("dispensing medicines", "advising customers on medication")),
-    (("social worker",), ("case management", "supporting families in crisis")),
-    (("graphic designer",), ("designing logos and brochures", "")),
-    (("data analyst",), ("analysing data and building reports", "writing SQL queries")),
-    (("painter",), ("painting houses", "painting and decorating")),
-    (("welder",), ("welding steel", "fabricating metal")),
-    (("uber driver", "taxi driver"), ("driving passengers", "")),
-]
+VOCABULARY = "data/survey_vocabulary.json"
+"""The answers are drawn from: occupations with their title and duty variants, and the vague and
+non-ASCII answers. Data, kept beside the package as JSON so it reads and edits as a table."""
 
-_VAGUE = [
-    ("worker", ""),
-    ("self employed", "own business"),
-    ("casual", "various"),
-    ("", "helping out"),
-    ("contractor", ""),
-]
-_NON_ASCII = [
-    ("café manager", "running the café"),
-    ("kaiako", "teaching at a kōhanga reo"),
-    ("chef \u2013 pastry", "desserts"),
-]
+
+@dataclass(frozen=True)
+class _Vocabulary:
+    jobs: list[tuple[tuple[str, ...], tuple[str, ...]]]
+    vague: list[tuple[str, str]]
+    non_ascii: list[tuple[str, str]]
+
+
+@functools.cache
+def _vocabulary() -> _Vocabulary:
+    document = json.loads(resources.files("airflow_batchcode").joinpath(VOCABULARY).read_text(encoding="utf-8"))
+    return _Vocabulary(
+        jobs=[(tuple(titles), tuple(duties)) for titles, duties in document["jobs"]],
+        vague=[(occp, tasks) for occp, tasks in document["vague"]],
+        non_ascii=[(occp, tasks) for occp, tasks in document["non_ascii"]],
+    )
 
 
 @dataclass(frozen=True)
@@ -94,22 +48,23 @@ class SurveyResponse:
 def survey_responses(count: int, *, seed: int = 2026, messy: bool = True) -> Iterator[SurveyResponse]:
     """Yield ``count`` answers; with ``messy`` about 8 % are vague, dirty or invalid."""
     rng = random.Random(seed)
+    vocabulary = _vocabulary()
     tasks: str | None
     for index in range(count):
         rid = f"R{index + 1:07d}"
         roll = rng.random() if messy else 1.0
         if roll < 0.02:
-            occp, tasks = rng.choice(_VAGUE)
+            occp, tasks = rng.choice(vocabulary.vague)
             yield SurveyResponse(rid, occp, tasks)
             continue
         if roll < 0.03:
-            occp, tasks = rng.choice(_NON_ASCII)
+            occp, tasks = rng.choice(vocabulary.non_ascii)
             yield SurveyResponse(rid, occp, tasks)
             continue
         if roll < 0.035:
             yield SurveyResponse(rid, None, None if rng.random() < 0.5 else "")
             continue
-        titles, duties = rng.choice(_JOBS)
+        titles, duties = rng.choice(vocabulary.jobs)
         occp, tasks = rng.choice(titles), rng.choice(duties)
         if roll < 0.05:
             occp = occp.upper()
