@@ -62,7 +62,8 @@ class PipelineConfig:
     :param output_table: ``table`` or ``schema.table``; created when missing.
     :param batchcode_conn_id: the ``batchcode`` connection.
     :param topic: topic to code against (templated).
-    :param model: model id, or the service's latest when ``None`` (templated).
+    :param model: model id, or the service's latest when ``None`` (templated); where the service lists
+        its models (ABS), the extract refuses one the topic does not have.
     :param chunk_records: records per remote operation.
     :param poll_interval: seconds between status calls while waiting; default the service's advice
         (600 for ABS, 60 for the others).
@@ -170,7 +171,8 @@ def _build(config: PipelineConfig) -> None:
         hook = BatchCodeHook(config.batchcode_conn_id)
         spec = spec_for(hook.service)
         rules = spec.rules()
-        model = hook.resolve_model(topic, model or None) if config.result_cache else (model or None)
+        # a named model is checked now; the latest is pinned now only where the cache needs its id
+        model = hook.resolve_model(topic, model or None) if config.result_cache or model else None
         reuse: TextReuse | None = None
         with contextlib.ExitStack() as stack:
             if config.reuses:
@@ -252,7 +254,8 @@ def _build(config: PipelineConfig) -> None:
                 "none, or a service without real-time coding"
             )
         hook = BatchCodeHook(config.batchcode_conn_id)
-        model = hook.resolve_model(topic, extracted.model)  # rows name the model that coded them, as in batch
+        # rows name the model that coded them, as in batch (a named one was checked by the extract)
+        model = extracted.model or hook.resolve_model(topic, None)
         return [hook.code_realtime(chunk, topic, model).to_xcom() for chunk in extracted.chunks]
 
     @task(task_id="load", outlets=[config.asset], trigger_rule="none_failed")

@@ -181,13 +181,24 @@ class BatchCodeHook(BaseHook):
         """The model a run codes with: ``model`` when named, else the service's latest for ``topic``.
 
         Services whose catalogue spec says they list models (ABS: ``GET /v1/topics/{topic}/models``)
-        are asked; the latest is the one released last. ``None`` for a service that names no models.
+        are asked: a named model must be one of the topic's (a typo in the trigger form fails here,
+        naming the models there are, not at create after the extract), and the latest is the one
+        released last. ``None`` for a service that names no models.
+
+        :raises ConfigurationError: the topic has no such model, or no models at all.
         """
-        if model:
-            return model
-        if not spec_for(self.service).lists_models:
-            return None
+        spec = spec_for(self.service)
+        if not spec.lists_models:
+            return model or None
         models = self.client.list_models(topic)  # type: ignore[attr-defined]  # the spec says it lists them
+        if model:
+            if any(m.model_id == model for m in models):
+                return model
+            known = "; ".join(f"{m.model_id} (version {m.model_version}, released {m.release_date})" for m in models)
+            raise ConfigurationError(
+                f"Model {model!r} is not a model of topic {topic!r} on the {spec.label} service, whose models "
+                f"are: {known or 'none'}. Name one of them, or leave the model empty for the latest"
+            )
         if not models:
             raise ConfigurationError(f"The {self.service} service lists no models for topic {topic!r}")
         latest = max(models, key=lambda m: (m.release_date, m.model_version))

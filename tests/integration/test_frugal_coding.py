@@ -230,3 +230,32 @@ def test_dedupe_off_sends_every_record(airflow_db: Path, tmp_path: Path) -> None
     assert dag_run.state == "success"
     answered = sent_rows(rows_of(lambda: sqlite3.connect(path)))
     assert batch == len(answered) > distinct and most > 1, "every valid record was sent, repeats included"
+
+
+@pytest.mark.parametrize("warehouse", ["sqlite"], indirect=True)
+def test_a_model_the_topic_does_not_have_fails_the_extract_naming_the_topics_models(
+    airflow_db: Path, tmp_path: Path, warehouse: tuple[str, Any]
+) -> None:
+    """A typo in the trigger form's model id: refused before any work, with the models there are."""
+    from airflow_batchcode.exceptions import ConfigurationError
+    from airflow_batchcode.hooks.batchcode import BatchCodeHook
+
+    _, connect = warehouse
+    with closing(connect()) as conn:
+        seed(conn, "?", sample=50)
+    dag = _nightly(tmp_path)
+    typo = STRICT_MODEL[:-1] + "8"
+    with emulator() as server, batchcode_connection(server):
+        hook = BatchCodeHook()
+        with pytest.raises(ConfigurationError, match=f"Model '{typo}' is not a model of topic 'anzsco'") as refused:
+            hook.resolve_model("anzsco", typo)
+        assert hook.resolve_model("anzsco", STRICT_MODEL) == STRICT_MODEL
+        assert hook.resolve_model("anzsco", None) == LATEST_MODEL
+        night = _night(dag, DAY, {"model": typo})
+        stats = admin(server, "stats")
+    assert f"{STRICT_MODEL} (version 1.0.0, released " in str(refused.value) and LATEST_MODEL in str(refused.value)
+    assert night.state == "failed"
+    assert night.get_task_instance("extract").state == "failed"
+    assert not stats["operations_created"], "nothing was created, uploaded or coded"
+    with closing(connect()) as conn:
+        assert not conn.execute("SELECT name FROM sqlite_master WHERE name = 'coded_nightly'").fetchall()
