@@ -15,17 +15,20 @@ from airflow.sdk import DAG, Param
 from airflow.sdk.definitions.timetables.interval import CronDataIntervalTimetable
 
 from airflow_batchcode.dags import coding_dag
+from airflow_batchcode.ui.reviews import latest_rows_sql
 
 ANSWERED_IN_RANGE = """\
 {column} >= '{{{{ params.from_date or data_interval_start.strftime('%Y-%m-%d') }}}}'
-  AND {{% if params.to_date %}}{column} <= '{{{{ params.to_date }}}}'
-      {{% else %}}{column} < '{{{{ data_interval_end.strftime('%Y-%m-%d') }}}}'{{% endif %}}"""
+  AND {column} < '{{{{ macros.ds_add(params.to_date, 1) if params.to_date
+                     else data_interval_end.strftime('%Y-%m-%d') }}}}'"""
+"""The days of the trigger form's dates (both inclusive), else of the run's data interval; as a half-open
+range of dates, so that a column holding times selects all of its last day too."""
 
 SOURCE_SQL = """\
 {{% if params.recode %}}
 SELECT s.respondent_id, s.occupation, s.duties, l.dag_run_id AS recode_of
 FROM {table} s
-JOIN {output_table}_latest l ON l.record_id = CAST(s.respondent_id AS TEXT) AND l.dag_id = '{{{{ dag.dag_id }}}}'
+JOIN ({latest_before_this_run}) l ON l.record_id = CAST(s.respondent_id AS TEXT)
 WHERE {in_range_recode}
   AND (l.code_status IN ('unsuccessful', 'error'){{% if params.recode_below is not none %}}
        OR (l.code_status = 'successful' AND l.code_confidence < {{{{ params.recode_below }}}}){{% endif %}})
@@ -36,15 +39,19 @@ WHERE {in_range}
 {{% endif %}}
 ORDER BY 1
 """
-"""The nightly extract; in re-code mode, the earlier runs' rows that failed (or were coded with
-less than ``recode_below`` confidence), by the latest outcome of each record (``<output>_latest``)."""
+"""The nightly extract; in re-code mode, the answers whose latest outcome in this DAG's other runs
+failed (or was coded with less than ``recode_below`` confidence). The latest outcome is ranked as in
+``<output>_latest``, leaving out this run's own rows: a cleared re-code run selects what it selected
+the first time, not what it has since coded."""
 
 
 def source_sql(table: str, output_table: str) -> str:
-    """The nightly extract over ``table`` (re-code mode reads ``<output_table>_latest`` too)."""
+    """The nightly extract over ``table`` (re-code mode reads ``output_table`` too)."""
     return SOURCE_SQL.format(
         table=table,
-        output_table=output_table,
+        latest_before_this_run=latest_rows_sql(
+            output_table, where="o.dag_id = '{{ dag.dag_id }}' AND o.dag_run_id <> '{{ run_id }}'"
+        ),
         in_range=ANSWERED_IN_RANGE.format(column="answered_on"),
         in_range_recode=ANSWERED_IN_RANGE.format(column="s.answered_on"),
     )

@@ -8,8 +8,9 @@ replaces that run's rows (:func:`apply_reviews`), so re-loading a run never lose
 
 ``<output_table>_latest`` gives each source record's latest outcome: the row of the most
 recently loaded run that coded it, reviewed codes included. It is rebuilt on every load, so
-it follows new columns; :func:`latest_view_sql` takes the partition key and ordering as
-arguments, so that re-coding runs (issue 14) can widen it without a second view.
+it follows new columns. The nightly DAG's re-code mode ranks the rows the same way
+(:func:`latest_rows_sql`) but leaves out the run's own rows, so that clearing a re-code run
+selects again what it selected the first time.
 """
 
 from __future__ import annotations
@@ -37,8 +38,12 @@ REVIEW_COLUMNS = (
     "reviewed_at",
 )
 _TYPES = {"position": "BIGINT", "reviewed_at": "TIMESTAMP"}
-RECORD_KEY = "COALESCE(record_id, dag_run_id || ':' || CAST(position AS TEXT))"
-"""What makes rows of different runs the same source record (a record id, else the run's own row)."""
+RECORD_KEY = "COALESCE(NULLIF(record_id, ''), dag_run_id || ':' || CAST(position AS TEXT))"
+"""What makes rows of different runs the same source record: a record id, else (no id, or an empty one)
+the run's own row."""
+NEWEST_FIRST = "loaded_at DESC, dag_run_id DESC, position DESC"
+"""A record's rows, latest first: by load time, then (rows of one load) the later row of the source, so
+that a record id answered twice in one run has one latest row, the same on every database."""
 
 
 class ReviewRejected(ValueError):
@@ -68,15 +73,21 @@ def create_reviews_sql(table: str) -> list[str]:
     ]
 
 
-def latest_view_sql(table: str, *, key: str = RECORD_KEY, newest_first: str = "loaded_at DESC") -> list[str]:
-    """Statements (re)building ``<table>_latest``: per ``key``, the row ordered first by ``newest_first``."""
+def latest_rows_sql(table: str, *, where: str = "") -> str:
+    """A query of each source record's latest row of ``table`` (:data:`RECORD_KEY`, :data:`NEWEST_FIRST`),
+    among the rows ``where`` keeps (a condition on ``o``, the table's rows)."""
     check_table_name(table)
-    return [
-        f"DROP VIEW IF EXISTS {table}_latest",
-        f"CREATE VIEW {table}_latest AS SELECT * FROM ("  # noqa: S608
-        f"SELECT o.*, ROW_NUMBER() OVER (PARTITION BY {key} ORDER BY {newest_first}) AS outcome_rank "
-        f"FROM {table} o) ranked WHERE outcome_rank = 1",
-    ]
+    condition = f" WHERE {where}" if where else ""
+    return (
+        "SELECT * FROM ("  # noqa: S608
+        f"SELECT o.*, ROW_NUMBER() OVER (PARTITION BY {RECORD_KEY} ORDER BY {NEWEST_FIRST}) AS outcome_rank "
+        f"FROM {table} o{condition}) ranked WHERE outcome_rank = 1"
+    )
+
+
+def latest_view_sql(table: str) -> list[str]:
+    """Statements (re)building ``<table>_latest``, the view of :func:`latest_rows_sql` over every row."""
+    return [f"DROP VIEW IF EXISTS {table}_latest", f"CREATE VIEW {table}_latest AS {latest_rows_sql(table)}"]
 
 
 def review_ddl(table: str) -> list[str]:

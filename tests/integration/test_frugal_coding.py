@@ -259,3 +259,38 @@ def test_a_model_the_topic_does_not_have_fails_the_extract_naming_the_topics_mod
     assert not stats["operations_created"], "nothing was created, uploaded or coded"
     with closing(connect()) as conn:
         assert not conn.execute("SELECT name FROM sqlite_master WHERE name = 'coded_nightly'").fetchall()
+
+
+def test_a_cleared_recode_run_selects_again_what_it_selected_and_dates_are_whole_days(
+    airflow_db: Path, tmp_path: Path, warehouse: tuple[str, Any]
+) -> None:
+    """Clearing a re-code run re-codes the same records (not only those it left failed), and a date range
+    of the trigger form selects the whole of its last day from a column that holds times."""
+    kind, connect = warehouse
+    with closing(connect()) as conn:
+        total = seed(conn, mark(kind), sample=200)
+        conn.cursor().execute("UPDATE survey_responses SET answered_on = answered_on || ' 10:30:00'")
+        conn.commit()
+    dag = _nightly(tmp_path)
+    day = {"from_date": DAY, "to_date": DAY}
+    recode = {**day, "recode": True, "model": LATEST_MODEL}
+    with emulator() as server, batchcode_connection(server):
+        night = _night(dag, DAY, {**day, "model": STRICT_MODEL})
+        first = _night(dag, "2026-02-01", recode)
+        first_rows = rows_of(connect, "coded_nightly", first.run_id)
+        cleared = _night(dag, "2026-02-01", recode)  # the same run id: the run cleared and run again
+    assert night.state == first.state == cleared.state == "success"
+    assert first.run_id == cleared.run_id
+    night_rows = rows_of(connect, "coded_nightly", night.run_id)
+    assert len(night_rows) == total, "the last day's answers at 10:30 are in the range"
+    failed = {r["record_id"] for r in night_rows if r["code_status"] in ("unsuccessful", "error")}
+    fixed = {r["record_id"] for r in first_rows if r["code_status"] == "successful"}
+    assert fixed and fixed < failed == {r["record_id"] for r in first_rows}
+    again = rows_of(connect, "coded_nightly", cleared.run_id)
+    assert {r["record_id"] for r in again} == failed, "the cleared run selected what it selected the first time"
+    assert {r["recode_of"] for r in again} == {night.run_id}, "and names the night it re-codes, not itself"
+    with closing(connect()) as conn:
+        cursor = conn.cursor()
+        cursor.execute("SELECT record_id, code_status FROM coded_nightly_latest")
+        latest = dict(cursor.fetchall())
+    assert all(latest[rid] == "successful" for rid in fixed), "what the re-code fixed stays fixed"

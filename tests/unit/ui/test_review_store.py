@@ -149,3 +149,26 @@ def test_decisions_are_checked_stored_applied_and_reapplied(db: Database) -> Non
     assert db.query(f"SELECT COUNT(*) FROM {TABLE}_latest") == [(2 * PER_RUN,)], (
         "record ids differ per run: one outcome each"
     )
+
+
+def test_latest_keeps_one_row_per_record_the_same_on_every_database(db: Database) -> None:
+    """A record id answered twice in one load: the later source row, on SQLite and PostgreSQL alike.
+    Rows without a record id, NULL or empty, are each their own record, in every run."""
+    loaded = datetime(2026, 1, 4, 3)
+    extra = [
+        (*row("extra", 1)[: len(COLUMNS) + 2], loaded),  # the same load, the same record id twice
+        (*row("extra", 2)[: len(COLUMNS) + 2], loaded),
+        (*row("extra", 3)[: len(COLUMNS) + 2], loaded),  # no record id: NULL and empty
+        (*row("extra", 4)[: len(COLUMNS) + 2], loaded),
+    ]
+    record_at, position_at = COLUMNS.index("record_id"), COLUMNS.index("position")
+    extra = [(*r[:record_at], rid, *r[record_at + 1 :]) for r, rid in zip(extra, ["dup", "dup", None, ""], strict=True)]
+    columns = ", ".join(TABLE_COLUMNS)
+    for values in extra:
+        db.execute(f"INSERT INTO {TABLE} ({columns}) VALUES ({', '.join(['?'] * len(TABLE_COLUMNS))})", values)
+    db.conn.commit()
+    latest = f"SELECT position FROM {TABLE}_latest WHERE dag_run_id = 'extra' ORDER BY position"
+    assert [p for (p,) in db.query(latest)] == [2, 3, 4], "the later 'dup' and both rows without an id"
+    assert extra[0][position_at] == 1
+    before_this_run = reviews.latest_rows_sql(TABLE, where="o.dag_run_id <> 'extra'")
+    assert db.query(f"SELECT COUNT(*) FROM ({before_this_run}) l") == [(2 * PER_RUN,)], "the other runs' rows only"
