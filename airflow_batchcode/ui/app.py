@@ -89,7 +89,7 @@ def create_app() -> FastAPI:
             writer = csv.writer(buffer)
             with connect(output.conn_id) as db:
                 for batch in db.stream(queries.export_statement(output.table), (dag_id, run_id)):
-                    writer.writerows(batch)
+                    writer.writerows(map(queries.spreadsheet_safe, batch))
                     yield buffer.getvalue()
                     buffer.seek(0)
                     buffer.truncate()

@@ -1,8 +1,9 @@
-"""The codes a topic knows, for checking a reviewer's code: the classification lists shipped in the package.
+"""A reviewer's code: checked for its form, labelled from the row's suggestions or the shipped lists.
 
-``emulator/data/<topic>.csv`` holds each topic's codes and labels (the ABS topics ``anzsco``
-and ``osca``). A topic without a list accepts any 1 to 6 digit code: there is nothing to check
-it against, and refusing every decision would make the queue useless.
+A code is 1 to 6 digits (major group to occupation). The package ships no full classification:
+``emulator/data/<topic>.csv`` holds samples of ANZSCO and OSCA (the emulator's vocabulary), so a
+code missing from them may well be real (ANZSCO's 121311 Apiarist is not in the sample) and is
+accepted. Its label is the one a suggestion on the row gave it, else the sample's, else none.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import csv
 import functools
 import io
+import json
 import re
 from importlib import resources
 
@@ -28,16 +30,19 @@ def topic_codes(topic: str) -> dict[str, str] | None:
     return {row["code"].strip(): row["label"].strip() for row in reader}
 
 
-def check_code(topic: str, code: str) -> str | None:
-    """Why ``code`` is not acceptable for ``topic`` (a sentence), or ``None`` when it is."""
-    if not CODE_PATTERN.match(code):
-        return "a code is 1 to 6 digits"
-    known = topic_codes(topic)
-    if known is not None and code not in known:
-        return f"{code} is not a {topic} code"
-    return None
+def check_code(code: str) -> str | None:
+    """Why ``code`` is not a code (a sentence), or ``None`` when it is one."""
+    return None if CODE_PATTERN.match(code) else "a code is 1 to 6 digits"
 
 
-def label_of(topic: str, code: str) -> str | None:
-    """The label of ``code`` in ``topic``'s list, when there is one."""
+def label_of(topic: str, code: str, suggestions: str | None = None) -> str | None:
+    """The label of ``code``: from the row's ``suggestions`` (its JSON text) when one names the code,
+    else from ``topic``'s sample list, else ``None``."""
+    try:
+        offered = json.loads(suggestions) if suggestions else []
+    except ValueError:
+        offered = []
+    for suggestion in offered if isinstance(offered, list) else []:
+        if isinstance(suggestion, dict) and str(suggestion.get("codeCategory")) == code and suggestion.get("codeLabel"):
+            return str(suggestion["codeLabel"])
     return (topic_codes(topic) or {}).get(code)

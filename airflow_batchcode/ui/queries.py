@@ -180,6 +180,19 @@ def _day_bound(db: Database, day: date) -> Any:
 EXPORT_ORDER = "ORDER BY position"
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+"""What a spreadsheet takes a cell for a formula by (OWASP's "CSV injection")."""
+
+
+def spreadsheet_safe(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``row`` for a CSV download: a text that a spreadsheet would run as a formula (a survey answer
+    such as ``=HYPERLINK(...)``) gets a leading ``'``, so it opens as the text it is; the Parquet
+    download keeps every value as stored."""
+    if not any(type(value) is str and value.startswith(FORMULA_STARTS) for value in row):
+        return row
+    return tuple("'" + value if type(value) is str and value.startswith(FORMULA_STARTS) else value for value in row)
+
+
 def export_statement(table: str) -> str:
     """The run's rows in position order, every column (for CSV and Parquet downloads)."""
     return f"SELECT * FROM {table} WHERE dag_id = ? AND dag_run_id = ? {EXPORT_ORDER}"  # noqa: S608

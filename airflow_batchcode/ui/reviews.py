@@ -5,9 +5,12 @@ is checked too, but it need not be unique) and stores who decided, when, and the
 new code. Applying a decision sets the row's ``code_status`` to ``reviewed`` and its code
 and label to the reviewer's; the loader applies every decision of a run again after it
 replaces that run's rows (:func:`apply_reviews`), so re-loading a run never loses a review.
+A reloaded run's positions can shift (an answer added to the day, a source query without a
+stable order): a decision follows its record id, and one whose record cannot be found for sure
+is kept in the reviews table but applied to no row, and the load's log says so.
 
-``<output_table>_latest`` gives each source record's latest outcome: the row of the most
-recently loaded run that coded it, reviewed codes included. It is rebuilt on every load, so
+``<output_table>_latest`` gives each source record's latest outcome: its reviewed row if a reviewer
+decided, else the row of the most recently loaded run that coded it. It is rebuilt on every load, so
 it follows new columns. The nightly DAG's re-code mode ranks the rows the same way
 (:func:`latest_rows_sql`) but leaves out the run's own rows, so that clearing a re-code run
 selects again what it selected the first time.
@@ -15,6 +18,8 @@ selects again what it selected the first time.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -23,6 +28,7 @@ from airflow_batchcode.ui.codes import check_code, label_of
 from airflow_batchcode.ui.store import Database
 from airflow_batchcode.warehouse import check_table_name, run_index_sql
 
+log = logging.getLogger("airflow_batchcode.reviews")
 REVIEWED = "reviewed"
 REVIEW_COLUMNS = (
     "dag_id",
@@ -41,9 +47,11 @@ _TYPES = {"position": "BIGINT", "reviewed_at": "TIMESTAMP"}
 RECORD_KEY = "COALESCE(NULLIF(record_id, ''), dag_run_id || ':' || CAST(position AS TEXT))"
 """What makes rows of different runs the same source record: a record id, else (no id, or an empty one)
 the run's own row."""
-NEWEST_FIRST = "loaded_at DESC, dag_run_id DESC, position DESC"
-"""A record's rows, latest first: by load time, then (rows of one load) the later row of the source, so
-that a record id answered twice in one run has one latest row, the same on every database."""
+NEWEST_FIRST = f"CASE WHEN code_status = '{REVIEWED}' THEN 0 ELSE 1 END, loaded_at DESC, dag_run_id DESC, position DESC"
+"""A record's rows, latest first: a reviewer's decision before any service outcome (a decision made on
+an older row still counts, and a reviewed record is not re-coded), then by load time, then (rows of
+one load) the later row of the source, so that a record id answered twice in one run has one latest
+row, the same on every database."""
 
 
 class ReviewRejected(ValueError):
@@ -136,21 +144,21 @@ class Decision:
 
 
 def record_decision(db: Database, table: str, decision: Decision) -> dict[str, Any]:
-    """Check ``decision`` against the row and the topic's codes, store it and apply it, in one transaction.
+    """Check ``decision`` against the row and the code's form, store it and apply it, in one transaction.
 
     :raises ReviewRejected: nothing was written.
     :return: the stored review.
     """
     ensure_tables(db, table)
     rows = db.query(
-        f"SELECT record_id, topic, code_status, code_category FROM {table} "  # noqa: S608
+        f"SELECT record_id, topic, code_status, code_category, suggestions FROM {table} "  # noqa: S608
         "WHERE dag_id = ? AND dag_run_id = ? AND position = ?",
         (decision.dag_id, decision.run_id, decision.position),
     )
     if not rows or rows[0][0] != decision.record_id:
         raise ReviewRejected(404, f"run {decision.run_id} has no record {decision.record_id!r} at that position")
-    record_id, topic, old_status, old_code = rows[0]
-    problem = check_code(topic or "", decision.code)
+    record_id, topic, old_status, old_code, suggestions = rows[0]
+    problem = check_code(decision.code)
     if problem:
         raise ReviewRejected(400, problem)
     review = {
@@ -162,7 +170,7 @@ def record_decision(db: Database, table: str, decision: Decision) -> dict[str, A
         "old_status": old_status,
         "old_code": old_code,
         "new_code": decision.code,
-        "new_label": label_of(topic or "", decision.code),
+        "new_label": label_of(topic or "", decision.code, suggestions),
         "reviewer": decision.reviewer,
         # to the microsecond: two decisions on a row in the same second keep their order
         "reviewed_at": datetime.now(UTC).replace(tzinfo=None),
@@ -205,17 +213,54 @@ def _apply(db: Database, table: str, updates: list[tuple[Any, ...]]) -> int:
 def apply_reviews(conn: Any, table: str, *, dag_id: str, run_id: str) -> int:
     """Apply the run's stored decisions (the latest per row) to its freshly loaded rows; the caller commits.
 
+    A decision goes to the row at its position when that row has the decision's record id, else to
+    the one row of the run with that record id; a decision that matches neither (its record gone,
+    its id now on several rows, or no id and another row at its position) is logged and not applied.
     Called by :func:`airflow_batchcode.warehouse.replace_run_rows` inside its transaction, after
     the insert, once :func:`review_ddl` has run. Only reads the decisions and updates the run's rows.
+
+    :return: the decisions applied.
     """
     db = Database(conn)
     decisions = db.query(
-        f"SELECT position, new_code, new_label FROM {table}_reviews "  # noqa: S608
+        f"SELECT position, record_id, new_code, new_label FROM {table}_reviews "  # noqa: S608
         "WHERE dag_id = ? AND dag_run_id = ? ORDER BY reviewed_at",
         (dag_id, run_id),
     )
-    latest = {position: (code, label) for position, code, label in decisions}
-    return _apply(db, table, [(code, label, dag_id, run_id, pos) for pos, (code, label) in latest.items()])
+    latest = {position: (record_id or None, code, label) for position, record_id, code, label in decisions}
+    at_position = dict(_run_rows(db, table, dag_id, run_id, "position", list(latest)))
+    moved = [rid for position, (rid, _, _) in latest.items() if rid and (at_position.get(position) or None) != rid]
+    where_now: dict[str | None, list[int]] = {}
+    for position, record_id in _run_rows(db, table, dag_id, run_id, "record_id", moved):
+        where_now.setdefault(record_id, []).append(position)
+    updates, lost = [], []
+    for position, (record_id, code, label) in latest.items():
+        if position in at_position and (at_position[position] or None) == record_id:
+            updates.append((code, label, dag_id, run_id, position))
+        elif record_id and len(where_now.get(record_id, ())) == 1:
+            updates.append((code, label, dag_id, run_id, where_now[record_id][0]))
+        else:
+            lost.append(f"{record_id or '(no record id)'} at position {position}")
+    if lost:
+        log.warning(
+            "Run %s: %d review decision(s) not applied, their records not found for sure in the reloaded rows "
+            "(kept in %s_reviews; decide again on the new rows): %s",
+            run_id, len(lost), table, "; ".join(lost[:20]) + ("; ..." if len(lost) > 20 else ""),
+        )  # fmt: skip
+    return _apply(db, table, updates)
+
+
+def _run_rows(
+    db: Database, table: str, dag_id: str, run_id: str, column: str, values: list[Any]
+) -> Iterator[tuple[int, str | None]]:
+    """``(position, record_id)`` of the run's rows whose ``column`` is one of ``values`` (asked 500 at a time)."""
+    for start in range(0, len(values), 500):
+        some = values[start : start + 500]
+        yield from db.query(
+            f"SELECT position, record_id FROM {table} WHERE dag_id = ? AND dag_run_id = ? "  # noqa: S608
+            f"AND {column} IN ({', '.join('?' for _ in some)})",
+            (dag_id, run_id, *some),
+        )
 
 
 def recent_reviews(db: Database, table: str, dag_ids: list[str], limit: int = 10) -> list[tuple[Any, ...]]:

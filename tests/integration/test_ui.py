@@ -155,6 +155,18 @@ def test_csv_download_has_every_row_and_parquet_is_a_clear_501_without_pyarrow(a
     lines = answer.text.strip().splitlines()
     assert lines[0].split(",")[: len(TABLE_COLUMNS)] == list(TABLE_COLUMNS)
     assert len(lines) == 81
+    # an answer a spreadsheet would run as a formula opens as the text it is
+    change = f"UPDATE {TABLE} SET tasks_text = ? WHERE dag_run_id = ? AND position = 1"
+    with closing(sqlite3.connect(api["path"])) as conn:
+        (before,) = conn.execute(f"SELECT tasks_text FROM {TABLE} WHERE dag_run_id = ? AND position = 1", (run_id,))
+        conn.execute(change, ("=HYPERLINK(1)", run_id))
+        conn.commit()
+        try:
+            text = client.get(f"/batchcode/dags/{DAG_ID}/runs/{run_id}/rows.csv", headers=viewer).text
+        finally:
+            conn.execute(change, (before[0], run_id))
+            conn.commit()
+    assert ",'=HYPERLINK(1)," in text and ",=HYPERLINK" not in text
     parquet = client.get(f"/batchcode/dags/{DAG_ID}/runs/{run_id}/rows.parquet", headers=viewer)
     try:
         import pyarrow.parquet as pq
@@ -210,7 +222,6 @@ def test_bad_decisions_are_4xx_and_write_nothing(api: dict[str, Any]) -> None:
     cases = [
         ({**good, "code": "12a"}, 400),
         ({**good, "code": "1234567"}, 400),
-        ({**good, "code": "999998"}, 400),
         ({**good, "code": ""}, 400),
         ({**good, "code": "261313", "run_id": "manual__other"}, 404),
         ({**good, "code": "261313", "record_id": other_run_id}, 404),

@@ -48,12 +48,18 @@ def test_provider_info_names_the_plugin() -> None:
     ]
 
 
-def test_codes_are_checked_against_the_topic() -> None:
-    assert check_code("anzsco", "261313") is None and label_of("anzsco", "261313") == "Software Engineer"
-    assert check_code("anzsco", "999998") == "999998 is not a anzsco code"
-    assert check_code("anzsco", "12a") == check_code("anzsco", "1234567") == "a code is 1 to 6 digits"
-    assert check_code("no_such_topic", "123") is None, "a topic without a list takes any 1 to 6 digits"
-    assert check_code("../etc", "123") is None and label_of("../etc", "123") is None
+def test_codes_are_checked_for_their_form_and_labelled_from_suggestions_or_the_sample() -> None:
+    assert check_code("261313") is None and label_of("anzsco", "261313") == "Software Engineer"
+    assert check_code("121311") is None, "a real ANZSCO code the shipped sample does not hold (Apiarist)"
+    assert label_of("anzsco", "121311") is None
+    offered = json.dumps([{"codeCategory": "121311", "codeLabel": "Apiarist"}, {"codeCategory": "1213"}])
+    assert label_of("anzsco", "121311", offered) == "Apiarist", "the row's suggestion names it"
+    assert label_of("anzsco", "261313", offered) == "Software Engineer"
+    assert label_of("anzsco", "1213", offered) == label_of("anzsco", "1213", "not json") == "Livestock Farmers", (
+        "a suggestion without a label, or unreadable suggestions: the sample's label"
+    )
+    assert check_code("12a") == check_code("1234567") == check_code("") == "a code is 1 to 6 digits"
+    assert label_of("../etc", "123") is None
 
 
 def test_charts_escape_labels_and_reference_nothing_outside() -> None:
@@ -74,3 +80,22 @@ def test_run_ids_cannot_break_out_of_links() -> None:
         "d", "t", [Night("x'><script>alert(1)</script>", "2026-01-01 00:00", 3, 2)], "/batchcode/dags/d"
     )
     assert "<script>alert" not in page and "href='/batchcode/dags/d/runs/x%27%3E%3Cscript%3E" in page
+
+
+def test_csv_downloads_open_formula_like_answers_as_text() -> None:
+    from airflow_batchcode.ui.queries import spreadsheet_safe
+
+    row = ("R1", 3, '=HYPERLINK("http://x","y")', "+61 nurse", "-cleaning", "@sum", 0.5, None, "nurse")
+    assert spreadsheet_safe(row) == (
+        "R1",
+        3,
+        '\'=HYPERLINK("http://x","y")',
+        "'+61 nurse",
+        "'-cleaning",
+        "'@sum",
+        0.5,
+        None,
+        "nurse",
+    )
+    plain = ("R2", 4, "nurse", "caring for patients", 0.93)
+    assert spreadsheet_safe(plain) is plain

@@ -119,7 +119,6 @@ def test_decisions_are_checked_stored_applied_and_reapplied(db: Database) -> Non
 
     for bad, status in (
         (decision(code="26131x"), 400),
-        (decision(code="999998"), 400),
         (decision(record_id="02-3"), 404),
         (decision(position=10_000), 404),
     ):
@@ -172,3 +171,39 @@ def test_latest_keeps_one_row_per_record_the_same_on_every_database(db: Database
     assert extra[0][position_at] == 1
     before_this_run = reviews.latest_rows_sql(TABLE, where="o.dag_run_id <> 'extra'")
     assert db.query(f"SELECT COUNT(*) FROM ({before_this_run}) l") == [(2 * PER_RUN,)], "the other runs' rows only"
+
+
+def test_a_decision_follows_its_record_when_a_reload_shifts_positions_and_outranks_later_outcomes(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    decided = reviews.Decision("nightly", RUNS[0], 3, "01-3", "121311", "ann")
+    assert reviews.record_decision(db, TABLE, decided)["new_label"] is None, "a real code outside the sample"
+    status = f"SELECT position, code_status, code_category FROM {TABLE} WHERE dag_run_id = ? AND record_id = ?"
+
+    # the run reloaded with an answer added before it: every position one further on
+    db.execute(f"UPDATE {TABLE} SET position = position + 1 WHERE dag_run_id = ?", (RUNS[0],))
+    db.execute(
+        f"UPDATE {TABLE} SET code_status = 'unsuccessful', code_category = NULL WHERE dag_run_id = ?", (RUNS[0],)
+    )
+    assert reviews.apply_reviews(db.conn, TABLE, dag_id="nightly", run_id=RUNS[0]) == 1
+    db.conn.commit()
+    assert db.query(status, (RUNS[0], "01-3")) == [(4, "reviewed", "121311")], "applied where the record is now"
+    assert db.query(status, (RUNS[0], "01-2")) == [(3, "unsuccessful", None)], "not to the row now at position 3"
+
+    # a later run codes the same record again: the reviewer's decision stays its latest outcome
+    later = (*row("scheduled__2026-01-09", 3)[: len(COLUMNS) + 2], datetime(2026, 1, 10, 3))
+    later = (*later[: COLUMNS.index("record_id")], "01-3", *later[COLUMNS.index("record_id") + 1 :])
+    columns = ", ".join(TABLE_COLUMNS)
+    db.execute(f"INSERT INTO {TABLE} ({columns}) VALUES ({', '.join(['?'] * len(TABLE_COLUMNS))})", later)
+    db.conn.commit()
+    latest = f"SELECT dag_run_id, code_status FROM {TABLE}_latest WHERE record_id = '01-3'"
+    assert db.query(latest) == [(RUNS[0], "reviewed")]
+
+    # the record gone from a reload: the decision is kept, applied nowhere, and the log says so
+    db.execute(f"DELETE FROM {TABLE} WHERE dag_run_id = ? AND record_id = '01-3'", (RUNS[0],))
+    with caplog.at_level("WARNING", logger="airflow_batchcode.reviews"):
+        assert reviews.apply_reviews(db.conn, TABLE, dag_id="nightly", run_id=RUNS[0]) == 0
+    db.conn.commit()
+    assert "1 review decision(s) not applied" in caplog.text and "01-3 at position 3" in caplog.text
+    assert db.query(f"SELECT COUNT(*) FROM {TABLE} WHERE code_status = 'reviewed'") == [(0,)]
+    assert db.query(f"SELECT COUNT(*) FROM {TABLE}_reviews") == [(1,)]
