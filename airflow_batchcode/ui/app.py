@@ -76,7 +76,14 @@ def create_app() -> FastAPI:
                 report = queries.RunReport(0, {}, [0] * queries.HISTOGRAM_BINS, {}, [])
         base = f"{_base(request)}/dags/{_segment(dag_id)}/runs/{_segment(run_id)}"
         return pages.report_page(
-            dag_id, run_id, output.table, report, runs.run_xcoms(dag_id, run_id), runs.timeline(dag_id, run_id), base
+            dag_id,
+            run_id,
+            output.table,
+            report,
+            runs.run_xcoms(dag_id, run_id),
+            runs.timeline(dag_id, run_id),
+            base,
+            state=runs.run_state(dag_id, run_id),
         )
 
     @app.get("/dags/{dag_id}/runs/{run_id}/rows.csv", dependencies=[ReadRun])

@@ -26,6 +26,8 @@ PALETTE = {
     "load": "#2e7d32",
 }
 DEFAULT_COLOUR = "#455a64"
+FAILED_OUTLINE = f" stroke='{PALETTE['error']}' stroke-width='3' stroke-dasharray='4 2'"
+"""How the timeline marks a task try that failed (its fill stays its step's colour)."""
 FONT = "font-family='system-ui, sans-serif' font-size='12'"
 
 
@@ -121,7 +123,8 @@ def trend(points: Sequence[tuple[str, int, float]], *, title: str, width: int = 
 
 
 def gantt(spans: Sequence[Span], *, title: str, width: int = 900) -> str:
-    """A timeline: one lane per chunk (and extract, load), one bar per task try, coloured by step."""
+    """A timeline: one lane per chunk (and extract, load), one bar per task try, coloured by step; a failed
+    try outlined in red."""
     lanes = list(dict.fromkeys(span.lane for span in spans))
     row, left = 22, 80
     height = max(1, len(lanes)) * row + 30
@@ -145,7 +148,7 @@ def gantt(spans: Sequence[Span], *, title: str, width: int = 900) -> str:
         body.append(
             f"<g><title>{escape(span.lane)} {escape(span.step)}: {seconds:,.1f} s ({escape(span.state)})</title>"
             f"<rect x='{x:.1f}' y='{y + 3}' width='{length:.1f}' height='{row - 6}' "
-            f"fill='{PALETTE.get(span.step, DEFAULT_COLOUR)}'/></g>"
+            f"fill='{PALETTE.get(span.step, DEFAULT_COLOUR)}'{FAILED_OUTLINE if span.state == 'failed' else ''}/></g>"
         )
     return _svg(width, height, body, title)
 

@@ -25,6 +25,8 @@ td,th{border-bottom:1px solid #eee;padding:4px 8px;text-align:left;vertical-alig
 .key{margin-right:10px;font-size:12px} .key i{display:inline-block;width:10px;height:10px;margin-right:4px}
 a{color:#1565c0} .muted{color:#777;font-size:12px} button{cursor:pointer}
 .msg{padding:6px;border-radius:4px} .ok{background:#e8f5e9} .bad{background:#ffebee}
+.banner{padding:8px 10px;border-radius:4px;margin-bottom:12px;background:#fff8e1}
+.banner.bad{border-left:4px solid #c62828} .banner.ok{border-left:4px solid #2e7d32}
 """
 
 
@@ -55,12 +57,52 @@ _TEXT_CARDS = (
 """The run summary's text counts (:meth:`airflow_batchcode.summary.RunSummary.count_texts`) the report shows."""
 
 
+def run_banner(state: str | None, spans: list[Span], rows_out: int) -> str:
+    """What a reader must know before the numbers: whether the run failed, which tasks, and what to do."""
+    if state is None:
+        return ""
+    if state == "success":
+        return "<div class='banner ok'>The run succeeded.</div>"
+    failed = list(dict.fromkeys(_task_name(span) for span in spans if span.state == "failed"))
+    if state != "failed":
+        return (
+            f"<div class='banner'>The run is {escape(state)}: the numbers below are what it has loaded so far."
+            + (f" Failed tries so far: {escape(', '.join(failed))}." if failed else "")
+            + "</div>"
+        )
+    loaded = any(span.step == "load" and span.state == "success" for span in spans)
+    advice = (
+        "The load wrote its rows before the run failed (a quality gate below its rate fails the load after "
+        "writing them)."
+        if loaded or rows_out
+        else "No rows were loaded."
+    )
+    return (
+        "<div class='banner bad'><b>The run failed.</b> "
+        + (f"Failed: {escape(', '.join(failed))}. " if failed else "")
+        + f"{advice} Each failed task's log says why. Clearing the failed tasks carries the run on: tasks that "
+        "succeeded are not run again, and a remote operation already created is picked up, not created again.</div>"
+    )
+
+
+def _task_name(span: Span) -> str:
+    return span.step if span.lane in ("extract", "load") else f"{span.step} ({span.lane})"
+
+
 def report_page(
-    dag_id: str, run_id: str, table: str, report: RunReport, xcoms: dict[str, Any], spans: list[Span], base: str
+    dag_id: str,
+    run_id: str,
+    table: str,
+    report: RunReport,
+    xcoms: dict[str, Any],
+    spans: list[Span],
+    base: str,
+    *,
+    state: str | None = None,
 ) -> str:
-    """The run report: counts, status mix, confidence, code lengths, top codes, rejections, timeline, usage,
-    the API requests the run used and left in the quota window, and what de-duplication and the result cache
-    saved (the texts the run sent against its records)."""
+    """The run report: the run's state (and its failed tasks), counts, status mix, confidence, code lengths,
+    top codes, rejections, timeline, usage, the API requests the run used and left in the quota window, and
+    what de-duplication and the result cache saved (the texts the run sent against its records)."""
     extract = xcoms.get("extract") or {}
     summary = xcoms.get("load") or {}
     records_in = extract.get("rows", "unknown") if isinstance(extract, dict) else "unknown"
@@ -101,6 +143,7 @@ def report_page(
     body = [
         f"<h1>Coding report · {escape(dag_id)} · {escape(run_id)}</h1>",
         f"<div class='muted'>Output table {escape(table)} · download {downloads}</div>",
+        run_banner(state, spans, report.rows_out),
         f"<div class='grid'>{numbers}</div><div class='grid'>",
         _card(
             "Status mix",
@@ -131,7 +174,9 @@ def report_page(
         "</div>",
         _card(
             "Per-chunk timeline",
-            charts.legend([*STEPS, "extract", "load"]) + charts.gantt(spans, title="Per-chunk timeline"),
+            charts.legend([*STEPS, "extract", "load"])
+            + " <span class='key'>a failed try: outlined in red</span>"
+            + charts.gantt(spans, title="Per-chunk timeline"),
         ),
     ]
     return document(f"Coding report {run_id}", "".join(body))

@@ -71,6 +71,17 @@ class _Row:
         self.value = value
 
 
+def run_state(dag_id: str, run_id: str) -> str | None:
+    """The run's state in Airflow (``success``, ``failed``, ``running``, ...), ``None`` for a run it does not know."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        state = session.scalar(select(DagRun.state).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id))
+    return None if state is None else str(state)
+
+
 def timeline(dag_id: str, run_id: str) -> list[Span]:
     """The run's extract, per-chunk create/upload/wait/download, and load task times, in start order."""
     from airflow.models.taskinstance import TaskInstance

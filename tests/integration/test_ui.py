@@ -119,6 +119,7 @@ def test_report_shows_counts_and_charts_drawn_on_the_server(api: dict[str, Any])
     total = rows_of(api["path"], f"SELECT COUNT(*) FROM {TABLE} WHERE dag_run_id = ?", run_id)[0][0]
     assert total == 80
     assert "Records in" in html and "Rows out" in html and f">{total}<" in html
+    assert "The run succeeded." in html, "the run's state, read from Airflow's metadata database"
     for chart in (
         "Status mix",
         "Confidence histogram",

@@ -99,3 +99,29 @@ def test_csv_downloads_open_formula_like_answers_as_text() -> None:
     )
     plain = ("R2", 4, "nurse", "caring for patients", 0.93)
     assert spreadsheet_safe(plain) is plain
+
+
+def test_the_report_says_first_whether_the_run_failed_and_which_tries() -> None:
+    from datetime import datetime
+
+    from airflow_batchcode.ui.pages import run_banner
+    from airflow_batchcode.ui.runs import Span
+
+    at = datetime(2026, 1, 6, 3)
+    spans = [
+        Span("extract", "extract", at, at, "success"),
+        Span("chunk 0", "upload", at, at, "failed"),
+        Span("chunk 0", "upload", at, at, "failed"),
+        Span("chunk 1", "download", at, at, "success"),
+    ]
+    failed = run_banner("failed", spans, rows_out=0)
+    assert "The run failed." in failed and "Failed: upload (chunk 0). No rows were loaded." in failed
+    gate = run_banner("failed", [*spans[:1], Span("load", "load", at, at, "failed")], rows_out=80)
+    assert "Failed: load. The load wrote its rows" in gate and "quality gate" in gate
+    assert "is running" in run_banner("running", spans, rows_out=0) and "upload (chunk 0)" in run_banner(
+        "running", spans, rows_out=0
+    )
+    assert run_banner("success", spans, rows_out=80) == "<div class='banner ok'>The run succeeded.</div>"
+    assert run_banner(None, spans, rows_out=0) == ""
+    drawn = charts.gantt(spans, title="t")
+    assert drawn.count("stroke-dasharray") == 2, "the two failed tries are outlined"
