@@ -6,6 +6,8 @@ computed by the database, so a report over a million rows moves a few dozen numb
 
 from __future__ import annotations
 
+import collections
+import re
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
@@ -38,6 +40,31 @@ class RunReport:
     rejections: list[tuple[str, int]] = field(default_factory=list)
 
 
+ERROR_TEXTS = 5000
+"""The most frequent error texts of a run read for the rejection chart (folded into :data:`REASONS` reasons)."""
+REASONS = 12
+_SPECIFIC = re.compile(r"('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|\b\d+\b)")
+
+
+def reasons(errors: list[tuple[str, int]], most: int = REASONS) -> list[tuple[str, int]]:
+    """Error texts and their counts, those that differ only in quoted values or numbers counted together:
+    "... ASCII 'é' at character 4" and "... ASCII 'ü' at character 9" are "... ASCII '…' at character N".
+    A value every text of a reason shares stays ("... at most 300")."""
+    shapes: dict[tuple[str, ...], list[tuple[list[str], int]]] = {}
+    for text, count in errors:
+        parts = _SPECIFIC.split(text)  # text, value, text, value, ..., text
+        shapes.setdefault(tuple(parts[0::2]), []).append((parts, count))
+    folded = collections.Counter[str]()
+    for texts in shapes.values():
+        first = texts[0][0]
+        kept = [
+            part if i % 2 == 0 or all(parts[i] == part for parts, _ in texts) else ("N" if part[0].isdigit() else "'…'")
+            for i, part in enumerate(first)
+        ]
+        folded["".join(kept)] += sum(count for _, count in texts)
+    return folded.most_common(most)
+
+
 def run_report(db: Database, table: str, dag_id: str, run_id: str) -> RunReport:
     """Aggregate one run's rows of ``table``."""
     where = "WHERE dag_id = ? AND dag_run_id = ?"
@@ -60,18 +87,19 @@ def run_report(db: Database, table: str, dag_id: str, run_id: str) -> RunReport:
         f"GROUP BY code_category ORDER BY COUNT(*) DESC, code_category LIMIT {TOP_CODES}",
         key,
     )
-    rejections = db.query(
+    errors = db.query(
         f"SELECT COALESCE(error, code_status), COUNT(*) FROM {table} {where} "  # noqa: S608
-        "AND code_status = 'error' GROUP BY COALESCE(error, code_status) ORDER BY COUNT(*) DESC LIMIT 12",
+        f"AND code_status = 'error' GROUP BY COALESCE(error, code_status) ORDER BY COUNT(*) DESC LIMIT {ERROR_TEXTS}",
         key,
     )
+
     return RunReport(
         rows_out=sum(status.values()),
         status=status,
         confidence=[int(n or 0) for n in histogram],
         code_lengths={int(n): int(c) for n, c in lengths},
         top_codes=[(str(c), str(label or ""), int(n)) for c, label, n in top],
-        rejections=[(str(reason), int(n)) for reason, n in rejections],
+        rejections=reasons([(str(text), int(count)) for text, count in errors]),
     )
 
 

@@ -125,3 +125,26 @@ def test_the_report_says_first_whether_the_run_failed_and_which_tries() -> None:
     assert run_banner(None, spans, rows_out=0) == ""
     drawn = charts.gantt(spans, title="t")
     assert drawn.count("stroke-dasharray") == 2, "the two failed tries are outlined"
+
+
+def test_rejection_reasons_count_together_what_differs_only_in_the_specifics() -> None:
+    from airflow_batchcode.ui.queries import reasons
+
+    ascii_error = "tasks_text has a character outside printable ASCII {!r} at character {}"
+    errors = [
+        (ascii_error.format("é", 4), 3),
+        (ascii_error.format("ü", 9), 2),
+        ("texts are 412 characters; the service takes at most 300", 1),
+        ("texts are 500 characters; the service takes at most 300", 4),
+        ("both occp_text and tasks_text are empty (or only whitespace)", 7),
+        ("occp_text has a character outside printable ASCII 'é' at character 4", 1),
+        ("record R0000012 failed", 1),
+    ]
+    assert reasons(errors) == [
+        ("both occp_text and tasks_text are empty (or only whitespace)", 7),
+        ("tasks_text has a character outside printable ASCII '…' at character N", 5),
+        ("texts are N characters; the service takes at most 300", 5),
+        ("occp_text has a character outside printable ASCII 'é' at character 4", 1),
+        ("record R0000012 failed", 1),
+    ]
+    assert len(reasons([(f"row {n} failed", 1) for n in range(100)], most=12)) == 1
