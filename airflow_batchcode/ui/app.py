@@ -158,6 +158,7 @@ def create_app() -> FastAPI:
         topic: Annotated[str | None, Query(max_length=50)] = None,
         threshold: Annotated[float, Query(ge=0, le=1)] = queries.DEFAULT_THRESHOLD,
         after: Annotated[str | None, Query(max_length=600)] = None,
+        errors: bool = False,
     ) -> str:
         readable = sorted(set(dags_with_outputs()) & _readable_dags(request, user))
         chosen = dag_id if dag_id in readable else (readable[0] if readable else None)
@@ -169,13 +170,16 @@ def create_app() -> FastAPI:
             "date": date_.isoformat() if date_ else "",
             "topic": topic or "",
             "threshold": str(threshold),
+            "errors": "1" if errors else "",
         }
         rows: list[dict[str, Any]] = []
         recent: list[tuple[Any, ...]] = []
         next_url = None
         if chosen:
             output = output_of(chosen)
-            where = queries.QueueFilter((chosen,), run_id or None, date_, topic or None, threshold, _cursor(after))
+            where = queries.QueueFilter(
+                (chosen,), run_id or None, date_, topic or None, threshold, _cursor(after), errors=errors
+            )
             with connect(output.conn_id) as db:
                 if db.table_exists(output.table):
                     rows = queries.review_queue(db, output.table, where)

@@ -236,6 +236,9 @@ def review_page(
                 ("Confidence below", "threshold", "text"),
             )
         )
+        + "<label><input name='errors' type='checkbox' value='1'"
+        + (" checked" if filters.get("errors") else "")
+        + "> with errors<br><span class='muted'>records refused by the rules or the service</span></label>"
         + "<button type='submit'>Filter</button></form>"
     )
     lines = []
@@ -257,7 +260,9 @@ def review_page(
             f"<tr data-dag='{escape(row['dag_id'], quote=True)}' data-key='{escape(key, quote=True)}'>"
             f"<td>{escape(str(row['record_id']))}<div class='muted'>{escape(row['dag_run_id'])}</div></td>"
             f"<td>{escape(str(row['occp_text'] or ''))}"
-            f"<div class='muted'>{escape(str(row['tasks_text'] or ''))}</div></td>"
+            f"<div class='muted'>{escape(str(row['tasks_text'] or ''))}</div>"
+            + (f"<div class='muted'>error: {escape(str(row['error']))}</div>" if row.get("error") else "")
+            + "</td>"
             f"<td>{escape(str(row['topic'] or ''))}</td>"
             f"<td>{escape(row['code_status'])} {escape(str(row['code_category'] or ''))} {conf}</td>"
             f"<td>{picks}<input class='code' size='7' maxlength='6' placeholder='code'> "

@@ -137,6 +137,8 @@ class QueueFilter:
     :param day: only rows loaded on this day (UTC).
     :param topic: only this topic.
     :param threshold: successful codes below this confidence are listed too.
+    :param errors: list the ``error`` rows too (records the input rules or the service refused), for a
+        coder to code by hand.
     :param after: keyset cursor: (run id, position) of the last row of the previous page.
     """
 
@@ -146,6 +148,7 @@ class QueueFilter:
     topic: str | None = None
     threshold: float = DEFAULT_THRESHOLD
     after: tuple[str, str, int] | None = None
+    errors: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.threshold <= 1:
@@ -164,6 +167,7 @@ QUEUE_COLUMNS = (
     "suggestions",
     "occp_text",
     "tasks_text",
+    "error",
 )
 
 
@@ -177,7 +181,8 @@ def review_queue(db: Database, table: str, where: QueueFilter, limit: int = QUEU
         return []
     clauses = [
         f"dag_id IN ({', '.join('?' for _ in where.dag_ids)})",
-        "(code_status = 'unsuccessful' OR (code_status = 'successful' AND code_confidence < ?))",
+        "(code_status = 'unsuccessful' OR (code_status = 'successful' AND code_confidence < ?)"
+        + (" OR code_status = 'error')" if where.errors else ")"),
     ]
     params: list[Any] = [*where.dag_ids, where.threshold]
     if where.run_id:

@@ -8,6 +8,7 @@ request without a token is anonymous.
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -282,3 +283,18 @@ def test_a_decision_is_stored_shown_and_survives_a_reload(api: dict[str, Any]) -
     assert replace_run_rows("test_warehouse", TABLE, original, dag_id=DAG_ID, run_id=run_id) == 80
     assert rows_of(path, reviewed.format(TABLE), run_id, position) == [("reviewed", "261313", "Software Engineer")]
     assert rows_of(path, f"SELECT COUNT(*) FROM {TABLE} WHERE dag_run_id = ?", run_id) == [(80,)]
+
+
+def test_the_queue_lists_refused_records_with_their_error_when_asked(api: dict[str, Any]) -> None:
+    client, viewer = api["client"], api["headers"]["viewer"]
+    refused = rows_of(
+        api["path"],
+        f"SELECT record_id, error FROM {TABLE} WHERE dag_run_id = ? AND code_status = 'error'",
+        api["run_id"],
+    )
+    assert refused, "the run's messy answers include records the input rules refused"
+    plain = client.get("/batchcode/review", params={"dag_id": DAG_ID}, headers=viewer).text
+    with_errors = client.get("/batchcode/review", params={"dag_id": DAG_ID, "errors": "1"}, headers=viewer).text
+    assert "error: " not in plain and "name='errors' type='checkbox' value='1'>" in plain
+    assert html.escape(f"error: {refused[0][1]}") in with_errors
+    assert "value='1' checked>" in with_errors, "the filter stays on for the next page"
