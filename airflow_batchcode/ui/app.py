@@ -146,6 +146,7 @@ def create_app() -> FastAPI:
         output = output_of(dag_id)
         with connect(output.conn_id) as db:
             nights = queries.history(db, output.table, dag_id) if db.table_exists(output.table) else []
+        nights = runs.with_airflow_runs(dag_id, nights)
         return pages.dag_page(dag_id, output.table, nights, f"{_base(request)}/dags/{_segment(dag_id)}")
 
     @app.get("/review", response_class=HTMLResponse)

@@ -182,12 +182,17 @@ def report_page(
     return document(f"Coding report {run_id}", "".join(body))
 
 
+def _state_class(state: str) -> str:
+    return "bad" if state == "failed" else ""
+
+
 def dag_page(dag_id: str, table: str, nights: list[Night], base: str) -> str:
     """Success rate and volume night by night, with links to each run's report."""
-    points = [(night.loaded, night.rows, night.success_rate) for night in nights]
+    points = [(f"{night.night} {night.state}".strip(), night.rows, night.success_rate) for night in nights]
     rows = "".join(
         f"<tr><td><a href='{base}/runs/{escape(quote(n.run_id, safe=''), quote=True)}'>{escape(n.run_id)}</a></td>"
-        f"<td>{escape(n.loaded)}</td><td>{n.rows:,}</td><td>{n.success_rate:.1%}</td></tr>"
+        f"<td>{escape(n.night)}</td><td class='{_state_class(n.state)}'>{escape(n.state or '-')}</td>"
+        f"<td>{escape(n.loaded or '-')}</td><td>{n.rows:,}</td><td>{n.success_rate:.1%}</td></tr>"
         for n in reversed(nights)
     )
     body = (
@@ -196,7 +201,8 @@ def dag_page(dag_id: str, table: str, nights: list[Night], base: str) -> str:
             "Volume (bars) and share coded (line), night by night",
             charts.trend(points, title="Success rate and volume per night"),
         )
-        + f"<h2>Runs</h2><table><tr><th>Run</th><th>Loaded</th><th>Rows</th><th>Coded</th></tr>{rows}</table>"
+        + f"<h2>Runs</h2><table><tr><th>Run</th><th>Night</th><th>State</th><th>Loaded</th><th>Rows</th>"
+        f"<th>Coded</th></tr>{rows}</table>"
     )
     return document(f"Coding history {dag_id}", body)
 

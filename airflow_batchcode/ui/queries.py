@@ -105,12 +105,18 @@ def run_report(db: Database, table: str, dag_id: str, run_id: str) -> RunReport:
 
 @dataclass(frozen=True)
 class Night:
-    """One run's volume and success rate on the DAG-level page."""
+    """One run's volume and success rate on the DAG-level page.
+
+    :param night: the day the run coded (its data interval's start), from Airflow; else its load day.
+    :param state: the run's state in Airflow (``""``: Airflow no longer knows the run).
+    """
 
     run_id: str
     loaded: str
     rows: int
     successful: int
+    night: str = ""
+    state: str = ""
 
     @property
     def success_rate(self) -> float:

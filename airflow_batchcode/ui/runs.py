@@ -8,9 +8,11 @@ instances of ``code_chunk.create/upload/wait/download`` (one map index per chunk
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
+
+from airflow_batchcode.ui.queries import Night
 
 log = logging.getLogger(__name__)
 STEPS = ("create", "upload", "wait", "download")
@@ -80,6 +82,39 @@ def run_state(dag_id: str, run_id: str) -> str | None:
     with create_session() as session:
         state = session.scalar(select(DagRun.state).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id))
     return None if state is None else str(state)
+
+
+def with_airflow_runs(dag_id: str, loaded: list[Night], limit: int = 60) -> list[Night]:
+    """``loaded`` (the runs with rows in the output table) and the DAG's latest ``limit`` runs in Airflow,
+    each named by the day it coded and its state: a night that failed before loading anything is there
+    too, with no rows. Ordered by that day, then by load time."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        known = session.execute(
+            select(DagRun.run_id, DagRun.data_interval_start, DagRun.logical_date, DagRun.run_after, DagRun.state)
+            .where(DagRun.dag_id == dag_id)
+            .order_by(DagRun.run_after.desc())
+            .limit(limit)
+        ).all()
+    airflow = {
+        run: ((interval or logical or after), str(state or "")) for run, interval, logical, after, state in known
+    }
+    nights = [
+        replace(night, night=_day(airflow[night.run_id][0]), state=airflow[night.run_id][1])
+        if night.run_id in airflow
+        else replace(night, night=night.loaded[:10])
+        for night in loaded
+    ]
+    have = {night.run_id for night in loaded}
+    nights += [Night(run, "", 0, 0, _day(when), state) for run, (when, state) in airflow.items() if run not in have]
+    return sorted(nights, key=lambda night: (night.night, night.loaded))
+
+
+def _day(moment: datetime | None) -> str:
+    return "" if moment is None else moment.strftime("%Y-%m-%d")
 
 
 def timeline(dag_id: str, run_id: str) -> list[Span]:

@@ -181,10 +181,18 @@ def test_csv_download_has_every_row_and_parquet_is_a_clear_501_without_pyarrow(a
         assert pq.read_table(io.BytesIO(parquet.content)).num_rows == 80
 
 
-def test_dag_page_shows_each_night(api: dict[str, Any]) -> None:
+def test_dag_page_shows_each_night_by_the_day_it_coded_failed_nights_too(api: dict[str, Any], tmp_path: Path) -> None:
+    warehouse = os.environ.pop("AIRFLOW_CONN_TEST_WAREHOUSE")
+    try:  # a night whose extract cannot reach the warehouse: it fails before loading a row
+        failed = run_pipeline(tmp_path, "2026-01-03")
+    finally:
+        os.environ["AIRFLOW_CONN_TEST_WAREHOUSE"] = warehouse
+    assert failed.state == "failed"
     page = api["client"].get(f"/batchcode/dags/{DAG_ID}", headers=api["headers"]["viewer"])
     assert page.status_code == 200
     assert "aria-label='Success rate and volume per night'" in page.text and api["run_id"] in page.text
+    assert f">{failed.run_id}</a></td><td>2026-01-03</td><td class='bad'>failed</td><td>-</td><td>0</td>" in page.text
+    assert "<td>2026-01-01</td><td class=''>success</td>" in page.text, "the loaded night, named by its day"
 
 
 def test_unknown_dag_is_404(api: dict[str, Any]) -> None:
