@@ -155,11 +155,12 @@ def create_app() -> FastAPI:
         user: GetUserDep,
         dag_id: Annotated[str | None, Query(max_length=250)] = None,
         run_id: Annotated[str | None, Query(max_length=250)] = None,
-        date_: Annotated[date | None, Query(alias="date")] = None,
+        date_: Annotated[str | None, Query(alias="date", max_length=20)] = None,
         topic: Annotated[str | None, Query(max_length=50)] = None,
-        threshold: Annotated[float, Query(ge=0, le=1)] = queries.DEFAULT_THRESHOLD,
+        threshold: Annotated[str, Query(max_length=20)] = str(queries.DEFAULT_THRESHOLD),
         after: Annotated[str | None, Query(max_length=600)] = None,
         errors: bool = False,
+        record: Annotated[str | None, Query(max_length=250)] = None,
     ) -> str:
         readable = sorted(set(dags_with_outputs()) & _readable_dags(request, user))
         chosen = dag_id if dag_id in readable else (readable[0] if readable else None)
@@ -168,18 +169,21 @@ def create_app() -> FastAPI:
         filters = {
             "dag_id": chosen or "",
             "run_id": run_id or "",
-            "date": date_.isoformat() if date_ else "",
+            "date": date_ or "",
             "topic": topic or "",
-            "threshold": str(threshold),
+            "threshold": threshold,
             "errors": "1" if errors else "",
+            "record": record or "",
         }
+        day, confidence, problem = _queue_filters(date_, threshold)
         rows: list[dict[str, Any]] = []
         recent: list[tuple[Any, ...]] = []
         next_url = None
-        if chosen:
+        editable = bool(chosen) and chosen in _editable_dags(user)
+        if chosen and not problem:
             output = output_of(chosen)
             where = queries.QueueFilter(
-                (chosen,), run_id or None, date_, topic or None, threshold, _cursor(after), errors=errors
+                (chosen,), run_id or None, day, topic or None, confidence, _cursor(after), errors, record or None
             )
             with connect(output.conn_id) as db:
                 if db.table_exists(output.table):
@@ -191,7 +195,9 @@ def create_app() -> FastAPI:
                 next_url = (
                     f"{_base(request)}/review?{urlencode({**{k: v for k, v in filters.items() if v}, 'after': cursor})}"
                 )
-        return pages.review_page(readable, filters, rows, recent, next_url, _base(request))
+        return pages.review_page(
+            readable, filters, rows, recent, next_url, _base(request), editable=editable, problem=problem
+        )
 
     @app.post("/dags/{dag_id}/reviews", dependencies=[EditDag])
     async def decide(request: Request, dag_id: str, user: GetUserDep) -> dict[str, Any]:
@@ -231,6 +237,30 @@ def create_app() -> FastAPI:
         return {**review, "reviewed_at": str(review["reviewed_at"])}
 
     return app
+
+
+def _queue_filters(day: str | None, threshold: str) -> tuple[date | None, float, str | None]:
+    """The queue form's date and threshold, read; a sentence for the page instead of a bare 422."""
+    try:
+        confidence = float(threshold or queries.DEFAULT_THRESHOLD)
+        if not 0 <= confidence <= 1:
+            raise ValueError
+    except ValueError:
+        return (
+            None,
+            queries.DEFAULT_THRESHOLD,
+            f"Confidence below must be a number from 0 to 1 (0.6 for 60 %), not {threshold!r}",
+        )
+    try:
+        return (date.fromisoformat(day) if day else None), confidence, None
+    except ValueError:
+        return None, confidence, f"Loaded on must be a date (YYYY-MM-DD), not {day!r}"
+
+
+def _editable_dags(user: Any) -> set[str]:
+    from airflow.api_fastapi.app import get_auth_manager
+
+    return set(get_auth_manager().get_authorized_dag_ids(user=user, method="PUT"))
 
 
 def _readable_dags(request: Request, user: Any) -> set[str]:

@@ -222,8 +222,12 @@ def review_page(
     recent: list[tuple[Any, ...]],
     next_url: str | None,
     post_base: str,
+    *,
+    editable: bool = True,
+    problem: str | None = None,
 ) -> str:
-    """The review queue: filters, one row per record with its suggestions and a code box, recent decisions."""
+    """The review queue: filters, one row per record with its suggestions and a code box (read-only users see
+    the outcomes without them), recent decisions; ``problem`` says what is wrong with the filters."""
     options = "".join(
         f"<option value='{escape(d, quote=True)}'{' selected' if d == filters.get('dag_id') else ''}>"
         f"{escape(d)}</option>"
@@ -240,6 +244,7 @@ def review_page(
                 ("Loaded on", "date", "date"),
                 ("Topic", "topic", "text"),
                 ("Confidence below", "threshold", "text"),
+                ("Record id", "record", "text"),
             )
         )
         + "<label><input name='errors' type='checkbox' value='1'"
@@ -271,12 +276,19 @@ def review_page(
             + "</td>"
             f"<td>{escape(str(row['topic'] or ''))}</td>"
             f"<td>{escape(row['code_status'])} {escape(str(row['code_category'] or ''))} {conf}</td>"
-            f"<td>{picks}<input class='code' size='7' maxlength='6' placeholder='code'> "
-            "<button class='save'>Save</button>"
-            "<div class='out'></div></td></tr>"
+            + (
+                f"<td>{picks}<input class='code' size='7' maxlength='6' placeholder='code'> "
+                "<button class='save'>Save</button><div class='out'></div></td></tr>"
+                if editable
+                else "<td class='muted'>read-only</td></tr>"
+            )
         )
     recent_rows = "".join(
-        "<tr>" + "".join(f"<td>{escape('' if v is None else str(v))}</td>" for v in (str(r[0])[:19], *r[1:])) + "</tr>"
+        "<tr>"
+        + "".join(f"<td>{escape('' if v is None else str(v))}</td>" for v in (str(r[0])[:19], *r[1:4]))
+        + _record_link(r[2], r[4])
+        + "".join(f"<td>{escape('' if v is None else str(v))}</td>" for v in r[5:])
+        + "</tr>"
         for r in recent
     )  # when, to the second (stored to the microsecond to keep two decisions in order)
     more = f"<p><a href='{escape(next_url, quote=True)}'>Next page</a></p>" if next_url else ""
@@ -294,8 +306,19 @@ def review_page(
         + more
     )
     script = f"<script>{_SCRIPT % json.dumps(post_base)}</script>"
-    body = "<h1>Coding review</h1>" + form + decisions + queue + script
+    notice = f"<div class='msg bad'>{escape(problem)}</div>" if problem else ""
+    if not editable and dag_ids:
+        notice += "<div class='muted'>You can read this queue; deciding needs edit permission on the DAG.</div>"
+    body = "<h1>Coding review</h1>" + form + notice + decisions + queue + script
     return document("Coding review", body)
+
+
+def _record_link(dag_id: str, record_id: Any) -> str:
+    """A decision's record, linked to the queue showing that record's rows (to see or correct it)."""
+    if record_id is None:
+        return "<td></td>"
+    query = urlencode({"dag_id": dag_id, "record": str(record_id)})
+    return f"<td><a href='?{escape(query, quote=True)}'>{escape(str(record_id))}</a></td>"
 
 
 _SCRIPT = """
@@ -314,6 +337,7 @@ async function decide(row, code) {
 }
 document.querySelectorAll('#queue tr[data-key]').forEach(row => {
   row.querySelectorAll('.pick').forEach(b => b.addEventListener('click', () => decide(row, b.dataset.code)));
-  row.querySelector('.save').addEventListener('click', () => decide(row, row.querySelector('.code').value.trim()));
+  const save = row.querySelector('.save');
+  if (save) save.addEventListener('click', () => decide(row, row.querySelector('.code').value.trim()));
 });
 """

@@ -145,6 +145,8 @@ class QueueFilter:
     :param threshold: successful codes below this confidence are listed too.
     :param errors: list the ``error`` rows too (records the input rules or the service refused), for a
         coder to code by hand.
+    :param record_id: only this record's rows, whatever their outcome (reviewed ones too, to correct a
+        decision).
     :param after: keyset cursor: (run id, position) of the last row of the previous page.
     """
 
@@ -155,6 +157,7 @@ class QueueFilter:
     threshold: float = DEFAULT_THRESHOLD
     after: tuple[str, str, int] | None = None
     errors: bool = False
+    record_id: str | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.threshold <= 1:
@@ -185,12 +188,17 @@ def review_queue(db: Database, table: str, where: QueueFilter, limit: int = QUEU
     """
     if not where.dag_ids:
         return []
-    clauses = [
-        f"dag_id IN ({', '.join('?' for _ in where.dag_ids)})",
-        "(code_status = 'unsuccessful' OR (code_status = 'successful' AND code_confidence < ?)"
-        + (" OR code_status = 'error')" if where.errors else ")"),
-    ]
-    params: list[Any] = [*where.dag_ids, where.threshold]
+    clauses = [f"dag_id IN ({', '.join('?' for _ in where.dag_ids)})"]
+    params: list[Any] = [*where.dag_ids]
+    if where.record_id is not None:
+        clauses.append("record_id = ?")
+        params.append(where.record_id)
+    else:
+        clauses.append(
+            "(code_status = 'unsuccessful' OR (code_status = 'successful' AND code_confidence < ?)"
+            + (" OR code_status = 'error')" if where.errors else ")")
+        )
+        params.append(where.threshold)
     if where.run_id:
         clauses.append("dag_run_id = ?")
         params.append(where.run_id)

@@ -306,3 +306,22 @@ def test_the_queue_lists_refused_records_with_their_error_when_asked(api: dict[s
     assert "error: " not in plain and "name='errors' type='checkbox' value='1'>" in plain
     assert html.escape(f"error: {refused[0][1]}") in with_errors
     assert "value='1' checked>" in with_errors, "the filter stays on for the next page"
+
+
+def test_the_queue_finds_a_record_to_correct_a_decision_and_readers_get_no_save_buttons(api: dict[str, Any]) -> None:
+    client, admin, viewer = api["client"], api["headers"]["admin"], api["headers"]["viewer"]
+    _, record_id, _ = candidate(api)
+    found = client.get("/batchcode/review", params={"dag_id": DAG_ID, "record": record_id}, headers=admin).text
+    assert found.count("<tr data-dag=") == 1 and f"&quot;record_id&quot;: &quot;{record_id}&quot;" in found
+    assert "class='save'" in found, "an editor decides from the page"
+    as_reader = client.get("/batchcode/review", params={"dag_id": DAG_ID, "record": record_id}, headers=viewer).text
+    assert "class='save'" not in as_reader and "class='pick'" not in as_reader and "read-only" in as_reader
+    assert "deciding needs edit permission" in as_reader
+
+    for params, message in (
+        ({"threshold": "60"}, "Confidence below must be a number from 0 to 1 (0.6 for 60 %), not &#x27;60&#x27;"),
+        ({"date": "yesterday"}, "Loaded on must be a date (YYYY-MM-DD), not &#x27;yesterday&#x27;"),
+    ):
+        page = client.get("/batchcode/review", params={"dag_id": DAG_ID, **params}, headers=viewer)
+        assert page.status_code == 200 and message in page.text, page.text[:300]
+        assert "Nothing to review." in page.text, "no rows under a filter that could not be read"

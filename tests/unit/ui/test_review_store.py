@@ -207,3 +207,12 @@ def test_a_decision_follows_its_record_when_a_reload_shifts_positions_and_outran
     assert "1 review decision(s) not applied" in caplog.text and "01-3 at position 3" in caplog.text
     assert db.query(f"SELECT COUNT(*) FROM {TABLE} WHERE code_status = 'reviewed'") == [(0,)]
     assert db.query(f"SELECT COUNT(*) FROM {TABLE}_reviews") == [(1,)]
+
+
+def test_the_queue_lists_a_records_rows_whatever_their_outcome_when_asked_for_it(db: Database) -> None:
+    reviews.record_decision(db, TABLE, reviews.Decision("nightly", RUNS[0], 3, "01-3", "261313", "ann"))
+    found = queries.review_queue(db, TABLE, queries.QueueFilter(("nightly",), record_id="01-3"))
+    assert [(r["position"], r["code_status"]) for r in found] == [(3, "reviewed")], "a decided row, to correct it"
+    confident = queries.review_queue(db, TABLE, queries.QueueFilter(("nightly",), record_id="01-1"))
+    assert [r["code_status"] for r in confident] == ["successful"]
+    assert queries.review_queue(db, TABLE, queries.QueueFilter(("nightly",), record_id="no-such")) == []
