@@ -1,7 +1,8 @@
 """What the pages show, read from the output table (SQL portable across SQLite and PostgreSQL).
 
 Every statement interpolates only the checked table name; values are bound. Aggregates are
-computed by the database, so a report over a million rows moves a few dozen numbers.
+computed by the database, so a report over a million rows moves a few dozen numbers (the rejection
+chart reads at most :data:`ERROR_TEXTS` distinct error texts and folds them in Python).
 """
 
 from __future__ import annotations
@@ -92,7 +93,6 @@ def run_report(db: Database, table: str, dag_id: str, run_id: str) -> RunReport:
         f"AND code_status = 'error' GROUP BY COALESCE(error, code_status) ORDER BY COUNT(*) DESC LIMIT {ERROR_TEXTS}",
         key,
     )
-
     return RunReport(
         rows_out=sum(status.values()),
         status=status,
