@@ -37,7 +37,7 @@ typecheck: $(STAMP)
 
 # Three pytest sessions (exit code 5 = "no tests selected", by MARK or PYTEST_ARGS, which is fine):
 # - unit, integration and reliability tests on $(WORKERS) pytest-xdist workers, each with its own Airflow home and
-#   metadata DB (conftest.py); every database and Redis key a test makes has a unique name. 8.4 min in CI with 2 workers;
+#   metadata DB (conftest.py); every database and Redis key a test makes has a unique name. 8.7 min in CI with 2 workers;
 # - the stack tests (marker stack) on their own: they start the whole production topology as real processes;
 # - the process-fault tests (marker process_faults) run a multi-process Airflow on their own metadata DB.
 WORKERS ?= 2
