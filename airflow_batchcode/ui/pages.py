@@ -315,7 +315,7 @@ def review_page(
 
 def _record_link(dag_id: str, record_id: Any) -> str:
     """A decision's record, linked to the queue showing that record's rows (to see or correct it)."""
-    if record_id is None:
+    if not record_id:
         return "<td></td>"
     query = urlencode({"dag_id": dag_id, "record": str(record_id)})
     return f"<td><a href='?{escape(query, quote=True)}'>{escape(str(record_id))}</a></td>"

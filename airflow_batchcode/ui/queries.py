@@ -107,7 +107,8 @@ def run_report(db: Database, table: str, dag_id: str, run_id: str) -> RunReport:
 class Night:
     """One run's volume and success rate on the DAG-level page.
 
-    :param night: the day the run coded (its data interval's start), from Airflow; else its load day.
+    :param night: the day the run coded (its data interval's start, or the dates its trigger form named,
+        marked ``re-code`` for a re-code run), from Airflow; else its load day.
     :param state: the run's state in Airflow (``""``: Airflow no longer knows the run).
     """
 

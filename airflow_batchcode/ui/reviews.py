@@ -6,8 +6,9 @@ new code. Applying a decision sets the row's ``code_status`` to ``reviewed`` and
 and label to the reviewer's; the loader applies every decision of a run again after it
 replaces that run's rows (:func:`apply_reviews`), so re-loading a run never loses a review.
 A reloaded run's positions can shift (an answer added to the day, a source query without a
-stable order): a decision follows its record id, and one whose record cannot be found for sure
-is kept in the reviews table but applied to no row, and the load's log says so.
+stable order): the latest decision on a record follows its record id, and one whose record cannot
+be found for sure (gone, or its id on several rows) is kept in the reviews table but applied to
+no row, and the load's log says so.
 
 ``<output_table>_latest`` gives each source record's latest outcome: its reviewed row if a reviewer
 decided, else the row of the most recently loaded run that coded it. It is rebuilt on every load, so
@@ -211,13 +212,13 @@ def _apply(db: Database, table: str, updates: list[tuple[Any, ...]]) -> int:
 
 
 def apply_reviews(conn: Any, table: str, *, dag_id: str, run_id: str) -> int:
-    """Apply the run's stored decisions (the latest per row) to its freshly loaded rows; the caller commits.
+    """Apply the run's stored decisions (the latest per record) to its freshly loaded rows; the caller commits.
 
-    A decision goes to the row at its position when that row has the decision's record id, else to
-    the one row of the run with that record id; a decision that matches neither (its record gone,
-    its id now on several rows, or no id and another row at its position) is logged and not applied.
-    Called by :func:`airflow_batchcode.warehouse.replace_run_rows` inside its transaction, after
-    the insert, once :func:`review_ddl` has run. Only reads the decisions and updates the run's rows.
+    A decision goes to the one row of the run with its record id (a row without an id: the row at its
+    position, if that row has no id either). A decision that cannot be placed for sure (its record
+    gone, or its id now on several rows) is logged and applied to no row. Called by
+    :func:`airflow_batchcode.warehouse.replace_run_rows` inside its transaction, after the insert, once
+    :func:`review_ddl` has run. Only reads the decisions and updates the run's rows.
 
     :return: the decisions applied.
     """
@@ -227,20 +228,27 @@ def apply_reviews(conn: Any, table: str, *, dag_id: str, run_id: str) -> int:
         "WHERE dag_id = ? AND dag_run_id = ? ORDER BY reviewed_at",
         (dag_id, run_id),
     )
-    latest = {position: (record_id or None, code, label) for position, record_id, code, label in decisions}
-    at_position = dict(_run_rows(db, table, dag_id, run_id, "position", list(latest)))
-    moved = [rid for position, (rid, _, _) in latest.items() if rid and (at_position.get(position) or None) != rid]
-    where_now: dict[str | None, list[int]] = {}
-    for position, record_id in _run_rows(db, table, dag_id, run_id, "record_id", moved):
-        where_now.setdefault(record_id, []).append(position)
+    latest: dict[Any, tuple[int, str | None, str, str]] = {}  # the newest decision per record
+    for position, record_id, code, label in decisions:
+        latest[record_id or ("no record id", position)] = (position, record_id or None, code, label)
+    named = [record_id for _, record_id, _, _ in latest.values() if record_id]
+    rows_of: dict[str | None, list[int]] = {}
+    for position, record_id in _run_rows(db, table, dag_id, run_id, "record_id", named):
+        rows_of.setdefault(record_id, []).append(position)
+    unnamed = [position for position, record_id, _, _ in latest.values() if not record_id]
+    at_position = dict(_run_rows(db, table, dag_id, run_id, "position", unnamed))
     updates, lost = [], []
-    for position, (record_id, code, label) in latest.items():
-        if position in at_position and (at_position[position] or None) == record_id:
+    for position, record_id, code, label in latest.values():
+        if record_id:
+            found = rows_of.get(record_id, [])
+            if len(found) == 1:
+                updates.append((code, label, dag_id, run_id, found[0]))
+            else:
+                lost.append(f"{record_id} ({f'on {len(found)} rows' if found else 'not in the reloaded rows'})")
+        elif position in at_position and not at_position[position]:
             updates.append((code, label, dag_id, run_id, position))
-        elif record_id and len(where_now.get(record_id, ())) == 1:
-            updates.append((code, label, dag_id, run_id, where_now[record_id][0]))
         else:
-            lost.append(f"{record_id or '(no record id)'} at position {position}")
+            lost.append(f"(no record id) at position {position}")
     if lost:
         log.warning(
             "Run %s: %d review decision(s) not applied, their records not found for sure in the reloaded rows "

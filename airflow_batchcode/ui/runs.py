@@ -94,27 +94,42 @@ def with_airflow_runs(dag_id: str, loaded: list[Night], limit: int = 60) -> list
 
     with create_session() as session:
         known = session.execute(
-            select(DagRun.run_id, DagRun.data_interval_start, DagRun.logical_date, DagRun.run_after, DagRun.state)
+            select(
+                DagRun.run_id,
+                DagRun.data_interval_start,
+                DagRun.logical_date,
+                DagRun.run_after,
+                DagRun.state,
+                DagRun.conf,
+            )
             .where(DagRun.dag_id == dag_id)
             .order_by(DagRun.run_after.desc())
             .limit(limit)
         ).all()
     airflow = {
-        run: ((interval or logical or after), str(state or "")) for run, interval, logical, after, state in known
+        run: (_night_of(interval or logical or after, conf), str(state or ""))
+        for run, interval, logical, after, state, conf in known
     }
     nights = [
-        replace(night, night=_day(airflow[night.run_id][0]), state=airflow[night.run_id][1])
+        replace(night, night=airflow[night.run_id][0], state=airflow[night.run_id][1])
         if night.run_id in airflow
         else replace(night, night=night.loaded[:10])
         for night in loaded
     ]
     have = {night.run_id for night in loaded}
-    nights += [Night(run, "", 0, 0, _day(when), state) for run, (when, state) in airflow.items() if run not in have]
+    nights += [Night(run, "", 0, 0, night, state) for run, (night, state) in airflow.items() if run not in have]
     return sorted(nights, key=lambda night: (night.night, night.loaded))
 
 
-def _day(moment: datetime | None) -> str:
-    return "" if moment is None else moment.strftime("%Y-%m-%d")
+def _night_of(moment: datetime | None, conf: Any) -> str:
+    """The days a run coded: its data interval's, or the dates its trigger form named (the nightly DAG's
+    ``from_date`` and ``to_date``), marked when it re-coded them."""
+    form = conf if isinstance(conf, dict) else {}
+    first, last = form.get("from_date"), form.get("to_date")
+    night = str(first) if first else ("" if moment is None else moment.strftime("%Y-%m-%d"))
+    if last and str(last) != night:
+        night += f" to {last}"
+    return night + (" re-code" if form.get("recode") else "")
 
 
 def timeline(dag_id: str, run_id: str) -> list[Span]:

@@ -148,3 +148,17 @@ def test_rejection_reasons_count_together_what_differs_only_in_the_specifics() -
         ("record R0000012 failed", 1),
     ]
     assert len(reasons([(f"row {n} failed", 1) for n in range(100)], most=12)) == 1
+
+
+def test_the_history_names_a_run_by_the_days_it_coded() -> None:
+    from datetime import datetime
+
+    from airflow_batchcode.ui.runs import _night_of
+
+    interval = datetime(2026, 1, 2)
+    assert _night_of(interval, {}) == _night_of(interval, None) == "2026-01-02"
+    assert _night_of(interval, {"from_date": "2026-01-01", "to_date": "2026-01-01", "recode": True}) == (
+        "2026-01-01 re-code"
+    )
+    assert _night_of(interval, {"from_date": "2025-12-01", "to_date": "2025-12-31"}) == "2025-12-01 to 2025-12-31"
+    assert _night_of(None, {}) == ""

@@ -204,7 +204,7 @@ def test_a_decision_follows_its_record_when_a_reload_shifts_positions_and_outran
     with caplog.at_level("WARNING", logger="airflow_batchcode.reviews"):
         assert reviews.apply_reviews(db.conn, TABLE, dag_id="nightly", run_id=RUNS[0]) == 0
     db.conn.commit()
-    assert "1 review decision(s) not applied" in caplog.text and "01-3 at position 3" in caplog.text
+    assert "1 review decision(s) not applied" in caplog.text and "01-3 (not in the reloaded rows)" in caplog.text
     assert db.query(f"SELECT COUNT(*) FROM {TABLE} WHERE code_status = 'reviewed'") == [(0,)]
     assert db.query(f"SELECT COUNT(*) FROM {TABLE}_reviews") == [(1,)]
 
@@ -216,3 +216,33 @@ def test_the_queue_lists_a_records_rows_whatever_their_outcome_when_asked_for_it
     confident = queries.review_queue(db, TABLE, queries.QueueFilter(("nightly",), record_id="01-1"))
     assert [r["code_status"] for r in confident] == ["successful"]
     assert queries.review_queue(db, TABLE, queries.QueueFilter(("nightly",), record_id="no-such")) == []
+
+
+def test_a_reload_applies_each_records_newest_decision_and_none_to_a_duplicated_id(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    def decide(position: int, code: str) -> None:
+        reviews.record_decision(db, TABLE, reviews.Decision("nightly", RUNS[0], position, "01-6", code, "ann"))
+
+    def reload(shift: int) -> int:
+        db.execute(f"UPDATE {TABLE} SET position = position + ? WHERE dag_run_id = ?", (shift, RUNS[0]))
+        db.execute(f"UPDATE {TABLE} SET code_status = 'unsuccessful' WHERE dag_run_id = ?", (RUNS[0],))
+        applied = reviews.apply_reviews(db.conn, TABLE, dag_id="nightly", run_id=RUNS[0])
+        db.conn.commit()
+        return applied
+
+    decide(6, "1213")
+    reload(+1)
+    decide(7, "2613")
+    reload(-1)
+    decide(6, "2611")  # the newest decision, made at the position of the first
+    assert reload(+1) == 1, "one record, one decision applied"
+    code = f"SELECT position, code_category FROM {TABLE} WHERE dag_run_id = ? AND record_id = '01-6'"
+    assert db.query(code, (RUNS[0],)) == [(7, "2611")]
+
+    # the decided record's id now on two rows of the run: which one it was cannot be told
+    db.execute(f"UPDATE {TABLE} SET record_id = '01-6' WHERE dag_run_id = ? AND position = 8", (RUNS[0],))
+    with caplog.at_level("WARNING", logger="airflow_batchcode.reviews"):
+        assert reload(0) == 0
+    assert "01-6 (on 2 rows)" in caplog.text
+    assert db.query(f"SELECT COUNT(*) FROM {TABLE} WHERE code_status = 'reviewed'") == [(0,)]
