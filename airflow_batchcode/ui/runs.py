@@ -94,21 +94,13 @@ def with_airflow_runs(dag_id: str, loaded: list[Night], limit: int = 60) -> list
 
     with create_session() as session:
         known = session.execute(
-            select(
-                DagRun.run_id,
-                DagRun.data_interval_start,
-                DagRun.logical_date,
-                DagRun.run_after,
-                DagRun.state,
-                DagRun.conf,
-            )
+            select(DagRun.run_id, DagRun.data_interval_start, DagRun.run_after, DagRun.state, DagRun.conf)
             .where(DagRun.dag_id == dag_id)
             .order_by(DagRun.run_after.desc())
             .limit(limit)
         ).all()
     airflow = {
-        run: (_night_of(interval or logical or after, conf), str(state or ""))
-        for run, interval, logical, after, state, conf in known
+        run: (_night_of(interval or after, conf), str(state or "")) for run, interval, after, state, conf in known
     }
     nights = [
         replace(night, night=airflow[night.run_id][0], state=airflow[night.run_id][1])
